@@ -1,0 +1,1 @@
+"""The algorithms that fit and score the models (installed as ``probgen.inference``)."""

@@ -1,0 +1,1 @@
+"""Generative models written as programs (installed as ``probgen.models``)."""

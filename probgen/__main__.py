@@ -1,0 +1,5 @@
+import sys
+
+from probgen.cli import main
+
+sys.exit(main())

@@ -1,0 +1,275 @@
+"""The ``probgen`` command.
+
+    probgen datasets
+    probgen train MODEL --data NAME --out RUN_DIR [--seed S] [--device cpu|cuda|auto] [--resume]
+    probgen eval RUN_DIR [--k 5000]
+    probgen sample RUN_DIR -n N
+    probgen kl-demo --out DIR
+
+Nothing heavy is imported until a command runs, so ``probgen --help`` answers at once.
+Errors reach the user as one message and a non-zero exit; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from probgen import __version__
+from probgen.errors import ConfigError, ProbgenError, suggest
+from probgen.recipes import RECIPES, get_recipe
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the nearest valid flag suggested for an unknown one."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        if message.startswith("unrecognized arguments:"):
+            bad = message.split(":", 1)[1].split()
+            flags = [s for a in self._actions for s in a.option_strings]
+            hints = "".join(suggest(b.split("=")[0], flags) for b in bad if b.startswith("-"))
+            message = f"{message}.{hints} See `{self.prog} --help`."
+        super().error(message)
+
+
+def _add_common_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", metavar="DIR", default=None,
+                   help="folder with the image files (default: $PROBGEN_DATA_ROOT)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="probgen",
+        description="Write generative models as programs, fit them, and compare explicit "
+        "and implicit density estimators on the same data.",
+    )
+    parser.add_argument("--version", action="version", version=f"probgen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("datasets", help="list the named data sets")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("train", help="train a model into a run folder")
+    models = p.add_subparsers(dest="model", metavar="MODEL", parser_class=_Parser)
+    for name in RECIPES:
+        recipe = get_recipe(name)
+        mp = models.add_parser(name, help=recipe.HELP, description=recipe.HELP)
+        mp.add_argument("--data", required=True, metavar="NAME|PATH",
+                        help="a data set name (see `probgen datasets`) or a path to your data")
+        mp.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
+        mp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        mp.add_argument("--resume", action="store_true", help="continue the run in --out")
+        mp.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+        mp.add_argument("--binarize", choices=["none", "fixed", "dynamic"], default=None,
+                        help="binarise image pixels: never, once, or afresh every batch")
+        mp.add_argument("--value-range", choices=["0,1", "-1,1"], default=None,
+                        help="pixel range of image data")
+        mp.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="use at most N training examples")
+        mp.add_argument("--no-figures", action="store_true", help="skip the figures")
+        _add_common_data_args(mp)
+        recipe.add_arguments(mp)
+
+    p = sub.add_parser("eval", help="evaluate a trained run; writes RUN_DIR/eval.json")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--k", type=int, default=None,
+                   help="importance samples for the IWAE bound (models with a bound)")
+    p.add_argument("--n-samples", type=int, default=None,
+                   help="samples drawn for the sample metrics (default: size of the split, at most 10,000)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="evaluate on the first N examples of the split")
+    p.add_argument("--ais", action="store_true", help="add annealed importance sampling")
+    p.add_argument("--ais-steps", type=int, default=500)
+    p.add_argument("--parzen", action="store_true", help="add the Parzen-window estimate")
+    _add_common_data_args(p)
+
+    p = sub.add_parser("sample", help="draw samples from a trained run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="where to save them (default RUN_DIR/samples.pt, and a figure)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common_data_args(p)
+
+    p = sub.add_parser("kl-demo", help="forward vs reverse KL: mode covering and mode seeking")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="tiny settings (seconds)")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "train" and not argv[1].startswith("-") and argv[1] not in RECIPES:
+        print(f"probgen: error: unknown model {argv[1]!r}.{suggest(argv[1], RECIPES)} "
+              f"Known models: {', '.join(RECIPES)}.", file=sys.stderr)
+        return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command == "train" and args.model is None:
+        parser.parse_args(["train", "--help"])
+    handler = _COMMANDS[args.command]
+    try:
+        return handler(args) or 0
+    except ProbgenError as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"probgen: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("probgen: interrupted", file=sys.stderr)
+        return 130
+
+
+# ----------------------------------------------------------------------------- commands
+def _cmd_datasets(args) -> int:
+    from probgen.data import list_datasets
+
+    rows = [(i.name, "x".join(map(str, i.shape)), i.size, i.source) for i in list_datasets()]
+    head = ("name", "shape", "size (train + test)", "source")
+    widths = [max(len(str(r[c])) for r in rows + [head]) for c in range(4)]
+    for r in [head] + rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+    print("\nOr give --data PATH: a .npy/.npz/.pt array file or an ImageFolder-style folder.")
+    return 0
+
+
+def _data_config(args, recipe) -> dict:
+    opts = {"binarize": "none", "value_range": None}
+    opts.update(recipe.data_options(args))
+    if args.binarize is not None:
+        opts["binarize"] = args.binarize
+    if args.value_range is not None:
+        opts["value_range"] = [float(v) for v in args.value_range.split(",")]
+    return opts
+
+
+def load_run_data(config: dict, *, device="cpu", data_root=None):
+    """The data set a run was trained on, with the same options and seed."""
+    from probgen.data import load_dataset
+
+    d = config["data_options"]
+    return load_dataset(
+        config["data"], root=data_root or config.get("data_root"), device=device,
+        seed=config.get("seed", 0), value_range=d.get("value_range"), binarize=d["binarize"],
+        limit=config.get("limit"),
+    )
+
+
+def _cmd_train(args) -> int:
+    from probgen.runs import Run, resolve_device, seed_everything
+
+    recipe = get_recipe(args.model)
+    device = resolve_device(args.device)
+    skip = {"command", "model", "out", "resume", "overwrite", "debug", "device", "no_figures",
+            "binarize", "value_range"}
+    config = {
+        "model": args.model,
+        "data": args.data,
+        "data_options": _data_config(args, recipe),
+        **{k: v for k, v in vars(args).items() if k not in skip},
+        "probgen_version": __version__,
+    }
+    run = Run.create(args.out, config, resume=args.resume, overwrite=args.overwrite)
+    seed_everything(run.config["seed"])
+    data = load_run_data(run.config, device=device, data_root=args.data_root)
+    t0 = time.perf_counter()
+    model = recipe.train(run, data, run.config, device)
+    print(f"trained {args.model} on {args.data} in {time.perf_counter() - t0:.1f} s -> {run.path}")
+    if not args.no_figures and hasattr(recipe, "figures"):
+        paths = recipe.figures(model, data, run)
+        if paths:
+            print(f"figures: {run.figures_dir}")
+    return 0
+
+
+def _load_run(args):
+    from probgen.runs import Run, resolve_device
+
+    run = Run.open(args.run_dir)
+    if run.config.get("model") not in RECIPES:
+        raise ConfigError(f"{args.run_dir} holds a {run.config.get('model')!r} run, which this "
+                          f"probgen does not know (known: {', '.join(RECIPES)}).")
+    recipe = get_recipe(run.config["model"])
+    device = resolve_device(args.device)
+    data = load_run_data(run.config, device=device, data_root=args.data_root)
+    model = recipe.load(run, data, device)
+    return run, data, model
+
+
+def _cmd_eval(args) -> int:
+    from probgen.eval import evaluate
+
+    run, data, model = _load_run(args)
+    result = evaluate(
+        model, data, split=args.split, k=args.k, n_samples=args.n_samples, limit=args.limit,
+        ais=args.ais, ais_steps=args.ais_steps, parzen=args.parzen,
+        model_name=run.config["model"],
+    )
+    path = run.write_json("eval.json", result)
+    for name, m in result["metrics"].items():
+        if m.get("value") is None:
+            print(f"  {name:24s} -- ({m.get('reason', '')})")
+        else:
+            se = m.get("stderr")
+            se = f" ± {se:.4g}" if se is not None else ""
+            print(f"  {name:24s} {m['value']:.6g}{se} {m.get('unit', '')}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    import torch
+
+    from probgen.runs import seed_everything
+
+    run, data, model = _load_run(args)
+    seed_everything(args.seed)
+    if args.n < 1:
+        raise ConfigError(f"-n must be a positive number of samples; got {args.n}.")
+    with torch.no_grad():
+        x = model.sample(args.n).detach().cpu()
+    out = Path(args.out) if args.out else run.path / "samples.pt"
+    from probgen.runs import atomic_write_bytes
+
+    import io
+    buf = io.BytesIO()
+    torch.save(x, buf)
+    atomic_write_bytes(out, buf.getvalue())
+    from probgen import plots
+
+    fig = plots.samples_figure(x, data, run.figures_dir / "samples.png")
+    print(f"wrote {args.n} samples to {out} and a figure to {fig}")
+    return 0
+
+
+def _cmd_kl_demo(args) -> int:
+    from probgen.kl_demo import run_kl_demo
+
+    result = run_kl_demo(args.out, seed=args.seed, smoke=args.smoke)
+    for problem, fits in result["problems"].items():
+        for which in ("forward", "reverse"):
+            f = fits[which]
+            print(f"  {problem:3s} {which:8s} KL(p||q)={f['kl_p_q']:.4f}  KL(q||p)={f['kl_q_p']:.4f}")
+    print(f"wrote {Path(args.out) / 'kl.json'} and figures in {args.out}")
+    return 0
+
+
+_COMMANDS = {
+    "datasets": _cmd_datasets,
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "sample": _cmd_sample,
+    "kl-demo": _cmd_kl_demo,
+}

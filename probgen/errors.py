@@ -1,0 +1,59 @@
+"""Errors a user can act on.
+
+Every error that reaches the command line as one clear message derives from
+:class:`ProbgenError`; each also derives from the builtin exception a Python user would
+expect (``ValueError`` for bad values, ``FileNotFoundError`` for missing files, ...), so
+library code can catch either.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "ProbgenError",
+    "DataError",
+    "DataNotFoundError",
+    "ConfigError",
+    "CheckpointError",
+    "NotFittedError",
+    "DivergedError",
+    "suggest",
+]
+
+
+class ProbgenError(Exception):
+    """Base class of the errors that the command line shows as one message."""
+
+
+class DataError(ProbgenError, ValueError):
+    """Data that cannot be used as given (unknown name, NaN values, wrong shape, ...)."""
+
+
+class DataNotFoundError(ProbgenError, FileNotFoundError):
+    """Files of a data set are missing where they were looked for."""
+
+
+class ConfigError(ProbgenError, ValueError):
+    """An option, a model name or a run folder that does not fit."""
+
+
+class CheckpointError(ProbgenError, ValueError):
+    """A checkpoint that is missing, truncated, from another model, or unsafe to load."""
+
+
+class NotFittedError(ProbgenError, ValueError, AttributeError):
+    """A method that needs a fitted estimator was called before ``fit``."""
+
+
+class DivergedError(ProbgenError, FloatingPointError):
+    """Training produced a NaN or infinite loss; the parameters were not updated with it."""
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """Return ``" Did you mean 'x'?"`` for the nearest valid names, or ``""``."""
+    close = difflib.get_close_matches(str(name), list(choices), n=3, cutoff=0.5)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(repr(c) for c in close) + "?"

@@ -1,0 +1,108 @@
+"""The one evaluation entry point: ask what a model can do, compute every metric it allows.
+
+The evaluation layer sees models only through the protocol of DESIGN.md:
+
+* ``log_prob(x)``            exact log-density per example, nats
+* ``elbo(x)``                evidence lower bound per example (may return a record with
+                             ``reconstruction`` and ``kl`` terms)
+* ``iwae_bound(x, k)``       importance-weighted bound per example
+* ``sample(n)``              draws; every model has it
+
+It never asks which class a model is.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from probgen.eval.metrics import Metric, summarize, unavailable
+
+__all__ = ["evaluate", "likelihood_metrics"]
+
+
+def _per_example(values) -> tuple[torch.Tensor, dict]:
+    """Accept a tensor or a record with ``.total`` (and other per-example terms)."""
+    if isinstance(values, torch.Tensor):
+        return values, {}
+    if isinstance(values, dict):
+        d = dict(values)
+        return d.pop("total"), d
+    total = values.total
+    others = {k: v for k, v in vars(values).items() if k != "total" and isinstance(v, torch.Tensor)}
+    return total, others
+
+
+def _batched(fn, x: torch.Tensor, batch_size: int):
+    outs, terms = [], {}
+    for start in range(0, x.shape[0], batch_size):
+        tot, rest = _per_example(fn(x[start:start + batch_size]))
+        outs.append(tot.detach())
+        for k, v in rest.items():
+            terms.setdefault(k, []).append(v.detach())
+    return torch.cat(outs), {k: torch.cat(v) for k, v in terms.items()}
+
+
+@torch.no_grad()
+def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None,
+                       limit: int | None = None, batch_size: int = 500) -> dict[str, Metric]:
+    """Exact log-likelihood, ELBO and IWAE-k, each where the model has it."""
+    x = data.split(split)
+    if limit is not None:
+        x = x[:limit]
+    out: dict[str, Metric] = {}
+    if callable(getattr(model, "log_prob", None)):
+        lp, _ = _batched(model.log_prob, x, batch_size)
+        out["log_likelihood"] = summarize(lp, "nats")
+    else:
+        out["log_likelihood"] = unavailable(
+            "the model has no exact density (no log_prob); see the bounds below", "nats")
+    if data.density is not None:
+        out["true_log_likelihood"] = summarize(data.density.log_prob(x), "nats")
+    if callable(getattr(model, "elbo", None)):
+        elbo, terms = _batched(model.elbo, x, batch_size)
+        out["elbo"] = summarize(elbo, "nats")
+        for name, v in terms.items():
+            out[f"elbo_{name}"] = summarize(v, "nats")
+    else:
+        out["elbo"] = unavailable("the model has no latent-variable bound (no elbo)", "nats")
+    if callable(getattr(model, "iwae_bound", None)):
+        kk = k or 100
+        iw, _ = _batched(lambda xb: model.iwae_bound(xb, kk), x, max(1, min(batch_size, 50_000 // kk)))
+        out[f"iwae_{kk}"] = summarize(iw, "nats")
+    return out
+
+
+def evaluate(model, data, split: str = "test", *, k: int | None = None,
+             n_samples: int | None = None, limit: int | None = None, ais: bool = False,
+             ais_steps: int = 500, parzen: bool = False, model_name: str | None = None) -> dict:
+    """Every metric ``model`` allows on ``data[split]``, in the one results schema.
+
+    Returns ``{"model", "dataset", "split", "n", "metrics": {NAME: {"value", "stderr", "unit"}}}``.
+    """
+    x = data.split(split)
+    n = x.shape[0] if limit is None else min(limit, x.shape[0])
+    metrics: dict[str, Metric] = {}
+    metrics.update(likelihood_metrics(model, data, split, k=k, limit=limit))
+    metrics.update(_sample_metrics(model, data, split, n_samples=n_samples))
+    return {
+        "model": model_name or type(model).__name__,
+        "dataset": data.name,
+        "split": split,
+        "n": int(n),
+        "metrics": {name: m.to_dict() for name, m in metrics.items()},
+    }
+
+
+def _sample_metrics(model, data, split, *, n_samples=None) -> dict[str, Metric]:
+    """Sample-based metrics for any model with ``sample(n)``: mode coverage on toy mixtures,
+    feature-network distances on images."""
+    if not callable(getattr(model, "sample", None)):
+        return {}
+    out: dict[str, Metric] = {}
+    try:
+        from probgen.eval import modes
+    except ImportError:
+        modes = None
+    if modes is not None and data.density is not None and getattr(data.density, "means", None) is not None:
+        out.update(modes.mode_metrics(model, data, n_samples=n_samples or 2500))
+    return out

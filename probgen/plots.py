@@ -1,0 +1,133 @@
+"""The pictures: sample grids, scatter plots of 2-D data, density contours, learning curves.
+
+matplotlib is imported here, with the non-interactive Agg backend, and only when a figure is
+drawn. Every function writes a PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+__all__ = ["samples_figure", "image_grid", "scatter_2d", "learning_curve", "density_contours"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def image_grid(x: torch.Tensor, path, *, shape=None, nrow: int | None = None, title: str | None = None,
+               value_range=(0.0, 1.0)) -> Path:
+    """A grid of images. ``x``: (N, C, H, W) or (N, D) with ``shape=(C, H, W)``."""
+    import torchvision.utils as vutils
+
+    x = x.detach().float().cpu()
+    if shape is not None:
+        x = x.reshape(-1, *shape)
+    if x.dim() == 2:  # flat images: guess square
+        side = int(round(x.shape[1] ** 0.5))
+        x = x.reshape(-1, 1, side, side)
+    lo, hi = value_range
+    x = ((x - lo) / (hi - lo)).clamp(0, 1)
+    nrow = nrow or max(1, int(round(x.shape[0] ** 0.5)))
+    grid = vutils.make_grid(x, nrow=nrow, padding=2, pad_value=1.0)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(0.6 * nrow + 1, 0.6 * ((x.shape[0] + nrow - 1) // nrow) + 1))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def scatter_2d(points: dict[str, torch.Tensor], path, *, title: str | None = None, lim=None) -> Path:
+    """Overlaid scatter plots of 2-D point sets, e.g. ``{"data": x, "model": s}``."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for label, p in points.items():
+        p = p.detach().cpu()
+        ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.5, label=label)
+    if lim is not None:
+        ax.set_xlim(*lim)
+        ax.set_ylim(*lim)
+    ax.set_aspect("equal")
+    ax.legend(markerscale=5, loc="upper right")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def density_contours(log_probs: dict, path, *, lim=(-5.0, 5.0), points=None, title=None,
+                     resolution: int = 200) -> Path:
+    """Contours of one or more 2-D log densities (callables (N, 2) -> (N,)) on a square grid."""
+    plt = _plt()
+    g = torch.linspace(lim[0], lim[1], resolution)
+    xx, yy = torch.meshgrid(g, g, indexing="xy")
+    grid = torch.stack([xx.flatten(), yy.flatten()], dim=1)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if points is not None:
+        p = points.detach().cpu()
+        ax.scatter(p[:, 0], p[:, 1], s=1, c="0.7", alpha=0.5)
+    colors = ["C0", "C1", "C3", "C2", "C4"]
+    handles = []
+    for (label, fn), c in zip(log_probs.items(), colors):
+        with torch.no_grad():
+            z = fn(grid).detach().cpu().reshape(resolution, resolution).exp()
+        ax.contour(xx.numpy(), yy.numpy(), z.numpy(), levels=6, colors=c)
+        handles.append(plt.Line2D([], [], color=c, label=label))
+    ax.legend(handles=handles, loc="upper right")
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def learning_curve(records: list[dict], keys: list[str], path, *, xkey: str = "step",
+                   title: str | None = None, ylabel: str = "") -> Path:
+    """Lines of ``keys`` against ``xkey`` from a run's metrics log."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in keys:
+        pts = [(r[xkey], r[key]) for r in records if key in r and r[key] is not None]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, label=key)
+    ax.set_xlabel(xkey)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def samples_figure(x: torch.Tensor, data, path) -> Path:
+    """Samples drawn the way the data looks: an image grid or a 2-D scatter over the data."""
+    if data.kind == "image":
+        return image_grid(x[:100], path, shape=data.shape, value_range=data.value_range, title="samples")
+    if x.dim() == 2 and x.shape[1] == 2:
+        return scatter_2d({"data": data.test, "samples": x}, path, title="samples")
+    if x.dim() == 2 and x.shape[1] == 1:
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.hist(data.test[:, 0].cpu().numpy(), bins=80, density=True, alpha=0.5, label="data")
+        ax.hist(x[:, 0].cpu().numpy(), bins=80, density=True, alpha=0.5, label="samples")
+        ax.legend()
+        return _save(fig, path)
+    side = int(round(x.shape[1] ** 0.5)) if x.dim() == 2 else 0
+    if side * side == (x.shape[1] if x.dim() == 2 else -1):
+        return image_grid(x[:100], path, title="samples", value_range=data.value_range)
+    return scatter_2d({"data": data.test[:, :2], "samples": x[:, :2]}, path, title="samples (first 2 dims)")

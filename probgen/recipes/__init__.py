@@ -1,0 +1,52 @@
+"""Recipes: how ``probgen train MODEL`` builds, fits, saves and reloads each model.
+
+A recipe glues the layers together for one model name: data -> model -> inference ->
+run folder. The model and inference code knows nothing of run folders or the command line;
+the recipe is the only place that does.
+
+Each recipe module must be cheap to import (no torch at module level: ``probgen --help``
+and ``probgen train MODEL --help`` stay fast) and defines:
+
+``HELP: str``
+    One line for ``probgen train --help``.
+``add_arguments(parser)``
+    Model-specific flags (``--kebab-case``; defaults that are sensible for any data set).
+``data_options(args) -> dict``
+    Defaults for the data options this model needs (e.g. ``{"binarize": "dynamic"}`` for a
+    Bernoulli VAE); the user's explicit ``--binarize``/``--value-range`` win.
+``train(run, data, config, device) -> model``
+    Fit the model, logging with ``run.log(step, ...)`` and checkpointing with
+    ``run.save_checkpoint(state, step=...)``. When ``run`` already holds a checkpoint
+    (``--resume``) continue from it: same seed, same data -> same result as an
+    uninterrupted run on the CPU.
+``load(run, data, device) -> model``
+    Rebuild the fitted model from ``run.config`` and the latest checkpoint.
+``figures(model, data, run) -> list[Path]`` (optional)
+    Figures written into ``run.figures_dir``.
+
+The returned models implement the protocol the evaluation layer sees (DESIGN.md):
+``sample(n)``, and where they can ``log_prob(x)``, ``elbo(x)``, ``iwae_bound(x, k)``,
+``encode(x)``, ``decode(z)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from probgen.errors import ConfigError, suggest
+
+__all__ = ["RECIPES", "get_recipe"]
+
+# model name -> module that implements its recipe
+RECIPES: dict[str, str] = {
+    "gmm": "probgen.recipes.gmm",
+}
+
+
+def get_recipe(name: str) -> ModuleType:
+    if name not in RECIPES:
+        raise ConfigError(
+            f"unknown model {name!r}.{suggest(name, RECIPES)} Known models: {', '.join(RECIPES)}."
+        )
+    return importlib.import_module(RECIPES[name])

@@ -1,0 +1,34 @@
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# The full MNIST files, laid beside the repository (see README: data).
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(autouse=True)
+def _reset_global_state():
+    """Fresh Pyro parameter store and seeds before every test."""
+    import pyro
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def mnist_root():
+    """Folder with the four MNIST files; tests that need it skip where it is absent."""
+    root = Path(os.environ.get("PROBGEN_TEST_MNIST", SHARED_MNIST))
+    if not (root / "train-images-idx3-ubyte.gz").exists() and not (root / "train-images-idx3-ubyte").exists():
+        pytest.skip(f"MNIST files not found in {root}")
+    return root

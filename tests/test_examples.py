@@ -1,0 +1,31 @@
+"""Every example runs offline with --smoke, in a subprocess, as a user would run it.
+
+A new script in examples/ must be added to EXAMPLES: the last test fails otherwise.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+
+# script name -> extra arguments (besides --smoke and --out)
+EXAMPLES: dict[str, list[str]] = {
+}
+
+
+@pytest.mark.parametrize("script", sorted(EXAMPLES))
+def test_example_runs(script, tmp_path):
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    cmd = [sys.executable, str(EXAMPLES_DIR / script), "--smoke", "--out", str(tmp_path), *EXAMPLES[script]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def test_every_example_is_listed():
+    scripts = {p.name for p in EXAMPLES_DIR.glob("*.py") if not p.name.startswith("_")}
+    missing = scripts - set(EXAMPLES)
+    assert not missing, f"examples not in tests/test_examples.py EXAMPLES: {sorted(missing)}"
