@@ -40,7 +40,6 @@ __all__ = ["RECIPES", "get_recipe"]
 
 # model name -> module that implements its recipe
 RECIPES: dict[str, str] = {
-    "gmm": "probgen.recipes.gmm",
 }
 
 
