@@ -25,7 +25,12 @@ __all__ = ["main", "build_parser"]
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with the nearest valid flag suggested for an unknown one."""
+    """argparse, with the nearest valid flag suggested for an unknown one (and no silent
+    abbreviations: ``--res`` is an error, not ``--resume``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):  # noqa: D401 - argparse API
         if message.startswith("unrecognized arguments:"):
@@ -53,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("datasets", help="list the named data sets")
+    p.set_defaults(_parser=p)
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("train", help="train a model into a run folder")
@@ -60,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in RECIPES:
         recipe = get_recipe(name)
         mp = models.add_parser(name, help=recipe.HELP, description=recipe.HELP)
+        mp.set_defaults(_parser=mp)
         mp.add_argument("--data", required=True, metavar="NAME|PATH",
                         help="a data set name (see `probgen datasets`) or a path to your data")
         mp.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
@@ -77,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         recipe.add_arguments(mp)
 
     p = sub.add_parser("eval", help="evaluate a trained run; writes RUN_DIR/eval.json")
+    p.set_defaults(_parser=p)
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--k", type=int, default=None,
@@ -91,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_data_args(p)
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
+    p.set_defaults(_parser=p)
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--out", default=None, metavar="FILE",
@@ -99,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_data_args(p)
 
     p = sub.add_parser("kl-demo", help="forward vs reverse KL: mode covering and mode seeking")
+    p.set_defaults(_parser=p)
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny settings (seconds)")
@@ -113,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
               f"Known models: {', '.join(RECIPES)}.", file=sys.stderr)
         return 2
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 0

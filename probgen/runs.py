@@ -325,9 +325,14 @@ def load_checkpoint_file(path, *, map_location="cpu", expected_model: str | None
 
     import torch
 
+    import warnings
+
     path = Path(path)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # a foreign file's pickle protocol is not worth a warning: it is refused below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refused to load {path}: it holds objects other than tensors and plain containers "
