@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--limit", type=int, default=None, metavar="N",
                         help="use at most N training examples")
         mp.add_argument("--no-figures", action="store_true", help="skip the figures")
+        mp.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="stop training (with a checkpoint) once this much time has passed")
         _add_common_data_args(mp)
         recipe.add_arguments(mp)
 
@@ -106,6 +108,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to save them (default RUN_DIR/samples.pt, and a figure)")
     p.add_argument("--seed", type=int, default=0)
     _add_common_data_args(p)
+
+    p = sub.add_parser("compare", help="train and score several models on the same data; writes a report")
+    p.set_defaults(_parser=p)
+    p.add_argument("--data", required=True, metavar="NAME|PATH")
+    p.add_argument("--models", required=True, help="comma-separated, e.g. vae,gmm,ppca,gan")
+    p.add_argument("--budget", type=float, default=5.0, metavar="MINUTES",
+                   help="training time for all models together (default 5)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--runs", default=None, metavar="MODEL=DIR,...",
+                   help="reuse trained runs instead of training, e.g. vae=runs/vae,gan=runs/gan")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=None, help="importance samples for IWAE (default 100)")
+    p.add_argument("--ais", action="store_true", help="add annealed importance sampling")
+    p.add_argument("--ais-steps", type=int, default=200)
+    p.add_argument("--parzen", action="store_true", help="add the Parzen-window estimate")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="train on at most N examples")
+    p.add_argument("--eval-limit", type=int, default=None, metavar="N",
+                   help="evaluate on the first N test examples")
+    p.add_argument("--overwrite", action="store_true", help="replace a comparison in --out")
+    _add_common_data_args(p)
+
+    p = sub.add_parser("demo", help="the quick tour: a small comparison on bundled offline data")
+    p.set_defaults(_parser=p)
+    p.add_argument("--out", default="demo-output", metavar="DIR")
+    p.add_argument("--budget", type=float, default=3.0, metavar="MINUTES",
+                   help="training time in all (default 3)")
+    p.add_argument("--smoke", action="store_true", help="tiny settings (seconds)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("kl-demo", help="forward vs reverse KL: mode covering and mode seeking")
     p.set_defaults(_parser=p)
@@ -198,7 +230,14 @@ def _cmd_train(args) -> int:
     data = load_run_data(run.config, device=device, data_root=args.data_root)
     t0 = time.perf_counter()
     model = recipe.train(run, data, run.config, device)
-    print(f"trained {args.model} on {args.data} in {time.perf_counter() - t0:.1f} s -> {run.path}")
+    seconds = time.perf_counter() - t0
+    previous = run.path / "train.json"
+    if args.resume and previous.exists():
+        import json
+
+        seconds += json.loads(previous.read_text()).get("seconds", 0.0)
+    run.write_json("train.json", {"seconds": seconds, "device": str(device)})
+    print(f"trained {args.model} on {args.data} in {seconds:.1f} s -> {run.path}")
     if not args.no_figures and hasattr(recipe, "figures"):
         paths = recipe.figures(model, data, run)
         if paths:
@@ -278,7 +317,39 @@ def _cmd_kl_demo(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from probgen.compare import CompareSpec, compare
+
+    runs = {}
+    if args.runs:
+        for item in args.runs.split(","):
+            if "=" not in item:
+                raise ConfigError(f"--runs takes MODEL=DIR pairs separated by commas; got {item!r}.")
+            name, d = item.split("=", 1)
+            runs[name.strip()] = Path(d.strip())
+    spec = CompareSpec(
+        data=args.data, models=[m.strip() for m in args.models.split(",") if m.strip()],
+        out=Path(args.out), budget_minutes=args.budget, runs=runs, seed=args.seed,
+        device=args.device, data_root=args.data_root, k=args.k, ais=args.ais,
+        ais_steps=args.ais_steps, parzen=args.parzen, limit=args.limit,
+        eval_limit=args.eval_limit, overwrite=args.overwrite,
+    )
+    compare(spec)
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from probgen.demo import run_demo
+
+    run_demo(Path(args.out), budget_minutes=args.budget, smoke=args.smoke, seed=args.seed,
+             device=args.device)
+    return 0
+
+
 _COMMANDS = {
+    "compare": _cmd_compare,
+    "demo": _cmd_demo,
     "datasets": _cmd_datasets,
     "train": _cmd_train,
     "eval": _cmd_eval,

@@ -44,8 +44,14 @@ def _batched(fn, x: torch.Tensor, batch_size: int):
 
 @torch.no_grad()
 def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None,
-                       limit: int | None = None, batch_size: int = 500) -> dict[str, Metric]:
-    """Exact log-likelihood, ELBO and IWAE-k, each where the model has it."""
+                       limit: int | None = None, batch_size: int = 500,
+                       per_example: dict | None = None) -> dict[str, Metric]:
+    """Exact log-likelihood, ELBO and IWAE-k, each where the model has it.
+
+    When ``per_example`` is a dict, the per-example values (tensors (N,)) are stored in it
+    under ``log_likelihood``, ``elbo`` and ``iwae``, for paired comparisons between models.
+    """
+    store = per_example if per_example is not None else {}
     x = data.split(split)
     if limit is not None:
         x = x[:limit]
@@ -53,6 +59,7 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
     if callable(getattr(model, "log_prob", None)):
         lp, _ = _batched(model.log_prob, x, batch_size)
         out["log_likelihood"] = summarize(lp, "nats")
+        store["log_likelihood"] = lp
     else:
         out["log_likelihood"] = unavailable(
             "the model has no exact density (no log_prob); see the bounds below", "nats")
@@ -61,6 +68,7 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
     if callable(getattr(model, "elbo", None)):
         elbo, terms = _batched(model.elbo, x, batch_size)
         out["elbo"] = summarize(elbo, "nats")
+        store["elbo"] = elbo
         for name, v in terms.items():
             out[f"elbo_{name}"] = summarize(v, "nats")
     else:
@@ -69,12 +77,14 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
         kk = k or 100
         iw, _ = _batched(lambda xb: model.iwae_bound(xb, kk), x, max(1, min(batch_size, 50_000 // kk)))
         out[f"iwae_{kk}"] = summarize(iw, "nats")
+        store["iwae"] = iw
     return out
 
 
 def evaluate(model, data, split: str = "test", *, k: int | None = None,
              n_samples: int | None = None, limit: int | None = None, ais: bool = False,
-             ais_steps: int = 500, parzen: bool = False, model_name: str | None = None) -> dict:
+             ais_steps: int = 500, parzen: bool = False, model_name: str | None = None,
+             per_example: dict | None = None) -> dict:
     """Every metric ``model`` allows on ``data[split]``, in the one results schema.
 
     Returns ``{"model", "dataset", "split", "n", "metrics": {NAME: {"value", "stderr", "unit"}}}``.
@@ -82,7 +92,7 @@ def evaluate(model, data, split: str = "test", *, k: int | None = None,
     x = data.split(split)
     n = x.shape[0] if limit is None else min(limit, x.shape[0])
     metrics: dict[str, Metric] = {}
-    metrics.update(likelihood_metrics(model, data, split, k=k, limit=limit))
+    metrics.update(likelihood_metrics(model, data, split, k=k, limit=limit, per_example=per_example))
     metrics.update(_sample_metrics(model, data, split, n_samples=n_samples))
     return {
         "model": model_name or type(model).__name__,

@@ -1,0 +1,233 @@
+"""``probgen compare``: explicit against implicit density estimators on the same data.
+
+Each model is trained into its own run folder (or an existing run is reused), then every run
+is scored by the same evaluation code on the same test split. The result is one table with a
+row per model and a column per metric, each cell a value with its standard error or a blank
+with the reason; the lecture's VAE-against-GAN comparison filled with measured values; paired
+differences of per-example log-likelihoods; and a report a person reads
+(``results.json``, ``report.md``, ``report.html`` with its figures).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from probgen.errors import ConfigError
+
+__all__ = ["compare", "COLUMNS", "CompareSpec"]
+
+# (metric name in eval.json, column title, better) -- the table's columns, in order
+COLUMNS: list[tuple[str, str, str]] = [
+    ("log_likelihood", "exact log-lik", "higher"),
+    ("elbo", "ELBO", "higher"),
+    ("iwae", "IWAE-k", "higher"),
+    ("ais", "AIS", "higher"),
+    ("parzen", "Parzen", "higher"),
+    ("true_log_likelihood", "true log-lik", "higher"),
+    ("modes_covered", "modes", "higher"),
+    ("high_quality_fraction", "HQ frac", "higher"),
+    ("reverse_kl", "reverse KL", "lower"),
+    ("frechet_distance", "Frechet", "lower"),
+    ("kernel_distance", "kernel", "lower"),
+    ("precision", "precision", "higher"),
+    ("recall", "recall", "higher"),
+    ("density", "density", "higher"),
+    ("coverage", "coverage", "higher"),
+    ("class_histogram", "classes", "higher"),
+    ("train_time", "train s", "lower"),
+]
+
+
+@dataclass
+class CompareSpec:
+    """What to compare: one data set, several models, a training budget."""
+
+    data: str
+    models: list[str]
+    out: Path
+    budget_minutes: float = 5.0
+    runs: dict[str, Path] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    data_root: str | None = None
+    k: int | None = None
+    ais: bool = False
+    ais_steps: int = 200
+    parzen: bool = False
+    limit: int | None = None
+    eval_limit: int | None = None
+    model_args: dict[str, list[str]] = field(default_factory=dict)
+    overwrite: bool = False
+
+
+def compare(spec: CompareSpec) -> dict:
+    """Train (or reuse), evaluate and report every model of ``spec``; returns results.json's dict."""
+    from probgen.cli import main as cli_main
+    from probgen.recipes import RECIPES
+
+    out = Path(spec.out)
+    unknown = [m for m in spec.models if m not in RECIPES]
+    if unknown:
+        from probgen.errors import suggest
+
+        raise ConfigError(
+            f"unknown model(s) {', '.join(map(repr, unknown))}.{suggest(unknown[0], RECIPES)} "
+            f"Known models: {', '.join(RECIPES)}."
+        )
+    if (out / "results.json").exists() and not spec.overwrite:
+        raise ConfigError(f"{out} already holds a comparison (results.json). Pass --overwrite to "
+                          "replace it, or choose another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
+    per_model_s = 60.0 * spec.budget_minutes / max(1, len([m for m in spec.models if m not in spec.runs]))
+
+    rows: dict[str, dict] = {}
+    for name in spec.models:
+        run_dir = Path(spec.runs.get(name) or out / "runs" / name)
+        if name not in spec.runs:
+            argv = ["train", name, "--data", spec.data, "--out", str(run_dir), "--seed", str(spec.seed),
+                    "--device", spec.device, "--time-budget", f"{per_model_s:.1f}", "--overwrite",
+                    *(["--data-root", spec.data_root] if spec.data_root else []),
+                    *(["--limit", str(spec.limit)] if spec.limit else []),
+                    *spec.model_args.get(name, [])]
+            print(f"[compare] training {name} on {spec.data} (budget {per_model_s:.0f} s)", flush=True)
+            code = cli_main(argv)
+            if code:
+                raise ConfigError(f"training {name} failed (exit {code}); see the message above.")
+        rows[name] = _evaluate_run(run_dir, spec)
+
+    results = {
+        "data": spec.data,
+        "split": "test",
+        "models": {n: r["eval"] for n, r in rows.items()},
+        "runs": {n: str(r["run"]) for n, r in rows.items()},
+        "data_options": {n: r["data_options"] for n, r in rows.items()},
+    }
+    results["paired_differences"] = _paired(rows, out)
+    results["vae_vs_gan"] = _lecture_table(rows, spec)
+    results["model_choice"] = _model_choice(rows, spec, out)
+    from probgen import report
+
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    report.write_reports(results, rows, out, columns=COLUMNS)
+    return results
+
+
+def _evaluate_run(run_dir: Path, spec: CompareSpec) -> dict:
+    import torch
+
+    from probgen.cli import load_run_data
+    from probgen.eval import evaluate
+    from probgen.recipes import get_recipe
+    from probgen.runs import Run, resolve_device
+
+    run = Run.open(run_dir)
+    device = resolve_device(spec.device)
+    data = load_run_data(run.config, device=device, data_root=spec.data_root)
+    model = get_recipe(run.config["model"]).load(run, data, device)
+    per_example: dict[str, torch.Tensor] = {}
+    t0 = time.perf_counter()
+    ev = evaluate(model, data, "test", k=spec.k, limit=spec.eval_limit, ais=spec.ais,
+                  ais_steps=spec.ais_steps, parzen=spec.parzen, model_name=run.config["model"],
+                  per_example=per_example)
+    ev["eval_seconds"] = time.perf_counter() - t0
+    train = run.path / "train.json"
+    seconds = json.loads(train.read_text()).get("seconds") if train.exists() else None
+    ev["metrics"]["train_time"] = {"value": seconds, "stderr": None, "unit": "s"} if seconds is not None \
+        else {"value": None, "stderr": None, "unit": "s", "reason": "run has no train.json"}
+    run.write_json("eval.json", ev)
+    return {"run": run.path, "eval": ev, "model": model, "data": data,
+            "data_options": run.config.get("data_options"), "per_example": per_example}
+
+
+def _paired(rows: dict, out: Path) -> list[dict]:
+    """Mean paired difference of per-example log-likelihoods for every pair of models scored on
+    the same representation of the same test points (same binarisation and value range)."""
+    from probgen.eval.paired import paired_difference, plot_per_example
+
+    best = {}
+    for name, r in rows.items():
+        for key in ("log_likelihood", "ais", "iwae", "elbo"):
+            if key in r["per_example"]:
+                best[name] = (key, r["per_example"][key])
+                break
+    pairs = []
+    names = sorted(best)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if rows[a]["data_options"] != rows[b]["data_options"]:
+                pairs.append({"a": a, "b": b, "value": None,
+                              "reason": "scored on different data representations "
+                                        f"({rows[a]['data_options']} vs {rows[b]['data_options']}): "
+                                        "their likelihoods are not comparable"})
+                continue
+            va, vb = best[a][1], best[b][1]
+            n = min(len(va), len(vb))
+            d = paired_difference(va[:n], vb[:n])
+            pairs.append({"a": a, "b": b, "a_estimate": best[a][0], "b_estimate": best[b][0],
+                          "value": d.value, "stderr": d.stderr, "unit": "nats"})
+    if best:
+        plot_per_example({f"{n} ({k})": v for n, (k, v) in best.items()},
+                         out / "figures" / "per_example_loglik.png")
+    return pairs
+
+
+def _lecture_table(rows: dict, spec: CompareSpec) -> dict:
+    """VAE against GAN, measured: reconstruction of given x, sharpness, likelihood available."""
+    import torch
+
+    table = {}
+    for name, r in rows.items():
+        model, data = r["model"], r["data"]
+        entry = {}
+        metrics = r["eval"]["metrics"]
+        entry["likelihood"] = ", ".join(
+            k for k in ("log_likelihood", "elbo", "iwae", "ais") if metrics.get(k, {}).get("value") is not None
+        ) or "none"
+        if callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None)):
+            x = data.test[:64]
+            t0 = time.perf_counter()
+            with torch.enable_grad():
+                z = model.encode(x)
+            xhat = model.decode(z).detach().reshape(x.shape)
+            entry["reconstruction_mse"] = float(((xhat - x) ** 2).mean())
+            entry["reconstruction_seconds_per_image"] = (time.perf_counter() - t0) / x.shape[0]
+        else:
+            entry["reconstruction_mse"] = None
+            entry["reconstruction_reason"] = "the model has no encode/decode"
+        if data.kind == "image":
+            with torch.no_grad():
+                s = model.sample(64).detach().reshape(-1, *data.shape)
+            entry["sharpness"] = _sharpness(s)
+            entry["sharpness_of_data"] = _sharpness(data.test[:64].reshape(-1, *data.shape))
+        table[name] = entry
+    return table
+
+
+def _sharpness(x) -> float:
+    """Mean variance of the Laplacian over images: blurrier images score lower."""
+    import torch
+    import torch.nn.functional as F
+
+    k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=x.device)
+    x = x.float().mean(dim=1, keepdim=True)
+    lap = F.conv2d(x, k.view(1, 1, 3, 3))
+    return float(lap.flatten(1).var(dim=1).mean())
+
+
+def _model_choice(rows: dict, spec: CompareSpec, out: Path) -> dict | None:
+    """BIC against PSIS-LOO for the number of mixture components, on low-dimensional data."""
+    if "gmm" not in rows:
+        return None
+    data = rows["gmm"]["data"]
+    if data.dim > 2:
+        return {"reason": f"done on 1-D/2-D data only (this data set has {data.dim} dimensions)"}
+    from probgen.eval.model_choice import choose_components
+
+    true_k = getattr(data.density, "n_components", None)
+    k_max = max(4, (true_k or 3) + 1) if (true_k or 0) <= 8 else true_k + 2
+    return choose_components(data.train[:300].cpu(), k_max=min(k_max, 10), seed=spec.seed,
+                             smoke=spec.budget_minutes < 2, figure=out / "figures" / "model_choice.png")

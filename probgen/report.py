@@ -1,0 +1,194 @@
+"""The report a person reads: ``report.md`` and a standalone ``report.html``.
+
+The HTML page embeds its figures as data URIs, so it can be mailed or opened anywhere; it
+loads no script and no outside resource.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+__all__ = ["write_reports", "format_metric", "table_rows"]
+
+PARZEN_NOTE = (
+    "Parzen-window estimates are shown for comparison with the older literature only: Theis, "
+    "van den Oord and Bethge (2016) show they can rank a k-means model above real data."
+)
+
+
+def _metric_for(metrics: dict, name: str) -> tuple[str, dict | None]:
+    if name == "iwae":
+        keys = sorted((k for k in metrics if k.startswith("iwae_")), key=lambda k: int(k.split("_")[1]))
+        return (keys[-1], metrics[keys[-1]]) if keys else ("iwae", None)
+    return name, metrics.get(name)
+
+
+def format_metric(m: dict | None) -> str:
+    if m is None:
+        return ""
+    v = m.get("value")
+    if v is None:
+        return ""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan"
+    s = f"{v:.4g}" if isinstance(v, float) else str(v)
+    if m.get("stderr") is not None:
+        s += f" ± {m['stderr']:.2g}"
+    return s
+
+
+def table_rows(results: dict, columns) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows (a cell per column) and footnotes (the reasons for blanks)."""
+    models = results["models"]
+    used = [c for c in columns if any(_metric_for(ev["metrics"], c[0])[1] is not None for ev in models.values())]
+    header = ["model"] + [c[1] + (" (k=" + _metric_for(next(iter(models.values()))["metrics"], "iwae")[0][5:] + ")"
+                                   if c[0] == "iwae" else "") for c in used]
+    rows, notes = [], []
+    for name, ev in models.items():
+        row = [name]
+        for col, title, _ in used:
+            key, m = _metric_for(ev["metrics"], col)
+            cell = format_metric(m)
+            if not cell:
+                reason = (m or {}).get("reason") or "not computed for this model"
+                notes.append(f"{name} / {title}: {reason}")
+                cell = f"— [{len(notes)}]"
+            row.append(cell)
+        rows.append(row)
+    return header, rows, notes
+
+
+def _figures(results: dict, rows: dict, out: Path) -> list[tuple[str, Path]]:
+    """Figures for the report: samples of every model, and the comparison figures."""
+    from probgen import plots
+
+    figs = []
+    for name, r in rows.items():
+        import torch
+
+        with torch.no_grad():
+            x = r["model"].sample(256 if r["data"].kind != "image" else 64).detach().cpu()
+        p = plots.samples_figure(x, r["data"].to("cpu"), out / "figures" / f"samples_{name}.png")
+        figs.append((f"Samples: {name}", p))
+    for title, fname in (("Per-example log-likelihoods", "per_example_loglik.png"),
+                         ("Number of mixture components: BIC and PSIS-LOO", "model_choice.png")):
+        if (out / "figures" / fname).exists():
+            figs.append((title, out / "figures" / fname))
+    return figs
+
+
+def write_reports(results: dict, rows: dict, out: Path, *, columns) -> tuple[Path, Path]:
+    out = Path(out)
+    header, body, notes = table_rows(results, columns)
+    figs = _figures(results, rows, out)
+    md = [f"# probgen compare: {results['data']}", "",
+          "Every model below was scored by the same evaluation code on the same test split. "
+          "Likelihoods are mean nats per test example, ± the standard error over examples. "
+          "Bounds are bounds: ELBO <= IWAE-k <= log p(x); AIS is a stochastic lower bound. "
+          "Likelihoods of models trained on different representations of the data (binarised "
+          "against grey pixels) are not comparable; the data options of each run are listed below.", ""]
+    md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in body]
+    if notes:
+        md += ["", "Blanks:", ""] + [f"{i + 1}. {n}" for i, n in enumerate(notes)]
+    if any("parzen" in ev["metrics"] for ev in results["models"].values()):
+        md += ["", f"> {PARZEN_NOTE}"]
+    md += ["", "## Data options per run", ""]
+    md += [f"- **{n}**: `{o}` ({results['runs'][n]})" for n, o in results["data_options"].items()]
+    md += ["", "## VAE against GAN, measured", "",
+           "| model | likelihood available | reconstruction MSE of a given x | seconds per image | sharpness (data) |",
+           "|---|---|---|---|---|"]
+    for n, e in results["vae_vs_gan"].items():
+        mse = e.get("reconstruction_mse")
+        sharp = e.get("sharpness")
+        md.append(f"| {n} | {e['likelihood']} | "
+                  f"{f'{mse:.4g}' if mse is not None else '— (' + e.get('reconstruction_reason', '') + ')'} | "
+                  f"{e.get('reconstruction_seconds_per_image', float('nan')):.3g} | "
+                  f"{f'{sharp:.3g} ({e[chr(115) + 'harpness_of_data']:.3g})' if sharp is not None else '—'} |")
+    if results.get("paired_differences"):
+        md += ["", "## Paired differences of per-example log-likelihoods (a - b)", "",
+               "| a | b | mean difference | note |", "|---|---|---|---|"]
+        for p in results["paired_differences"]:
+            if p.get("value") is None:
+                md.append(f"| {p['a']} | {p['b']} | — | {p['reason']} |")
+            else:
+                md.append(f"| {p['a']} ({p['a_estimate']}) | {p['b']} ({p['b_estimate']}) | "
+                          f"{p['value']:.4g} ± {p['stderr']:.2g} nats | paired over the same test points |")
+    mc = results.get("model_choice")
+    if mc and "per_k" in mc:
+        md += ["", "## Number of mixture components", "",
+               f"BIC chooses K = {mc['bic_choice']}; PSIS-LOO chooses K = {mc['loo_choice']}.", "",
+               "| K | BIC | elpd_loo | max Pareto k | max R-hat | min ESS |", "|---|---|---|---|---|---|"]
+        for row in mc["per_k"]:
+            md.append(f"| {row['k']} | {row['bic']:.1f} | {row['elpd_loo']:.1f} ± {row['elpd_loo_se']:.1f} | "
+                      f"{row.get('pareto_k_max', float('nan')):.2f} | {row.get('r_hat_max', float('nan')):.3f} | "
+                      f"{row.get('ess_min', float('nan')):.0f} |")
+    elif mc and "reason" in mc:
+        md += ["", "## Number of mixture components", "", mc["reason"]]
+    md += ["", "## Figures", ""] + [f"![{t}](figures/{p.name})" for t, p in figs]
+    md_path = out / "report.md"
+    md_path.write_text("\n".join(md) + "\n")
+
+    html_path = out / "report.html"
+    html_path.write_text(_html(results, header, body, notes, figs, md))
+    print(f"wrote {out / 'results.json'}, {md_path} and {html_path}")
+    return md_path, html_path
+
+
+def _html(results, header, body, notes, figs, md_lines) -> str:
+    esc = html.escape
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+             f"<title>probgen compare: {esc(results['data'])}</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#eee}"
+             "figure{display:inline-block;margin:8px;vertical-align:top}img{max-width:480px}"
+             "blockquote{color:#555;border-left:3px solid #ccc;margin:1em 0;padding-left:1em}</style>",
+             "</head><body>", f"<h1>probgen compare: {esc(results['data'])}</h1>",
+             "<p>Every model was scored by the same evaluation code on the same test split. "
+             "Likelihoods are mean nats per test example ± standard error over examples.</p>",
+             "<table id='results'><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) +
+             "</tr></thead><tbody>"]
+    for r in body:
+        parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>")
+    parts.append("</tbody></table>")
+    if notes:
+        parts.append("<ol class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ol>")
+    # the remaining sections, rendered from the markdown tables
+    in_table = False
+    for line in md_lines[md_lines.index("## Data options per run"):]:
+        if line.startswith("## Figures"):
+            break
+        if line.startswith("## "):
+            parts.append(f"<h2>{esc(line[3:])}</h2>")
+        elif line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            if not in_table:
+                parts.append("<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in cells) + "</tr>")
+                in_table = True
+            else:
+                parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+        else:
+            if in_table:
+                parts.append("</table>")
+                in_table = False
+            if line.startswith("> "):
+                parts.append(f"<blockquote>{esc(line[2:])}</blockquote>")
+            elif line.startswith("- "):
+                parts.append(f"<p>{esc(line[2:]).replace('**', '')}</p>")
+            elif line:
+                parts.append(f"<p>{esc(line)}</p>")
+    if in_table:
+        parts.append("</table>")
+    parts.append("<h2>Figures</h2>")
+    for title, path in figs:
+        data = base64.b64encode(Path(path).read_bytes()).decode()
+        parts.append(f"<figure><img alt='{esc(title)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{esc(title)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
