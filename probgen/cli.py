@@ -228,9 +228,16 @@ def _cmd_train(args) -> int:
     run = Run.create(args.out, config, resume=args.resume, overwrite=args.overwrite)
     seed_everything(run.config["seed"])
     data = load_run_data(run.config, device=device, data_root=args.data_root)
+    from probgen.runs import StopControl
+
     t0 = time.perf_counter()
-    model = recipe.train(run, data, run.config, device)
+    with StopControl(args.time_budget) as run.stop:
+        model = recipe.train(run, data, run.config, device)
     seconds = time.perf_counter() - t0
+    if run.stop.signal_name:
+        print(f"stopped cleanly on {run.stop.signal_name}; the checkpoint in {run.checkpoint_path} "
+              "holds the last step. Continue with --resume.", file=sys.stderr)
+        return 128 + 15 if run.stop.signal_name == "SIGTERM" else 130
     previous = run.path / "train.json"
     if args.resume and previous.exists():
         import json

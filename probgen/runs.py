@@ -38,6 +38,7 @@ __all__ = [
     "set_rng_state",
     "atomic_write_bytes",
     "atomic_write_json",
+    "StopControl",
 ]
 
 CHECKPOINT_FORMAT = "probgen-checkpoint"
@@ -156,6 +157,56 @@ def resolve_device(name: str | None = "auto"):
     raise ConfigError(f"--device must be one of cpu, cuda, cuda:N, auto; got {name!r}.")
 
 
+# ----------------------------------------------------------------------------- stopping
+class StopControl:
+    """Asks a training loop to stop cleanly: on SIGINT/SIGTERM, or when a time budget is spent.
+
+    Used as a context manager around training; loops call ``run.should_stop()`` once per
+    step and, when it is true, write a checkpoint and return. A second SIGINT interrupts at once.
+    """
+
+    def __init__(self, time_budget: float | None = None):
+        import time
+
+        self.time_budget = time_budget
+        self.start = time.perf_counter()
+        self.signal_name: str | None = None
+        self._old = {}
+
+    def __enter__(self) -> StopControl:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    @property
+    def reason(self) -> str | None:
+        import time
+
+        if self.signal_name:
+            return f"received {self.signal_name}"
+        if self.time_budget is not None and time.perf_counter() - self.start > self.time_budget:
+            return f"time budget of {self.time_budget:g} s spent"
+        return None
+
+
 # ----------------------------------------------------------------------------- runs
 class Run:
     """A run folder: config, metrics log, checkpoints and figures.
@@ -167,6 +218,11 @@ class Run:
     def __init__(self, path: str | os.PathLike, config: dict):
         self.path = Path(path)
         self.config = config
+        self.stop: StopControl | None = None
+
+    def should_stop(self) -> bool:
+        """True once training should checkpoint and return (a signal, or the time budget)."""
+        return self.stop is not None and self.stop.reason is not None
 
     # -- locations
     @property
