@@ -44,6 +44,8 @@ class _Parser(argparse.ArgumentParser):
 def _add_common_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="folder with the image files (default: $PROBGEN_DATA_ROOT)")
+    p.add_argument("--download", action="store_true",
+                   help="let torchvision download a missing image data set (needs a network)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
@@ -181,7 +183,7 @@ def _cmd_datasets(args) -> int:
     from probgen.data import list_datasets
 
     rows = [(i.name, "x".join(map(str, i.shape)), i.size, i.source) for i in list_datasets()]
-    head = ("name", "shape", "size (train + test)", "source")
+    head = ("name", "shape", "size (train + val + test)", "source")
     widths = [max(len(str(r[c])) for r in rows + [head]) for c in range(4)]
     for r in [head] + rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
@@ -199,7 +201,7 @@ def _data_config(args, recipe) -> dict:
     return opts
 
 
-def load_run_data(config: dict, *, device="cpu", data_root=None):
+def load_run_data(config: dict, *, device="cpu", data_root=None, download=False):
     """The data set a run was trained on, with the same options and seed."""
     from probgen.data import load_dataset
 
@@ -207,7 +209,7 @@ def load_run_data(config: dict, *, device="cpu", data_root=None):
     return load_dataset(
         config["data"], root=data_root or config.get("data_root"), device=device,
         seed=config.get("seed", 0), value_range=d.get("value_range"), binarize=d["binarize"],
-        limit=config.get("limit"),
+        limit=config.get("limit"), download=download,
     )
 
 
@@ -217,7 +219,7 @@ def _cmd_train(args) -> int:
     recipe = get_recipe(args.model)
     device = resolve_device(args.device)
     skip = {"command", "model", "out", "resume", "overwrite", "debug", "device", "no_figures",
-            "binarize", "value_range"}
+            "binarize", "value_range", "download", "_parser"}
     config = {
         "model": args.model,
         "data": args.data,
@@ -227,7 +229,8 @@ def _cmd_train(args) -> int:
     }
     run = Run.create(args.out, config, resume=args.resume, overwrite=args.overwrite)
     seed_everything(run.config["seed"])
-    data = load_run_data(run.config, device=device, data_root=args.data_root)
+    data = load_run_data(run.config, device=device, data_root=args.data_root,
+                         download=args.download)
     from probgen.runs import StopControl
 
     t0 = time.perf_counter()
@@ -261,7 +264,8 @@ def _load_run(args):
                           f"probgen does not know (known: {', '.join(RECIPES)}).")
     recipe = get_recipe(run.config["model"])
     device = resolve_device(args.device)
-    data = load_run_data(run.config, device=device, data_root=args.data_root)
+    data = load_run_data(run.config, device=device, data_root=args.data_root,
+                         download=getattr(args, "download", False))
     model = recipe.load(run, data, device)
     return run, data, model
 
@@ -319,7 +323,8 @@ def _cmd_kl_demo(args) -> int:
     for problem, fits in result["problems"].items():
         for which in ("forward", "reverse"):
             f = fits[which]
-            print(f"  {problem:3s} {which:8s} KL(p||q)={f['kl_p_q']:.4f}  KL(q||p)={f['kl_q_p']:.4f}")
+            print(f"  {problem:10s} {which:8s} KL(p||q)={f['kl_p_q']:.4f} ± {f['kl_p_q_stderr']:.4f}"
+                  f"  KL(q||p)={f['kl_q_p']:.4f} ± {f['kl_q_p_stderr']:.4f}")
     print(f"wrote {Path(args.out) / 'kl.json'} and figures in {args.out}")
     return 0
 

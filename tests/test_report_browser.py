@@ -1,0 +1,83 @@
+"""The compare report's HTML page in a real headless browser: it loads with no console errors
+and its screenshot is a real page. Skipped where Debian's chromium is not installed."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from probgen.report import PARZEN_NOTE, write_reports
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def check_page(html_path, screenshot_path, chromium=None) -> str:
+    """Load the page headless; return the browser's console log. Raises on console errors."""
+    chromium = chromium or _chromium()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--enable-logging=stderr", "--v=0", "--window-size=1200,1600"]
+    proc = subprocess.run([chromium, *flags, f"--screenshot={screenshot_path}", f"file://{html_path}"],
+                          capture_output=True, text=True, timeout=120)
+    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line]
+    errors = [line for line in console if "ERROR" in line.upper() or "Uncaught" in line]
+    assert not errors, "console errors:\n" + "\n".join(errors)
+    return "\n".join(console)
+
+
+@pytest.fixture
+def small_report(tmp_path):
+    import torch
+
+    from probgen.compare import COLUMNS
+    from probgen.data import load_dataset
+
+    class Toy:
+        def __init__(self, data):
+            self.data = data
+
+        def sample(self, n):
+            return self.data.density.sample(n)
+
+    data = load_dataset("ring8")
+    results = {
+        "data": "ring8", "split": "test",
+        "models": {"gmm": {"metrics": {"log_likelihood": {"value": -1.5, "stderr": 0.01, "unit": "nats"},
+                                       "elbo": {"value": None, "stderr": None, "unit": "nats",
+                                                "reason": "no latent-variable bound"},
+                                       "parzen": {"value": -2.0, "stderr": 0.1, "unit": "nats"}}}},
+        "runs": {"gmm": "runs/gmm"}, "data_options": {"gmm": {"binarize": "none"}},
+        "vae_vs_gan": {"gmm": {"likelihood": "log_likelihood", "reconstruction_mse": None,
+                               "reconstruction_reason": "no encode"}},
+        "paired_differences": [], "model_choice": None,
+    }
+    (tmp_path / "figures").mkdir()
+    rows = {"gmm": {"model": Toy(data), "data": data}}
+    torch.manual_seed(0)
+    md, page = write_reports(results, rows, tmp_path, columns=COLUMNS)
+    return md, page
+
+
+def test_report_lists_table_reasons_and_warning(small_report):
+    md, page = small_report
+    text = md.read_text()
+    assert "| gmm | -1.5 ± 0.01 |" in text
+    assert "no latent-variable bound" in text
+    assert PARZEN_NOTE in text
+    html = page.read_text()
+    assert "<table id='results'>" in html and "data:image/png;base64," in html
+    assert "<script" not in html and "http" not in html.split("<body>")[1]
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed")
+def test_report_loads_in_headless_chromium(small_report, tmp_path):
+    _, page = small_report
+    shot = tmp_path / "shot.png"
+    check_page(page, shot)
+    assert shot.exists() and shot.stat().st_size > 10_000
