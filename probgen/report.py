@@ -103,11 +103,12 @@ def write_reports(results: dict, rows: dict, out: Path, *, columns) -> tuple[Pat
            "|---|---|---|---|---|"]
     for n, e in results["vae_vs_gan"].items():
         mse = e.get("reconstruction_mse")
+        mse_cell = f"{mse:.4g}" if mse is not None else f"— ({e.get('reconstruction_reason', '')})"
+        secs = e.get("reconstruction_seconds_per_image")
+        secs_cell = f"{secs:.3g}" if secs is not None else "—"
         sharp = e.get("sharpness")
-        md.append(f"| {n} | {e['likelihood']} | "
-                  f"{f'{mse:.4g}' if mse is not None else '— (' + e.get('reconstruction_reason', '') + ')'} | "
-                  f"{e.get('reconstruction_seconds_per_image', float('nan')):.3g} | "
-                  f"{f'{sharp:.3g} ({e[chr(115) + 'harpness_of_data']:.3g})' if sharp is not None else '—'} |")
+        sharp_cell = f"{sharp:.3g} ({e['sharpness_of_data']:.3g})" if sharp is not None else "—"
+        md.append(f"| {n} | {e['likelihood']} | {mse_cell} | {secs_cell} | {sharp_cell} |")
     if results.get("paired_differences"):
         md += ["", "## Paired differences of per-example log-likelihoods (a - b)", "",
                "| a | b | mean difference | note |", "|---|---|---|---|"]
