@@ -14,6 +14,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 
 # script name -> extra arguments (besides --smoke and --out)
 EXAMPLES: dict[str, list[str]] = {
+    "kl_demo.py": [],
 }
 
 
