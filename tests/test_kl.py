@@ -277,3 +277,13 @@ def test_cli_prints_the_result(smoke_run, monkeypatch, capsys):
     f = result["problems"]["1d"]["reverse"]
     assert f"1d         reverse  KL(p||q)={f['kl_p_q']:.4f} ± {f['kl_p_q_stderr']:.4f}" in text
     assert "kl.json" in text
+
+
+def test_an_infinite_objective_stops_the_fit_before_the_update():
+    from probgen.errors import DivergedError
+
+    def log_p(z):  # p has no mass where q starts
+        return torch.full(z.shape[:-1], -math.inf)
+
+    with pytest.raises(DivergedError, match=r"KL objective was inf at step 0.*Lower lr"):
+        fit_reverse_kl(log_p, 1, steps=5)
