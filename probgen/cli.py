@@ -303,9 +303,9 @@ def _cmd_sample(args) -> int:
     with torch.no_grad():
         x = model.sample(args.n).detach().cpu()
     out = Path(args.out) if args.out else run.path / "samples.pt"
-    from probgen.runs import atomic_write_bytes
-
     import io
+
+    from probgen.runs import atomic_write_bytes
     buf = io.BytesIO()
     torch.save(x, buf)
     atomic_write_bytes(out, buf.getvalue())

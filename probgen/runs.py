@@ -378,10 +378,9 @@ class Run:
 def load_checkpoint_file(path, *, map_location="cpu", expected_model: str | None = None) -> dict:
     """Load a probgen checkpoint safely (``weights_only=True``) and check what it holds."""
     import pickle
+    import warnings
 
     import torch
-
-    import warnings
 
     path = Path(path)
     try:
