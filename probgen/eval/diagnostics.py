@@ -1,0 +1,239 @@
+"""How far to trust an importance-sampling estimate, and the AIS and Parzen metrics.
+
+Pareto k-hat (Vehtari, Simpson, Gelman, Yao and Gabry, 2024, "Pareto smoothed importance
+sampling", JMLR 25(72)): fit a generalized Pareto distribution to the largest importance
+weights of each example; its shape ``k`` says how many moments the weights have. With
+``k < 0.5`` the variance is finite and the estimate converges fast; with ``0.5 <= k < 0.7`` it
+converges, slowly; with ``k >= 0.7`` (:data:`KHAT_THRESHOLD`) the estimate of ``log p(x)`` from
+these weights (IWAE or AIS) is not to be trusted, whatever its standard error says.
+
+The fit is ArviZ's (``arviz.psislw``, ArviZ 0.x). Where that API is missing (ArviZ 1.x moved
+it), the same estimator runs here: the empirical-Bayes fit of Zhang and Stephens (2009,
+"A new and efficient estimation method for the generalized Pareto distribution",
+Technometrics 51(3)) with the weakly informative prior on ``k`` of Vehtari et al., on the
+``min(S / 5, 3 sqrt(S))`` largest weights; the tests check that both agree.
+
+:func:`ais_metric` and :func:`parzen_metric` turn :mod:`probgen.inference.ais` and
+:mod:`probgen.inference.parzen` estimates into metrics of the one results schema.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from probgen.errors import ConfigError
+from probgen.eval.metrics import Metric, summarize, unavailable
+
+__all__ = ["KHAT_THRESHOLD", "pareto_khat", "khat_summary", "ais_metric", "parzen_metric"]
+
+KHAT_THRESHOLD = 0.7
+
+
+def pareto_khat(log_weights, dim: int = 0, *, use_arviz: bool = True) -> torch.Tensor:
+    """Pareto k-hat of the importance weights of each example.
+
+    Parameters
+    ----------
+    log_weights : Tensor or array, shape (S, N) for ``dim=0``
+        Log importance weights: ``S`` weights (IWAE samples or AIS chains) per example.
+    dim : int
+        The dimension that holds the weights of one example.
+    use_arviz : bool
+        Use ``arviz.psislw`` when it exists (ArviZ 0.x); else, or with ``False``, the same
+        estimator implemented here.
+
+    Returns
+    -------
+    Tensor (N,), float64
+        ``k`` per example; NaN where fewer than 5 weights fall in the tail (``S < 25`` or so):
+        too few to fit. Values above :data:`KHAT_THRESHOLD` flag estimates not to be trusted.
+    """
+    lw = log_weights.detach().double().cpu().numpy() if isinstance(log_weights, torch.Tensor) \
+        else np.asarray(log_weights, dtype=np.float64)
+    if lw.ndim == 1:
+        lw = lw[:, None]
+        dim = 0
+    if lw.ndim != 2:
+        raise ConfigError(f"log_weights must have shape (S, N) (or (S,)); got {lw.shape}.")
+    lw = np.moveaxis(lw, dim, -1)  # (N, S): weights of one example along the last axis
+    if np.isnan(lw).any() or np.isposinf(lw).any():
+        raise ConfigError("log_weights contain NaN or +inf; k-hat needs finite weights (-inf, a "
+                          "zero weight, is allowed).")
+    khat = None
+    if use_arviz:
+        khat = _arviz_khat(lw)
+    if khat is None:
+        khat = np.array([_khat_one(row) for row in lw], dtype=np.float64)
+    khat = np.where(np.isfinite(khat), khat, np.nan)
+    return torch.from_numpy(np.asarray(khat, dtype=np.float64).reshape(lw.shape[0]))
+
+
+def khat_summary(khat: torch.Tensor) -> dict:
+    """Fraction of examples with ``k > 0.7`` (among those where k could be fitted), and more."""
+    k = khat.double().flatten()
+    known = k[~torch.isnan(k)]
+    return {
+        "khat_threshold": KHAT_THRESHOLD,
+        "fraction_khat_above_threshold": float((known > KHAT_THRESHOLD).double().mean()) if known.numel() else None,
+        "max_khat": float(known.max()) if known.numel() else None,
+        "n_khat_unknown": int(k.numel() - known.numel()),
+    }
+
+
+# ----------------------------------------------------------------------------- the fit
+def _arviz_khat(lw: np.ndarray) -> np.ndarray | None:
+    """k-hat from ``arviz.psislw`` (ArviZ 0.x); None where that API is not there."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # 0.x announces its 1.x refactor
+            import arviz
+        psislw = arviz.psislw
+    except (ImportError, AttributeError):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, k = psislw(lw.copy(), reff=1.0)
+    except TypeError:  # a different signature: not the 0.x API
+        return None
+    return np.asarray(k, dtype=np.float64)
+
+
+def _khat_one(lw: np.ndarray) -> float:
+    """k-hat of one example's log weights (S,), as ``arviz.psislw`` computes it."""
+    s = lw.shape[0]
+    tail_len = int(math.ceil(min(s / 5.0, 3.0 * math.sqrt(s))))
+    x = lw - lw.max()
+    order = np.sort(x)
+    cutoff = max(order[-tail_len - 1] if tail_len < s else -np.inf, np.log(np.finfo(float).tiny))
+    tail = np.sort(x[x > cutoff])
+    if tail.shape[0] <= 4:
+        return math.nan
+    k, _ = _gpd_fit(np.exp(tail) - np.exp(cutoff))
+    return float(k)
+
+
+def _gpd_fit(x: np.ndarray) -> tuple[float, float]:
+    """Generalized Pareto fit of Zhang and Stephens (2009), with Vehtari et al.'s prior on k.
+
+    x: sorted exceedances (n,), all > 0. Returns the shape ``k`` and scale ``sigma``.
+    """
+    n = x.shape[0]
+    m = 30 + int(math.sqrt(n))
+    # candidate values of theta = -k / sigma, from the quantile-based prior of Zhang & Stephens
+    theta = 1.0 - np.sqrt(m / (np.arange(1, m + 1, dtype=np.float64) - 0.5))
+    theta = theta / (3.0 * x[int(n / 4 + 0.5) - 1]) + 1.0 / x[-1]
+    k_of = np.log1p(-theta[:, None] * x).mean(axis=1)  # (m,)
+    profile = n * (np.log(-theta / k_of) - k_of - 1.0)
+    w = 1.0 / np.exp(profile - profile[:, None]).sum(axis=1)  # posterior weights of the candidates
+    keep = w >= 10 * np.finfo(float).eps
+    w, theta = w[keep], theta[keep]
+    w = w / w.sum()
+    theta_hat = float((theta * w).sum())
+    k = float(np.log1p(-theta_hat * x).mean())
+    sigma = -k / theta_hat
+    k = (n * k + 10 * 0.5) / (n + 10)  # weakly informative prior: k shrunk toward 0.5
+    return k, sigma
+
+
+# ----------------------------------------------------------------------------- metrics
+def ais_metric(model, x: torch.Tensor, *, x_val: torch.Tensor | None = None, n_steps: int = 500,
+               n_chains: int = 32, batch_size: int = 50,
+               sigmas: tuple[float, ...] | None = None) -> Metric:
+    """AIS estimate of log p(x) as a metric, with its k-hat diagnostic (Wu et al., 2017).
+
+    A model with ``log_likelihood`` is scored as it is; one with only ``decode`` gets a
+    Gaussian observation model whose width is chosen on ``x_val`` (up to 100 examples, a
+    schedule of ``max(50, n_steps // 5)`` steps, 4 chains) from ``sigmas`` (default
+    ``(0.01, 0.02, 0.05, 0.1, 0.2, 0.5)`` times the data's value range).
+    """
+    from probgen.inference.ais import ais, select_sigma
+
+    missing = [a for a in ("latent_dim", "prior_log_prob") if not hasattr(model, a)]
+    has_ll = callable(getattr(model, "log_likelihood", None))
+    if not has_ll and not callable(getattr(model, "decode", None)):
+        missing.append("log_likelihood or decode")
+    if missing:
+        return unavailable(
+            f"AIS needs a latent-variable model (latent_dim, prior_log_prob, and log_likelihood "
+            f"or decode); the model lacks {', '.join(missing)}", "nats")
+    extra: dict = {}
+    sigma = None
+    if not has_ll:
+        if x_val is None or x_val.shape[0] == 0:
+            return unavailable("AIS with a Gaussian observation model needs validation data to "
+                               "choose its width sigma", "nats")
+        if sigmas is None:
+            span = float(x_val.max() - x_val.min()) or 1.0
+            sigmas = tuple(span * s for s in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            sel = select_sigma(model, x_val[:100], sigmas, n_steps=max(50, n_steps // 5),
+                               n_chains=4, batch_size=batch_size)
+        sigma = sel.sigma
+        extra["sigma_grid"] = list(sel.sigmas)
+        extra["sigma_val_scores"] = sel.scores
+        if caught:
+            extra["sigma_warning"] = str(caught[-1].message)
+    res = ais(model, x, n_steps=n_steps, n_chains=n_chains, sigma=sigma, batch_size=batch_size)
+    metric = summarize(res.log_px, "nats", extra_var=res.stderr.pow(2))
+    if metric.extra is None:
+        metric.extra = {}
+    metric.extra.update({
+        "estimator": "forward AIS with HMC (a stochastic lower bound on log p(x))",
+        "n_steps": res.n_steps,
+        "n_chains": res.n_chains,
+        "n_leapfrog": res.n_leapfrog,
+        "schedule": res.schedule,
+        "sigma": sigma,
+        "mean_acceptance": float(res.acceptance.mean()),
+        **khat_summary(pareto_khat(res.log_weights)),
+        **extra,
+    })
+    return metric
+
+
+def parzen_metric(model, x: torch.Tensor, x_val: torch.Tensor, *, n_samples: int = 10_000,
+                  bandwidths=None, sample_batch: int = 1000) -> Metric:
+    """Parzen-window log-likelihood (Goodfellow et al., 2014) as a metric, always carrying
+    :data:`probgen.inference.parzen.PARZEN_WARNING` in ``extra["warning"]``.
+
+    Draws ``n_samples`` from ``model.sample``; the bandwidth is chosen on ``x_val``.
+    """
+    from probgen.inference.parzen import PARZEN_WARNING, parzen
+
+    if not callable(getattr(model, "sample", None)):
+        m = unavailable("the Parzen-window estimate needs samples (no sample(n))", "nats")
+        m.extra = {"warning": PARZEN_WARNING}
+        return m
+    if x_val is None or x_val.shape[0] == 0:
+        m = unavailable("the Parzen-window estimate needs validation data to choose its bandwidth",
+                        "nats")
+        m.extra = {"warning": PARZEN_WARNING}
+        return m
+    with torch.no_grad():
+        parts, left = [], n_samples
+        while left > 0:
+            s = model.sample(min(sample_batch, left))
+            parts.append(s.detach().reshape(s.shape[0], *x.shape[1:]).to(x.device))
+            left -= s.shape[0]
+        samples = torch.cat(parts)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        res = parzen(samples, x, x_val, bandwidths=bandwidths)
+    metric = summarize(res.log_px, "nats", extra_var=res.stderr.pow(2))
+    if metric.extra is None:
+        metric.extra = {}
+    metric.extra.update({
+        "bandwidth": res.bandwidth,
+        "n_samples": res.n_samples,
+        "bandwidth_grid": [float(b) for b in res.bandwidths],
+        "warning": PARZEN_WARNING,
+    })
+    if caught:
+        metric.extra["bandwidth_warning"] = str(caught[-1].message)
+    return metric
