@@ -143,13 +143,14 @@ def _gpd_fit(x: np.ndarray) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- metrics
 def ais_metric(model, x: torch.Tensor, *, x_val: torch.Tensor | None = None, n_steps: int = 500,
                n_chains: int = 32, batch_size: int = 50,
-               sigmas: tuple[float, ...] | None = None) -> Metric:
+               sigmas: tuple[float, ...] | None = None, per_example: dict | None = None) -> Metric:
     """AIS estimate of log p(x) as a metric, with its k-hat diagnostic (Wu et al., 2017).
 
     A model with ``log_likelihood`` is scored as it is; one with only ``decode`` gets a
     Gaussian observation model whose width is chosen on ``x_val`` (up to 100 examples, a
     schedule of ``max(50, n_steps // 5)`` steps, 4 chains) from ``sigmas`` (default
-    ``(0.01, 0.02, 0.05, 0.1, 0.2, 0.5)`` times the data's value range).
+    ``(0.01, 0.02, 0.05, 0.1, 0.2, 0.5)`` times the data's value range). With ``per_example``
+    (a dict), the per-example estimates (N,) are stored in it under ``"ais"``.
     """
     from probgen.inference.ais import ais, select_sigma
 
@@ -180,6 +181,8 @@ def ais_metric(model, x: torch.Tensor, *, x_val: torch.Tensor | None = None, n_s
         if caught:
             extra["sigma_warning"] = str(caught[-1].message)
     res = ais(model, x, n_steps=n_steps, n_chains=n_chains, sigma=sigma, batch_size=batch_size)
+    if per_example is not None:
+        per_example["ais"] = res.log_px
     metric = summarize(res.log_px, "nats", extra_var=res.stderr.pow(2))
     if metric.extra is None:
         metric.extra = {}
@@ -198,11 +201,12 @@ def ais_metric(model, x: torch.Tensor, *, x_val: torch.Tensor | None = None, n_s
 
 
 def parzen_metric(model, x: torch.Tensor, x_val: torch.Tensor, *, n_samples: int = 10_000,
-                  bandwidths=None, sample_batch: int = 1000) -> Metric:
+                  bandwidths=None, sample_batch: int = 1000, per_example: dict | None = None) -> Metric:
     """Parzen-window log-likelihood (Goodfellow et al., 2014) as a metric, always carrying
     :data:`probgen.inference.parzen.PARZEN_WARNING` in ``extra["warning"]``.
 
-    Draws ``n_samples`` from ``model.sample``; the bandwidth is chosen on ``x_val``.
+    Draws ``n_samples`` from ``model.sample``; the bandwidth is chosen on ``x_val``. With
+    ``per_example`` (a dict), the per-example values (N,) are stored in it under ``"parzen"``.
     """
     from probgen.inference.parzen import PARZEN_WARNING, parzen
 
@@ -225,6 +229,8 @@ def parzen_metric(model, x: torch.Tensor, x_val: torch.Tensor, *, n_samples: int
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         res = parzen(samples, x, x_val, bandwidths=bandwidths)
+    if per_example is not None:
+        per_example["parzen"] = res.log_px
     metric = summarize(res.log_px, "nats", extra_var=res.stderr.pow(2))
     if metric.extra is None:
         metric.extra = {}

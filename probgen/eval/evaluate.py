@@ -45,11 +45,16 @@ def _batched(fn, x: torch.Tensor, batch_size: int):
 @torch.no_grad()
 def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None,
                        limit: int | None = None, batch_size: int = 500,
-                       per_example: dict | None = None) -> dict[str, Metric]:
-    """Exact log-likelihood, ELBO and IWAE-k, each where the model has it.
+                       per_example: dict | None = None, ais: bool = False, ais_steps: int = 500,
+                       parzen: bool = False) -> dict[str, Metric]:
+    """Exact log-likelihood, ELBO and IWAE-k, each where the model has it; with ``ais`` the
+    annealed-importance-sampling estimate (``ais_steps`` transitions; see
+    :func:`probgen.eval.diagnostics.ais_metric`), with ``parzen`` the Parzen-window estimate
+    (with its warning; :func:`probgen.eval.diagnostics.parzen_metric`).
 
     When ``per_example`` is a dict, the per-example values (tensors (N,)) are stored in it
-    under ``log_likelihood``, ``elbo`` and ``iwae``, for paired comparisons between models.
+    under ``log_likelihood``, ``elbo``, ``iwae``, ``ais`` and ``parzen``, for paired
+    comparisons between models.
     """
     store = per_example if per_example is not None else {}
     x = data.split(split)
@@ -78,6 +83,15 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
         iw, _ = _batched(lambda xb: model.iwae_bound(xb, kk), x, max(1, min(batch_size, 50_000 // kk)))
         out[f"iwae_{kk}"] = summarize(iw, "nats")
         store["iwae"] = iw
+    if ais or parzen:
+        from probgen.eval import diagnostics
+
+        if ais:
+            out["ais"] = diagnostics.ais_metric(model, x, x_val=data.split("val"), n_steps=ais_steps,
+                                                per_example=store)
+        if parzen:
+            out["parzen"] = diagnostics.parzen_metric(model, x, data.split("val")[:1000],
+                                                      per_example=store)
     return out
 
 
@@ -92,7 +106,8 @@ def evaluate(model, data, split: str = "test", *, k: int | None = None,
     x = data.split(split)
     n = x.shape[0] if limit is None else min(limit, x.shape[0])
     metrics: dict[str, Metric] = {}
-    metrics.update(likelihood_metrics(model, data, split, k=k, limit=limit, per_example=per_example))
+    metrics.update(likelihood_metrics(model, data, split, k=k, limit=limit, per_example=per_example,
+                                      ais=ais, ais_steps=ais_steps, parzen=parzen))
     metrics.update(_sample_metrics(model, data, split, n_samples=n_samples))
     return {
         "model": model_name or type(model).__name__,
