@@ -15,6 +15,8 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 # script name -> extra arguments (besides --smoke and --out)
 EXAMPLES: dict[str, list[str]] = {
     "kl_demo.py": [],
+    "density_estimation.py": [],
+    "kmeans_digits.py": [],
 }
 
 

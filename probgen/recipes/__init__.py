@@ -40,6 +40,7 @@ __all__ = ["RECIPES", "get_recipe"]
 
 # model name -> module that implements its recipe
 RECIPES: dict[str, str] = {
+    "gmm": "probgen.recipes.gmm",
 }
 
 

@@ -1,0 +1,652 @@
+"""Expectation-maximisation for Gaussian mixtures, in log space, on Cholesky factors.
+
+The algorithm is the classic one (Dempster, Laird and Rubin, "Maximum likelihood from
+incomplete data via the EM algorithm", JRSS B 1977; Bishop, "Pattern Recognition and Machine
+Learning", 2006, section 9.2.2), with scikit-learn's parametrisation and numerical
+conventions so that the two agree to rounding:
+
+* each component is stored by its mean and the Cholesky factor ``W`` of its *precision*
+  (``precision = W @ W.T``, ``W`` upper triangular), so the log density is
+  ``-0.5 * (D log 2 pi + ||(x - mu) @ W||^2) + sum(log diag W)``;
+* responsibilities and the log-likelihood are computed with ``logsumexp``;
+* the M-step adds ``10 * eps`` to each component's mass and ``reg_covar`` to the diagonal
+  of each covariance.
+
+The E-step and the M-step meet only through :class:`SufficientStats` -- component masses
+``N_k``, first moments ``sum_i r_ik (x_i - c_k)`` and second moments
+``sum_i r_ik (x_i - c_k)(x_i - c_k)^T`` about a shift ``c_k`` -- which are plain sums over
+data points. A data-parallel EM therefore only has to all-reduce them (with the same
+shift on every worker) between :func:`e_step` and :func:`m_step`.
+
+The shift is what keeps the second moments accurate: for full and tied covariances the
+E-step whitens each point with the current parameters, ``y = (x - mu_k) @ W_k``, and
+accumulates ``sum r y y^T`` in those coordinates, so the moments come out centred at the
+current means (no ``E[x x^T] - mu mu^T`` cancellation, which matters in float32 for tight,
+far-apart clusters). Diagonal and spherical covariances use raw moments (shift 0) and two
+small matrix products, exactly as scikit-learn does; in float32 these lose accuracy when
+clusters are much narrower than their distance from the origin.
+
+Everything is written in torch, batched over components (no Python loop over ``K``), and
+processes the data in blocks of rows so that the ``(K, D, block)`` intermediates stay in
+cache; it runs unchanged on a CUDA device.
+
+Shapes: ``N`` points, ``D`` features, ``K`` components. Covariance parameters by type::
+
+    full       (K, D, D)      tied  (D, D)      diag  (K, D)      spherical  (K,)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from probgen.errors import ProbgenError
+
+__all__ = [
+    "COVARIANCE_TYPES",
+    "CovarianceError",
+    "ConvergenceWarning",
+    "MixtureParams",
+    "SufficientStats",
+    "EMResult",
+    "estimate_log_prob",
+    "weighted_log_prob",
+    "e_step",
+    "m_step",
+    "stats_from_responsibilities",
+    "compute_precision_cholesky",
+    "precision_cholesky_from_precisions",
+    "run_em",
+    "warn_not_converged",
+]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class CovarianceError(ProbgenError, ValueError):
+    """A covariance that is not positive definite: a component collapsed onto few points."""
+
+
+class ConvergenceWarning(UserWarning):
+    """EM stopped at ``max_iter`` before the lower bound changed by less than ``tol``."""
+
+
+def _covariance_error(dtype: torch.dtype, which: str) -> CovarianceError:
+    msg = (
+        f"Fitting the mixture failed because the covariance of component(s) {which} is not "
+        "positive definite (a component collapsed onto a single point or a few identical "
+        "points). Try fewer components (n_components), a larger reg_covar, or scaled input "
+        "data."
+    )
+    if dtype != torch.float64:
+        msg += " float64 data (dtype=torch.float64) also improves the numerical accuracy."
+    return CovarianceError(msg)
+
+
+# ============================================================================ records
+@dataclass
+class MixtureParams:
+    """The parameters of a Gaussian mixture (shapes in the module docstring).
+
+    Attributes
+    ----------
+    weights : Tensor, shape (K,)
+    means : Tensor, shape (K, D)
+    covariances : Tensor or None
+        ``None`` only when the mixture was built from precisions and not yet refitted.
+    precisions_cholesky : Tensor
+        Upper-triangular ``W`` with ``precision = W @ W.T`` (full, tied), or
+        ``1 / sqrt(variance)`` (diag, spherical).
+    covariance_type : str
+    """
+
+    weights: Tensor
+    means: Tensor
+    covariances: Tensor | None
+    precisions_cholesky: Tensor
+    covariance_type: str
+
+    @property
+    def precisions(self) -> Tensor:
+        return COVARIANCE_TYPES[self.covariance_type].precisions(self.precisions_cholesky)
+
+    def to(self, device=None, dtype=None) -> MixtureParams:
+        mv = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+        return MixtureParams(mv(self.weights), mv(self.means), mv(self.covariances),
+                             mv(self.precisions_cholesky), self.covariance_type)
+
+
+@dataclass
+class SufficientStats:
+    """Sums over data points that the M-step needs; add two of them to pool data shards.
+
+    Attributes
+    ----------
+    nk : Tensor, shape (K,)
+        ``sum_i r_ik``.
+    sum_x : Tensor, shape (K, D)
+        ``sum_i r_ik (x_i - shift_k)``.
+    sum_xx : Tensor
+        Second moments about ``shift``: full ``(K, D, D)``, tied ``(D, D)`` (summed over
+        components), diag and spherical ``(K, D)`` (the diagonal only).
+    shift : Tensor, shape (K, D)
+        The point ``c_k`` the moments are taken about (the E-step's current means for full
+        and tied covariances, zero for diag and spherical).
+    log_likelihood : Tensor, scalar
+        ``sum_i log p(x_i)`` under the parameters the E-step used.
+    n : int
+        Number of points summed.
+    """
+
+    nk: Tensor
+    sum_x: Tensor
+    sum_xx: Tensor
+    shift: Tensor
+    log_likelihood: Tensor
+    n: int
+
+    def __add__(self, other: SufficientStats) -> SufficientStats:
+        if not torch.equal(self.shift, other.shift):
+            raise ValueError("sufficient statistics about different shifts cannot be added; "
+                             "compute both with the same parameters.")
+        return SufficientStats(self.nk + other.nk, self.sum_x + other.sum_x,
+                               self.sum_xx + other.sum_xx, self.shift,
+                               self.log_likelihood + other.log_likelihood, self.n + other.n)
+
+
+@dataclass
+class EMResult:
+    """What one EM run returns.
+
+    Attributes
+    ----------
+    params : MixtureParams
+        Parameters after the last M-step.
+    lower_bounds : list of float
+        Mean log-likelihood per point at the start of each iteration (the parameters the
+        E-step of that iteration used), as scikit-learn's ``lower_bounds_``.
+    converged : bool
+    n_iter : int
+    """
+
+    params: MixtureParams
+    lower_bounds: list[float] = field(default_factory=list)
+    converged: bool = False
+    n_iter: int = 0
+
+
+# ============================================================================ blocks
+def _blocks(n: int, size: int):
+    """Slices of ``range(n)`` of at most ``size`` rows."""
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def _block_size(covariance_type: str, k: int, d: int) -> int:
+    """Rows per block: the largest intermediate (``K*D*rows`` for full and tied, ``K*rows``
+    for diag and spherical) holds about 2**18 numbers (2 MiB in float64), big enough for
+    efficient matrix products, small enough to stay in cache (measured on 2 CPU cores)."""
+    per_row = COVARIANCE_TYPES[covariance_type].numbers_per_row(k, d)
+    return max(256, (1 << 18) // max(1, per_row))
+
+
+# ============================================================================ covariance types
+# One class per covariance type; the functions below dispatch through COVARIANCE_TYPES.
+# Every method is batched over components.
+
+
+class _Full:
+    """One full covariance matrix per component: parameters (K, D, D)."""
+
+    name = "full"
+
+    def shape(self, k: int, d: int) -> tuple[int, ...]:
+        return (k, d, d)
+
+    def moments_shape(self, k: int, d: int) -> tuple[int, ...]:
+        """Shape of ``SufficientStats.sum_xx``."""
+        return (k, d, d)
+
+    def numbers_per_row(self, k: int, d: int) -> int:
+        """Size of the E-step's intermediates per data point (whitened points)."""
+        return k * d
+
+    def n_parameters(self, k: int, d: int) -> float:
+        return k * d * (d + 1) / 2.0
+
+    def log_det(self, prec_chol: Tensor, d: int) -> Tensor:
+        """``log det W_k``, (K,)."""
+        return prec_chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+    def precisions(self, prec_chol: Tensor) -> Tensor:
+        return prec_chol @ prec_chol.mT
+
+    def precision_cholesky(self, cov: Tensor) -> Tensor:
+        """Upper-triangular ``W = L^-T`` where ``cov = L L^T``."""
+        chol, info = torch.linalg.cholesky_ex(cov)
+        if bool((info > 0).any()):
+            raise _covariance_error(cov.dtype, _which(info > 0))
+        eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand_as(cov)
+        return torch.linalg.solve_triangular(chol, eye, upper=False).mT
+
+    def from_precisions(self, prec: Tensor) -> Tensor:
+        """Upper-triangular ``U`` with ``prec = U U^T``.
+
+        The lower Cholesky factor of the precision with rows and columns reversed, reversed
+        back (scikit-learn does the same).
+        """
+        flip = lambda a: a.flip(-1).flip(-2)  # noqa: E731
+        chol, info = torch.linalg.cholesky_ex(flip(prec))
+        if bool((info > 0).any()):
+            raise _covariance_error(prec.dtype, "given in precisions_init")
+        return flip(chol)
+
+    def covariances(self, prec_chol: Tensor) -> Tensor:
+        """``(W W^T)^-1 = W^-T W^-1``."""
+        inv = self._inverse(prec_chol)
+        return inv.mT @ inv
+
+    def _inverse(self, prec_chol: Tensor) -> Tensor:
+        eye = torch.eye(prec_chol.shape[-1], dtype=prec_chol.dtype,
+                        device=prec_chol.device).expand_as(prec_chol)
+        return torch.linalg.solve_triangular(prec_chol, eye, upper=True)
+
+    def whiten(self, x: Tensor, means: Tensor, prec_chol: Tensor) -> tuple[Tensor, Tensor]:
+        """Squared Mahalanobis distances (K, B) and the whitened points (K, D, B).
+
+        ``y_k = W_k^T (x - mu_k)`` for all components in one matrix product: the stacked
+        ``W_k^T`` (K*D, D) times ``x^T`` (D, B), minus the stacked ``W_k^T mu_k``.
+        """
+        k, d, _ = prec_chol.shape
+        wt = prec_chol.mT.reshape(k * d, d)                     # (K*D, D)
+        b = (means.unsqueeze(1) @ prec_chol).reshape(k * d, 1)  # (K*D, 1)
+        y = torch.addmm(b, wt, x.T, beta=-1).view(k, d, x.shape[0])  # (K, D, B)
+        return y.square().sum(1), y
+
+    def init_acc(self, k: int, d: int, **kw) -> dict:
+        return {"sy": torch.zeros(k, d, **kw), "syy": torch.zeros(k, d, d, **kw)}
+
+    def accumulate(self, acc: dict, x: Tensor, r: Tensor, y: Tensor) -> None:
+        """Add ``sum r y`` and ``sum r y y^T`` (whitened coordinates); r (K, B)."""
+        ry = y * r.unsqueeze(1)                                 # (K, D, B)
+        acc["sy"] += ry.sum(2, dtype=acc["sy"].dtype)
+        acc["syy"] += torch.bmm(ry, y.mT).to(acc["syy"].dtype)  # (K, D, D)
+
+    def finish(self, acc: dict, means: Tensor, prec_chol: Tensor):
+        """Back to data coordinates about the means: ``W^-T sy`` and ``W^-T T W^-1``."""
+        w = prec_chol.to(acc["syy"].dtype)
+        sum_x = torch.linalg.solve_triangular(w.mT, acc["sy"].unsqueeze(-1), upper=False)
+        a = torch.linalg.solve_triangular(w.mT, acc["syy"], upper=False)
+        sum_xx = torch.linalg.solve_triangular(w, a, upper=True, left=False)
+        return sum_x.squeeze(-1), 0.5 * (sum_xx + sum_xx.mT), means.to(w.dtype)
+
+    def centered_moments(self, diff: Tensor, r: Tensor) -> Tensor:
+        """``sum_i r_ki diff_ki diff_ki^T`` from diff (K, B, D) and r (K, B)."""
+        return torch.bmm((diff * r.unsqueeze(-1)).mT, diff)
+
+    def covariance(self, sum_xx: Tensor, delta: Tensor, nk: Tensor, reg_covar: float) -> Tensor:
+        """From moments about the shift; ``delta`` (K, D) = new mean - shift."""
+        cov = sum_xx / nk[:, None, None] - delta.unsqueeze(-1) * delta.unsqueeze(-2)
+        cov.diagonal(dim1=-2, dim2=-1).add_(reg_covar)
+        return cov
+
+    def scale(self, prec_chol: Tensor, k: int) -> Tensor:
+        """``A_k`` with ``A_k A_k^T = cov_k``, applied as ``z @ A_k^T`` (here ``W_k^-1``)."""
+        return self._inverse(prec_chol)
+
+    def transform(self, z: Tensor, scale: Tensor, k: int) -> Tensor:
+        return z @ scale[k]
+
+    def check_precisions(self, prec: Tensor) -> str | None:
+        return _check_spd(prec)
+
+
+class _Tied(_Full):
+    """One full covariance matrix shared by all components: parameters (D, D)."""
+
+    name = "tied"
+
+    def shape(self, k, d):
+        return (d, d)
+
+    def moments_shape(self, k, d):
+        return (d, d)
+
+    def n_parameters(self, k, d):
+        return d * (d + 1) / 2.0
+
+    def log_det(self, prec_chol, d):
+        return prec_chol.diagonal().log().sum()
+
+    def whiten(self, x, means, prec_chol):
+        """Squared distances (K, B) and whitened points (K, B, D): ``x W - mu_k W``."""
+        y = (x @ prec_chol).unsqueeze(0) - (means @ prec_chol).unsqueeze(1)  # (K, B, D)
+        return y.square().sum(-1), y
+
+    def init_acc(self, k, d, **kw):
+        return {"sy": torch.zeros(k, d, **kw), "syy": torch.zeros(d, d, **kw)}
+
+    def accumulate(self, acc, x, r, y):
+        d = y.shape[-1]
+        ry = y * r.unsqueeze(-1)                                # (K, B, D)
+        acc["sy"] += ry.sum(1, dtype=acc["sy"].dtype)
+        acc["syy"] += (ry.reshape(-1, d).T @ y.reshape(-1, d)).to(acc["syy"].dtype)  # (D, D)
+
+    def finish(self, acc, means, prec_chol):
+        w = prec_chol.to(acc["syy"].dtype)
+        sum_x = torch.linalg.solve_triangular(w.mT, acc["sy"].T, upper=False).T
+        a = torch.linalg.solve_triangular(w.mT, acc["syy"], upper=False)
+        sum_xx = torch.linalg.solve_triangular(w, a, upper=True, left=False)
+        return sum_x, 0.5 * (sum_xx + sum_xx.mT), means.to(w.dtype)
+
+    def centered_moments(self, diff, r):
+        d = diff.shape[-1]
+        return (diff * r.unsqueeze(-1)).reshape(-1, d).T @ diff.reshape(-1, d)
+
+    def covariance(self, sum_xx, delta, nk, reg_covar):
+        cov = (sum_xx - (nk[:, None] * delta).T @ delta) / nk.sum()
+        cov.diagonal().add_(reg_covar)
+        return cov
+
+    def transform(self, z, scale, k):
+        return z @ scale
+
+
+class _Diag:
+    """A diagonal covariance per component: parameters (K, D), the variances."""
+
+    name = "diag"
+
+    def shape(self, k, d):
+        return (k, d)
+
+    def moments_shape(self, k, d):
+        return (k, d)
+
+    def numbers_per_row(self, k, d):
+        return k
+
+    def n_parameters(self, k, d):
+        return k * d
+
+    def log_det(self, prec_chol, d):
+        return prec_chol.log().sum(-1)
+
+    def precisions(self, prec_chol):
+        return prec_chol ** 2
+
+    def precision_cholesky(self, cov):
+        bad = cov <= 0
+        if bool(bad.any()):
+            raise _covariance_error(cov.dtype, _which(bad.reshape(bad.shape[0], -1).any(-1)))
+        return cov.rsqrt()
+
+    def from_precisions(self, prec):
+        return prec.sqrt()
+
+    def covariances(self, prec_chol):
+        return prec_chol.pow(-2)
+
+    def _per_feature(self, prec_chol, d):
+        return prec_chol                                        # (K, D)
+
+    def whiten(self, x, means, prec_chol):
+        """Squared distances (K, B) by expanding the square (scikit-learn's formula)."""
+        p = self._per_feature(prec_chol, x.shape[1]) ** 2       # (K, D)
+        mp = means * p
+        xx = x * x                                              # (B, D), reused by accumulate
+        maha = torch.addmm((means * mp).sum(1, keepdim=True), mp, x.T, alpha=-2.0)
+        return maha.addmm_(p, xx.T), xx
+
+    def init_acc(self, k, d, **kw):
+        return {"sx": torch.zeros(k, d, **kw), "sxx": torch.zeros(k, d, **kw)}
+
+    def accumulate(self, acc, x, r, xx):
+        acc["sx"] += (r @ x).to(acc["sx"].dtype)
+        acc["sxx"] += (r @ xx).to(acc["sxx"].dtype)
+
+    def finish(self, acc, means, prec_chol):
+        return acc["sx"], acc["sxx"], torch.zeros_like(acc["sx"])
+
+    def centered_moments(self, diff, r):
+        return torch.bmm(r.unsqueeze(1), diff * diff).squeeze(1)  # (K, D)
+
+    def covariance(self, sum_xx, delta, nk, reg_covar):
+        return sum_xx / nk[:, None] - delta ** 2 + reg_covar
+
+    def scale(self, prec_chol, k):
+        return 1.0 / prec_chol
+
+    def transform(self, z, scale, k):
+        return z * scale[k]
+
+    def check_precisions(self, prec):
+        return None if bool((prec > 0).all()) else "positive"
+
+
+class _Spherical(_Diag):
+    """One variance per component: parameters (K,)."""
+
+    name = "spherical"
+
+    def shape(self, k, d):
+        return (k,)
+
+    def n_parameters(self, k, d):
+        return k
+
+    def log_det(self, prec_chol, d):
+        return d * prec_chol.log()
+
+    def _per_feature(self, prec_chol, d):
+        return prec_chol.unsqueeze(1).expand(-1, d)
+
+    def covariance(self, sum_xx, delta, nk, reg_covar):
+        return (sum_xx / nk[:, None] - delta ** 2 + reg_covar).mean(1)
+
+
+COVARIANCE_TYPES = {
+    "full": _Full(),
+    "tied": _Tied(),
+    "diag": _Diag(),
+    "spherical": _Spherical(),
+}
+
+
+def _which(bad: Tensor) -> str:
+    return ", ".join(str(i) for i in torch.nonzero(bad.reshape(-1)).flatten().tolist())
+
+
+def _check_spd(prec: Tensor) -> str | None:
+    """``None`` if every matrix in ``prec`` (..., D, D) is symmetric positive definite."""
+    if not torch.allclose(prec, prec.mT, rtol=1e-5, atol=1e-8):
+        return "symmetric"
+    if bool((torch.linalg.eigvalsh(prec) <= 0).any()):
+        return "positive definite"
+    return None
+
+
+# ============================================================================ E and M steps
+def estimate_log_prob(x: Tensor, means: Tensor, precisions_cholesky: Tensor,
+                      covariance_type: str) -> Tensor:
+    """Log density of each point under each component, (N, K).
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, D)
+    means : Tensor, shape (K, D)
+    precisions_cholesky : Tensor
+        Shape by covariance type (module docstring).
+    covariance_type : {"full", "tied", "diag", "spherical"}
+    """
+    ct = COVARIANCE_TYPES[covariance_type]
+    k, d = means.shape
+    const = -0.5 * d * _LOG_2PI + ct.log_det(precisions_cholesky, d)  # (K,) or scalar
+    out = torch.empty(x.shape[0], k, dtype=x.dtype, device=x.device)
+    for sl in _blocks(x.shape[0], _block_size(covariance_type, k, d)):
+        maha, _ = ct.whiten(x[sl], means, precisions_cholesky)         # (K, B)
+        out[sl] = (const - 0.5 * maha.T)
+    return out
+
+
+def weighted_log_prob(x: Tensor, params: MixtureParams) -> Tensor:
+    """``log w_k + log N(x | mu_k, Sigma_k)``, (N, K); logsumexp over K gives log p(x)."""
+    return estimate_log_prob(x, params.means, params.precisions_cholesky,
+                             params.covariance_type) + params.weights.log()
+
+
+def e_step(x: Tensor, params: MixtureParams, *, block_size: int | None = None,
+           accumulate_dtype: torch.dtype | None = None) -> SufficientStats:
+    """Responsibilities under ``params``, summed into sufficient statistics, block by block.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, D)
+    params : MixtureParams
+    block_size : int, optional
+        Rows per block (default: about 2 MiB of intermediates per block).
+    accumulate_dtype : torch.dtype, optional
+        Dtype of the running sums (default float64: float32 data is summed in float64).
+
+    Returns
+    -------
+    SufficientStats
+        Moments about the current means (full, tied) or about zero (diag, spherical), and
+        the data log-likelihood ``sum_i log p(x_i)`` under ``params``.
+    """
+    ct = COVARIANCE_TYPES[params.covariance_type]
+    k, d = params.means.shape
+    acc_dtype = accumulate_dtype or torch.float64
+    kw = {"dtype": acc_dtype, "device": x.device}
+    acc = {"ll": torch.zeros((), **kw), "nk": torch.zeros(k, **kw), **ct.init_acc(k, d, **kw)}
+    means, prec_chol = params.means, params.precisions_cholesky
+    const = (params.weights.log() - 0.5 * d * _LOG_2PI + ct.log_det(prec_chol, d))  # (K,)
+    for sl in _blocks(x.shape[0], block_size or _block_size(params.covariance_type, k, d)):
+        xb = x[sl]
+        maha, y = ct.whiten(xb, means, prec_chol)              # (K, B), type-specific
+        lp = const.unsqueeze(1) - 0.5 * maha                    # (K, B)
+        norm = torch.logsumexp(lp, 0)                           # (B,)
+        r = lp.sub_(norm).exp_()                                # (K, B), in place
+        acc["ll"] += norm.sum(dtype=acc_dtype)
+        acc["nk"] += r.sum(1, dtype=acc_dtype)
+        ct.accumulate(acc, xb, r, y)
+    sum_x, sum_xx, shift = ct.finish(acc, means, prec_chol)
+    return SufficientStats(acc["nk"], sum_x, sum_xx, shift, acc["ll"], int(x.shape[0]))
+
+
+def stats_from_responsibilities(x: Tensor, resp: Tensor, covariance_type: str, *,
+                                block_size: int | None = None) -> SufficientStats:
+    """Sufficient statistics of given responsibilities (initialisation), centred.
+
+    Two passes: the weighted means first, then second moments about them.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, D)
+    resp : Tensor, shape (N, K)
+        Non-negative, rows summing to one (e.g. one-hot k-means labels).
+    """
+    ct = COVARIANCE_TYPES[covariance_type]
+    n, d = x.shape
+    k = resp.shape[1]
+    acc_dtype = torch.float64
+    nk = resp.sum(0, dtype=acc_dtype)
+    shift = ((resp.T @ x).to(acc_dtype) / (nk + 10 * torch.finfo(acc_dtype).eps)[:, None])
+    c = shift.to(x.dtype)
+    sum_x = torch.zeros(k, d, dtype=acc_dtype, device=x.device)
+    sum_xx = torch.zeros(ct.moments_shape(k, d), dtype=acc_dtype, device=x.device)
+    for sl in _blocks(n, block_size or _block_size("full", k, d)):
+        diff = x[sl].unsqueeze(0) - c.unsqueeze(1)              # (K, B, D)
+        r = resp[sl].T                                          # (K, B)
+        sum_x += torch.bmm(r.unsqueeze(1), diff).squeeze(1).to(acc_dtype)
+        sum_xx += ct.centered_moments(diff, r).to(acc_dtype)
+    return SufficientStats(nk, sum_x, sum_xx, shift,
+                           torch.tensor(float("nan"), dtype=acc_dtype), n)
+
+
+def m_step(stats: SufficientStats, covariance_type: str, reg_covar: float, *,
+           dtype: torch.dtype | None = None) -> MixtureParams:
+    """Maximum-likelihood parameters from sufficient statistics.
+
+    Computed in the statistics' dtype (float64) and returned in ``dtype`` (default: the
+    same). Raises :class:`CovarianceError` when a covariance is not positive definite.
+    """
+    ct = COVARIANCE_TYPES[covariance_type]
+    nk = stats.nk + 10 * torch.finfo(stats.nk.dtype).eps       # as scikit-learn
+    delta = stats.sum_x / nk[:, None]                           # new mean - shift, (K, D)
+    means = stats.shift + delta
+    cov = ct.covariance(stats.sum_xx, delta, nk, reg_covar)
+    prec_chol = ct.precision_cholesky(cov)
+    weights = nk / nk.sum()
+    params = MixtureParams(weights, means, cov, prec_chol, covariance_type)
+    return params.to(dtype=dtype) if dtype is not None else params
+
+
+def compute_precision_cholesky(covariances: Tensor, covariance_type: str) -> Tensor:
+    """Cholesky factors of the precisions from covariances (shapes: module docstring)."""
+    return COVARIANCE_TYPES[covariance_type].precision_cholesky(covariances)
+
+
+def precision_cholesky_from_precisions(precisions: Tensor, covariance_type: str) -> Tensor:
+    """Cholesky factors of given precision matrices (``precisions_init``)."""
+    return COVARIANCE_TYPES[covariance_type].from_precisions(precisions)
+
+
+def run_em(x: Tensor, params: MixtureParams, *, tol: float = 1e-3, max_iter: int = 100,
+           reg_covar: float = 1e-6, block_size: int | None = None,
+           callback: Callable[[int, float], None] | None = None) -> EMResult:
+    """EM from ``params`` until the mean log-likelihood changes by less than ``tol``.
+
+    Each iteration is one :func:`e_step` (whose log-likelihood, divided by ``N``, is the
+    lower bound of that iteration: the likelihood of the parameters it started from) and
+    one :func:`m_step`, the same bookkeeping as scikit-learn's ``GaussianMixture``.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, D)
+    params : MixtureParams
+        Starting point, in the dtype and on the device of ``x``.
+    tol, max_iter, reg_covar : as :class:`probgen.models.gmm.GaussianMixture`
+    callback : callable(iteration, lower_bound), optional
+
+    Returns
+    -------
+    EMResult
+    """
+    result = EMResult(params=params)
+    lower_bound = -math.inf
+    for it in range(1, max_iter + 1):
+        prev = lower_bound
+        stats = e_step(x, result.params, block_size=block_size)
+        lower_bound = float(stats.log_likelihood) / stats.n
+        if not math.isfinite(lower_bound):
+            raise CovarianceError(
+                f"EM's mean log-likelihood is {lower_bound} at iteration {it}: some points "
+                "have zero density under every component (a component's covariance is "
+                "nearly singular or the data hold extreme values). Increase reg_covar, scale "
+                "the data, or use float64.")
+        result.params = m_step(stats, params.covariance_type, reg_covar, dtype=x.dtype)
+        result.lower_bounds.append(lower_bound)
+        result.n_iter = it
+        if callback is not None:
+            callback(it, lower_bound)
+        if abs(lower_bound - prev) < tol:
+            result.converged = True
+            break
+    return result
+
+
+def warn_not_converged(n_init: int, max_iter: int, tol: float, stacklevel: int) -> None:
+    """The :class:`ConvergenceWarning`, with what to change."""
+    warnings.warn(
+        f"EM did not converge: the best of {n_init} initialisation(s) was still changing "
+        f"its mean log-likelihood by more than tol={tol:g} after max_iter={max_iter} "
+        "iterations. Increase max_iter, loosen tol, try other initialisations (n_init, "
+        "init_params), or check the data for duplicated or degenerate points.",
+        ConvergenceWarning, stacklevel=stacklevel + 1,
+    )
