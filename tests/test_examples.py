@@ -17,6 +17,7 @@ EXAMPLES: dict[str, list[str]] = {
     "kl_demo.py": [],
     "density_estimation.py": [],
     "kmeans_digits.py": [],
+    "ais_ppca.py": [],
 }
 
 
