@@ -236,3 +236,24 @@ def test_errors_name_the_argument():
 
     with pytest.raises(ConfigError, match=r"log_likelihood\(x, z\) has shape \(2,\).*expected \(16, 2\)"):
         ais(BadShape(), x, n_steps=3)
+
+
+def test_ais_and_bdmc_on_probgen_ppca():
+    """The library's PPCA: AIS from the prior and reverse AIS from its exact posterior bracket
+    its exact log p(x)."""
+    ppca_module = pytest.importorskip("probgen.models.ppca")
+    truth = LinearGaussian(d=2, D=5, s=0.5, scale=1.0, seed=4)
+    x_train, _ = truth.sample_joint(500, seed=5)
+    rotation = torch.tensor([[0.6, -0.8], [0.8, 0.6]])
+    model = ppca_module.PPCA(5, 2).fit(x_train.float(), rotation=rotation)
+    x, _ = truth.sample_joint(4, seed=6)
+    x = x.float()
+    with torch.no_grad():
+        exact = model.log_prob(x)
+        z_post = model.posterior(x).sample((64,))  # (64, 4, 2) exact posterior draws
+    res = bdmc(model, x, z_post, n_steps=200, n_chains=64, n_leapfrog=5, generator=_gen())
+    se_lo = res.lower.stderr.pow(2).sum().sqrt() / 4
+    se_up = res.upper.stderr.pow(2).sum().sqrt() / 4
+    assert (res.lower.log_px - exact).mean() <= 3 * se_lo
+    assert (res.upper.log_px - exact).mean() >= -3 * se_up
+    assert torch.all((res.lower.log_px - exact).abs() < 4 * res.lower.stderr + 0.05)
