@@ -187,51 +187,7 @@ def _fit_record(direction, losses) -> KLFit:
     return KLFit(direction, locs, trils, weights, losses)
 
 
-def _kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding: k rows of ``x`` (N, D), each new one drawn with probability
-    proportional to its squared distance from those already chosen (Arthur and
-    Vassilvitskii, "k-means++: the advantages of careful seeding", SODA 2007). Shape (k, D)."""
-    first = torch.randint(x.shape[0], (1,), generator=generator)
-    centres = [x[first[0]]]
-    d2 = ((x - centres[0]) ** 2).sum(-1)  # (N,)
-    for _ in range(1, k):
-        nxt = torch.multinomial(d2 / d2.sum(), 1, generator=generator)[0]
-        centres.append(x[nxt])
-        d2 = torch.minimum(d2, ((x - x[nxt]) ** 2).sum(-1))
-    return torch.stack(centres)
-
-
 # ----------------------------------------------------------------------------- forward KL
-def _em(x: torch.Tensor, init_locs: torch.Tensor, max_iter: int, tol: float, reg_covar: float):
-    """EM for a full-covariance Gaussian mixture from the given centres (Dempster, Laird and
-    Rubin, "Maximum likelihood from incomplete data via the EM algorithm", JRSS B 1977).
-    ``x`` (N, D), ``init_locs`` (K, D). Returns (locs, scale_trils, weights, mean log-lik per
-    iteration, converged)."""
-    n, d = x.shape
-    eye = torch.eye(d, dtype=x.dtype)
-    # start: every point to its nearest centre (hard responsibilities), then alternate
-    resp = torch.nn.functional.one_hot(torch.cdist(x, init_locs).argmin(1), init_locs.shape[0])
-    resp = resp.to(x.dtype)  # (N, K)
-    history: list[float] = []
-    for _ in range(max_iter):
-        # M-step: weighted moments
-        nk = resp.sum(0) + 10 * torch.finfo(x.dtype).eps  # (K,)
-        locs = resp.T @ x / nk[:, None]  # (K, D)
-        diff = x[None, :, :] - locs[:, None, :]  # (K, N, D)
-        cov = torch.einsum("kn,kni,knj->kij", resp.T, diff, diff) / nk[:, None, None] + reg_covar * eye
-        trils = torch.linalg.cholesky(cov)  # (K, D, D)
-        weights = nk / n
-        # E-step: responsibilities in log space
-        comp = dist.MultivariateNormal(locs, scale_tril=trils)
-        joint = comp.log_prob(x[:, None, :]) + weights.log()  # (N, K)
-        log_lik = torch.logsumexp(joint, 1)  # (N,)
-        resp = (joint - log_lik[:, None]).exp()
-        history.append(float(log_lik.mean()))
-        if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
-            return locs, trils, weights, history, True
-    return locs, trils, weights, history, False
-
-
 @torch.no_grad()
 def fit_forward_kl(samples: torch.Tensor, n_components: int = 1, *, n_init: int = 1,
                    init_locs: torch.Tensor | None = None, max_iter: int = 500, tol: float = 1e-6,
@@ -239,7 +195,8 @@ def fit_forward_kl(samples: torch.Tensor, n_components: int = 1, *, n_init: int 
     """Minimise KL(p || q) over mixtures q of ``n_components`` Gaussians, given samples of p.
 
     ``KL(p||q) = -H(p) - E_p[log q]``, and ``H(p)`` does not depend on q, so this is maximum
-    likelihood of q on the samples, by EM with full covariances. For a single Gaussian the
+    likelihood of q on the samples, by EM with full covariances
+    (:class:`probgen.models.gmm.GaussianMixture`). For a single Gaussian the
     optimum is moment matching, which the first M-step computes exactly. For a mixture the
     likelihood has local optima: each of the ``n_init`` starts is k-means++ seeded, and the
     start that ends with the highest likelihood is kept.
@@ -253,8 +210,8 @@ def fit_forward_kl(samples: torch.Tensor, n_components: int = 1, *, n_init: int 
     n_init : int
         Starts; the best is kept.
     init_locs : Tensor, shape (K, D), optional
-        The one start's centres, instead of k-means++ (then ``n_init`` must be 1). EM begins
-        with every sample assigned to its nearest centre.
+        The one start's centres, instead of k-means++ (then ``n_init`` must be 1), as
+        scikit-learn's ``means_init``.
     max_iter, tol : int, float
         EM stops when the mean log-likelihood changes by less than ``tol`` (nats per sample).
     reg_covar : float
@@ -265,7 +222,7 @@ def fit_forward_kl(samples: torch.Tensor, n_components: int = 1, *, n_init: int 
     Returns
     -------
     KLFit with ``direction="forward"``; ``losses`` holds the mean negative log-likelihood
-    after every EM iteration of the kept start.
+    at every EM iteration of the kept start, the last one at the fitted parameters.
     """
     k = _check_n_components(n_components)
     _check_positive("n_init", n_init)
@@ -283,18 +240,21 @@ def fit_forward_kl(samples: torch.Tensor, n_components: int = 1, *, n_init: int 
             raise ConfigError(f"init_locs must have shape (n_components, D) = ({k}, {x.shape[1]}) "
                               f"and come with n_init=1; got shape {tuple(init_locs.shape)} and "
                               f"n_init={n_init}.")
-    gen = torch.Generator().manual_seed(seed)
-    best = None
-    for _ in range(n_init):
-        start = _kmeans_pp(x, k, gen) if init_locs is None else init_locs
-        locs, trils, weights, history, converged = _em(x, start, max_iter, tol, reg_covar)
-        if best is None or history[-1] > best[3][-1]:
-            best = (locs, trils, weights, history, converged)
-    locs, trils, weights, history, converged = best
-    if not converged:
-        warnings.warn(f"EM did not converge in max_iter={max_iter} iterations (last change "
-                      f"{abs(history[-1] - history[-2]):.2g} nats >= tol={tol}); raise max_iter "
-                      f"or tol.", RuntimeWarning, stacklevel=2)
+    from probgen.models.gmm import GaussianMixture
+
+    gm = GaussianMixture(
+        k, covariance_type="full", tol=tol, reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
+        init_params="k-means++", means_init=init_locs, random_state=seed, dtype=x.dtype,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gm.fit(x)
+    for w in caught:  # re-issued at the caller's line
+        warnings.warn(w.message, w.category, stacklevel=2)
+    locs = gm.means_.to(x.dtype)
+    trils = torch.linalg.cholesky(gm.covariances_.to(x.dtype))
+    weights = gm.weights_.to(x.dtype)
+    history = list(gm.lower_bounds_) + [float(gm.score(x))]
     return KLFit("forward", locs, trils, weights, [-v for v in history])
 
 
