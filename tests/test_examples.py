@@ -18,6 +18,7 @@ EXAMPLES: dict[str, list[str]] = {
     "density_estimation.py": [],
     "kmeans_digits.py": [],
     "ais_ppca.py": [],
+    "mixture_model_choice.py": [],
 }
 
 
