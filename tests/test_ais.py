@@ -235,7 +235,7 @@ def test_errors_name_the_argument():
             return super().log_likelihood(x, z).sum(0)  # (N,): would broadcast silently
 
     with pytest.raises(ConfigError, match=r"log_likelihood\(x, z\) has shape \(2,\).*expected \(16, 2\)"):
-        ais(BadShape(), x, n_steps=3)
+        ais(BadShape(), x, n_steps=3, adapt="none")
 
 
 def test_ais_and_bdmc_on_probgen_ppca():
