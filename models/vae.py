@@ -1,0 +1,310 @@
+"""The variational autoencoder as a Pyro program (Kingma & Welling, "Auto-encoding variational
+Bayes", ICLR 2014; Rezende, Mohamed & Wierstra, ICML 2014).
+
+The model::
+
+    z_n ~ Normal(0, I)                  (latent_dim,)
+    x_n ~ p(x | decoder(z_n))           Bernoulli, continuous Bernoulli or Gaussian pixels
+
+and the guide ``q(z_n | x_n) = Normal(encoder(x_n))`` are written as ``model(x)`` and
+``guide(x)`` with the same signature and the same site names (``"z"``, ``"x"``), inside one
+``pyro.plate("data")``. Given ``num_data=N`` the plate has size N over the minibatch, so a
+minibatch ELBO is an unbiased estimate of the full data set's ELBO. Train it with
+:func:`probgen.inference.svi.fit_svi`; score it with :mod:`probgen.inference.bounds`.
+
+Likelihoods (``likelihood=``):
+
+``"bernoulli"``
+    For 0/1 pixels (binarised images). Grey values are refused with an error: a Bernoulli
+    density of grey values is not a likelihood.
+``"continuous-bernoulli"``
+    For grey values in [0, 1] (Loaiza-Ganem & Cunningham, NeurIPS 2019): a proper density
+    on [0, 1].
+``"gaussian"``
+    For real values. The scale is one number shared by every pixel: learned (default,
+    ``gaussian_scale=None``; floored at 1e-3) or fixed (``gaussian_scale=0.1``, say). A
+    learned per-pixel scale is not offered: on MNIST's always-black border it shrinks
+    towards zero and the likelihood diverges.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from probgen.models.nets import make_decoder, make_encoder
+from torch import nn
+from torch.nn import functional as F
+
+from probgen.errors import ConfigError, DataError, suggest
+
+__all__ = ["VAE", "LIKELIHOODS", "BernoulliLikelihood", "ContinuousBernoulliLikelihood",
+           "GaussianLikelihood"]
+
+
+# ----------------------------------------------------------------------------- likelihoods
+def _describe_range(x: torch.Tensor) -> str:
+    return f"[{float(x.min()):.4g}, {float(x.max()):.4g}]"
+
+
+class BernoulliLikelihood(nn.Module):
+    """p(x|z) = prod Bernoulli(x_i; sigmoid(logits_i)) for 0/1 pixels."""
+
+    name = "bernoulli"
+    expected = "0/1 pixels (binarised images)"
+
+    def dist(self, raw: torch.Tensor):
+        return dist.Bernoulli(logits=raw)
+
+    def mean(self, raw: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(raw)
+
+    def check(self, x: torch.Tensor) -> None:
+        # Two cheap passes instead of ((x == 0) | (x == 1)).all(): the range, then
+        # sum x (1 - x), which is 0 on [0, 1] exactly when every value is 0 or 1 (all terms
+        # are >= 0, so nothing cancels).
+        flat = x.reshape(-1)
+        lo, hi = (float(v) for v in torch.aminmax(flat))
+        if not (lo >= 0 and hi <= 1):
+            raise DataError(
+                f"likelihood='bernoulli' expects 0/1 pixels (values in [0, 1]), but x has values "
+                f"in {_describe_range(x) if bool(torch.isfinite(x).all()) else 'with NaN/inf'}. "
+                "Scale the data to [0, 1] (divide 0..255 pixels by 255) and binarise it "
+                "(--binarize dynamic or fixed)."
+            )
+        if float(torch.dot(flat, 1 - flat)) == 0:
+            return
+        grey = flat[(flat != 0) & (flat != 1)]
+        raise DataError(
+            f"likelihood='bernoulli' expects 0/1 pixels, but x holds grey values in [0, 1] "
+            f"({grey.numel()} of {flat.numel()} values are neither 0 nor 1, e.g. {float(grey[0]):.4g}). "
+            "Binarise the data (--binarize dynamic, or binarize='dynamic' when loading), or use "
+            "likelihood='continuous-bernoulli' or 'gaussian' for grey values."
+        )
+
+
+class ContinuousBernoulliLikelihood(BernoulliLikelihood):
+    """p(x|z) = prod ContinuousBernoulli(x_i; logits_i): a density on [0, 1]."""
+
+    name = "continuous-bernoulli"
+    expected = "grey values in [0, 1]"
+
+    def dist(self, raw: torch.Tensor):
+        return dist.ContinuousBernoulli(logits=raw)
+
+    def mean(self, raw: torch.Tensor) -> torch.Tensor:
+        return dist.ContinuousBernoulli(logits=raw).mean
+
+    def check(self, x: torch.Tensor) -> None:
+        lo, hi = (float(v) for v in torch.aminmax(x.reshape(-1)))
+        if lo >= 0 and hi <= 1:
+            return
+        raise DataError(
+            f"likelihood='continuous-bernoulli' expects values in [0, 1], but x has values in "
+            f"{_describe_range(x) if bool(torch.isfinite(x).all()) else 'with NaN/inf'}. Scale "
+            "the data to [0, 1] (divide 0..255 pixels by 255; --value-range 0,1), or use "
+            "likelihood='gaussian'."
+        )
+
+
+class GaussianLikelihood(nn.Module):
+    """p(x|z) = prod Normal(x_i; decoder(z)_i, sigma), one sigma for every pixel.
+
+    Parameters
+    ----------
+    scale : float, optional
+        A fixed sigma; ``None`` learns it (softplus-parametrised, floored at 1e-3, starting
+        at 0.1).
+    """
+
+    name = "gaussian"
+    expected = "real values"
+    _floor = 1e-3
+
+    def __init__(self, scale: float | None = None):
+        super().__init__()
+        if scale is None:
+            init = 0.1 - self._floor
+            self.raw_scale = nn.Parameter(torch.tensor(math.log(math.expm1(init))))
+            self.fixed_scale = None
+        else:
+            if not scale > 0:
+                raise ConfigError(f"gaussian_scale must be a positive number; got {scale!r}.")
+            self.raw_scale = None
+            self.fixed_scale = float(scale)
+
+    @property
+    def scale(self) -> torch.Tensor | float:
+        if self.raw_scale is None:
+            return self.fixed_scale
+        return F.softplus(self.raw_scale) + self._floor
+
+    def dist(self, raw: torch.Tensor):
+        scale = self.scale
+        if not isinstance(scale, torch.Tensor):
+            scale = raw.new_tensor(scale)
+        return dist.Normal(raw, scale)
+
+    def mean(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw
+
+    def check(self, x: torch.Tensor) -> None:
+        if not bool(torch.isfinite(x).all()):
+            raise DataError("likelihood='gaussian' needs finite values, but x holds NaN or inf. "
+                            "Clean the data first.")
+
+
+LIKELIHOODS: dict[str, type[nn.Module]] = {
+    "bernoulli": BernoulliLikelihood,
+    "continuous-bernoulli": ContinuousBernoulliLikelihood,
+    "gaussian": GaussianLikelihood,
+}
+
+
+# ----------------------------------------------------------------------------- the VAE
+class VAE(nn.Module):
+    """A VAE with a diagonal Gaussian q(z|x), a standard normal prior and a choice of p(x|z).
+
+    Parameters
+    ----------
+    data_shape : tuple of int
+        Shape of one example, e.g. ``(1, 28, 28)``.
+    latent_dim : int
+    hidden : sequence of int, optional
+        Hidden widths of the encoder (the decoder mirrors them); architecture default if None
+        (MLP: ``(400,)``, the 784-400-50 network of the Pyro and Kingma-Welling examples).
+    arch : {"mlp", "conv"}
+    likelihood : {"bernoulli", "continuous-bernoulli", "gaussian"}
+    activation : str, optional
+        ``"softplus"``, ``"relu"``, ...; architecture default if None.
+    gaussian_scale : float, optional
+        Fixed pixel sigma for ``likelihood="gaussian"``; ``None`` learns one.
+    encoder, decoder : nn.Module, optional
+        Your own networks instead (encoder: x -> (loc, scale); decoder: z (..., L) ->
+        (..., *data_shape) raw output).
+    param_prefix : str
+        Prefix of the names under which the networks enter Pyro's param store
+        (``"<prefix>encoder"``, ...), so that two VAEs can share one store.
+    """
+
+    def __init__(self, data_shape: Sequence[int], latent_dim: int = 50,
+                 hidden: Sequence[int] | None = None, *, arch: str = "mlp",
+                 likelihood: str = "bernoulli", activation: str | None = None,
+                 gaussian_scale: float | None = None, encoder: nn.Module | None = None,
+                 decoder: nn.Module | None = None, param_prefix: str = ""):
+        super().__init__()
+        self.param_prefix = str(param_prefix)
+        if likelihood not in LIKELIHOODS:
+            raise ConfigError(
+                f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {likelihood!r}."
+                f"{suggest(likelihood, LIKELIHOODS)}"
+            )
+        self.data_shape = tuple(int(s) for s in data_shape)
+        self.latent_dim = int(latent_dim)
+        self.encoder = encoder or make_encoder(arch, self.data_shape, self.latent_dim, hidden, activation)
+        self.decoder = decoder or make_decoder(arch, self.data_shape, self.latent_dim, hidden, activation)
+        self.likelihood = (GaussianLikelihood(gaussian_scale) if likelihood == "gaussian"
+                           else LIKELIHOODS[likelihood]())
+        self._event_dims = len(self.data_shape)
+        self._likelihood_has_params = any(True for _ in self.likelihood.parameters())
+
+    # -- the Pyro program
+    def _plate(self, x: torch.Tensor, num_data: int | None):
+        n = x.shape[0]
+        if num_data is None or num_data == n:
+            return pyro.plate("data", n)
+        if num_data < n:
+            raise ConfigError(f"num_data (size of the full data set) must be >= the batch size "
+                              f"{n}; got {num_data}.")
+        # The caller drew the minibatch; the plate only needs its size to scale by N / n.
+        return pyro.plate("data", num_data, subsample=torch.arange(n, device=x.device))
+
+    def _check_shape(self, x: torch.Tensor) -> None:
+        if tuple(x.shape[1:]) != self.data_shape:
+            raise DataError(f"x must have shape (N, {', '.join(map(str, self.data_shape))}); "
+                            f"got {tuple(x.shape)}.")
+
+    def model(self, x: torch.Tensor, num_data: int | None = None) -> None:
+        """p(z) p(x|z) over a batch ``x`` (N, *data_shape); ``num_data`` scales to the data set."""
+        self._check_shape(x)
+        self.likelihood.check(x)
+        pyro.module(self.param_prefix + "decoder", self.decoder)
+        if self._likelihood_has_params:
+            pyro.module(self.param_prefix + "likelihood", self.likelihood)
+        n = x.shape[0]
+        # N(0, 1) on x's dtype and device, expanded to (N, L) without copies
+        prior = dist.Normal(x.new_zeros(()), x.new_ones(())).expand((n, self.latent_dim))
+        with self._plate(x, num_data):
+            z = pyro.sample("z", prior.to_event(1))
+            raw = self.decoder(z)  # (N, *data_shape)
+            pyro.sample("x", self.likelihood.dist(raw).to_event(self._event_dims), obs=x)
+
+    def guide(self, x: torch.Tensor, num_data: int | None = None) -> None:
+        """q(z|x) = Normal(encoder(x)) with the model's signature and site names."""
+        pyro.module(self.param_prefix + "encoder", self.encoder)
+        with self._plate(x, num_data):
+            loc, scale = self.encoder(x)  # (N, L) each
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    # -- the latent-variable protocol
+    def encoder_distribution(self, x: torch.Tensor):
+        """q(z|x): batch shape (N,), event shape (latent_dim,)."""
+        loc, scale = self.encoder(x)
+        return torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1)
+
+    def prior(self, x: torch.Tensor):
+        """p(z) with batch shape (N,) on x's dtype and device."""
+        n = x.shape[0]
+        loc = x.new_zeros((n, self.latent_dim))
+        return torch.distributions.Independent(torch.distributions.Normal(loc, torch.ones_like(loc)), 1)
+
+    def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log N(z; 0, I) summed over the latent dimension: (..., L) -> (...)."""
+        return -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * math.log(2 * math.pi))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Mean of p(x|z): (..., L) -> (..., *data_shape)."""
+        return self.likelihood.mean(self.decoder(z))
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z): x (N, *data_shape), z (S, N, L) -> (S, N)."""
+        lp = self.likelihood.dist(self.decoder(z)).log_prob(x)  # (S, N, *data_shape)
+        return lp.reshape(*lp.shape[: lp.dim() - self._event_dims], -1).sum(-1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior mean of q(z|x): (N, *data_shape) -> (N, L)."""
+        return self.encoder(x)[0]
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """decode(encode(x)): the mean of p(x | z = E_q[z])."""
+        return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def sample(self, n: int, *, mean: bool = False) -> torch.Tensor:
+        """n draws x ~ p(x|z) p(z) (or, with ``mean=True``, the means E[x|z])."""
+        p = next(self.decoder.parameters())
+        z = torch.randn(n, self.latent_dim, device=p.device, dtype=p.dtype)
+        raw = self.decoder(z)
+        return self.likelihood.mean(raw) if mean else self.likelihood.dist(raw).sample()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.decoder.parameters()).device
+
+    def elbo(self, x: torch.Tensor, num_samples: int = 10):
+        """Per-example ELBO record (total, reconstruction, kl, mc_stderr), nats."""
+        from probgen.inference.bounds import elbo
+
+        return elbo(self, x, num_samples=num_samples)
+
+    def iwae_bound(self, x: torch.Tensor, k: int = 100):
+        """Per-example importance-weighted bound with k samples (record: total, mc_stderr)."""
+        from probgen.inference.bounds import iwae_bound
+
+        return iwae_bound(self, x, k)
+
+    def extra_repr(self) -> str:
+        return f"data_shape={self.data_shape}, latent_dim={self.latent_dim}, likelihood={self.likelihood.name!r}"
