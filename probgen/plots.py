@@ -131,3 +131,60 @@ def samples_figure(x: torch.Tensor, data, path) -> Path:
     if side * side == (x.shape[1] if x.dim() == 2 else -1):
         return image_grid(x[:100], path, title="samples", value_range=data.value_range)
     return scatter_2d({"data": data.test[:, :2], "samples": x[:, :2]}, path, title="samples (first 2 dims)")
+
+
+# ----------------------------------------------------------------------------- autoencoders
+def reconstructions(x: torch.Tensor, recon: torch.Tensor, path, *, shape=None, value_range=(0.0, 1.0),
+                    title: str = "originals (odd rows) and reconstructions (even rows)",
+                    per_row: int = 10) -> Path:
+    """Originals and their reconstructions in alternating rows: x, recon (N, *shape)."""
+    x, recon = x.detach().float().cpu(), recon.detach().float().cpu()
+    if shape is not None:
+        x, recon = x.reshape(-1, *shape), recon.reshape(-1, *shape)
+    n = (x.shape[0] // per_row) * per_row or x.shape[0]
+    per_row = min(per_row, n)
+    rows = []
+    for start in range(0, n, per_row):
+        rows += [x[start:start + per_row], recon[start:start + per_row]]
+    return image_grid(torch.cat(rows), path, nrow=per_row, value_range=value_range, title=title)
+
+
+def latent_scatter(codes: torch.Tensor, path, *, labels: torch.Tensor | None = None,
+                   title: str | None = None) -> Path:
+    """Codes (N, L) in the plane, coloured by label: L = 2 as is, else the first two
+    principal components (the axis labels say which)."""
+    plt = _plt()
+    z = codes.detach().double().cpu()
+    if z.shape[1] == 2:
+        xy, axes = z, ("z1", "z2")
+    else:
+        zc = z - z.mean(0)
+        _, s, vh = torch.linalg.svd(zc, full_matrices=False)
+        xy = zc @ vh[:2].T
+        var = (s ** 2 / (s ** 2).sum())[:2]
+        axes = (f"PC1 ({100 * var[0]:.0f}% var.)", f"PC2 ({100 * var[1]:.0f}% var.)")
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    if labels is not None:
+        lab = labels.detach().cpu().numpy()
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=lab, cmap="tab10", s=3, alpha=0.7)
+        fig.colorbar(sc, ax=ax, ticks=sorted(set(lab.tolist()))[:20], label="label")
+    else:
+        ax.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.7)
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def encoded_interpolation(model, x: torch.Tensor, path, *, points: int = 9, value_range=(0.0, 1.0),
+                          title: str = "interpolation between encoded images") -> Path:
+    """Rows of decode((1 - t) encode(a) + t encode(b)) for consecutive pairs (a, b) of x (2P, ...)."""
+    pairs = x.shape[0] // 2
+    t = torch.linspace(0, 1, points, device=x.device).reshape(1, -1, 1)  # (1, T, 1)
+    with torch.no_grad():
+        z = model.encode(x[: 2 * pairs]).reshape(pairs, 2, 1, -1)  # (P, 2, 1, L)
+        paths = (1 - t) * z[:, 0] + t * z[:, 1]  # (P, T, L)
+        out = model.decode(paths).detach().cpu()  # (P, T, *shape)
+    return image_grid(out.reshape(pairs * points, *out.shape[2:]), path, nrow=points,
+                      value_range=value_range, title=title)

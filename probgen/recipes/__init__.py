@@ -40,6 +40,10 @@ __all__ = ["RECIPES", "get_recipe"]
 
 # model name -> module that implements its recipe
 RECIPES: dict[str, str] = {
+    "vae": "probgen.recipes.vae",
+    "ae": "probgen.recipes.ae",
+    "dae": "probgen.recipes.ae",
+    "ppca": "probgen.recipes.ppca",
     "gmm": "probgen.recipes.gmm",
 }
 
