@@ -19,7 +19,10 @@ which, for the usual standard normal prior, is exactly Wu et al.'s ``p(z) p(x|z)
 any other prior with a density on R^d it is a geometric bridge from ``N(0, I)`` to the
 posterior and stays valid (``Z_0 = 1``, ``Z_T = p(x)``). The schedule of ``beta`` is the
 sigmoid schedule of Wu et al. (and of Grosse et al.'s BDMC code) or a linear one; its length
-``n_steps`` is the number of intermediate distributions.
+``n_steps`` is the number of transitions (``n_steps + 1`` values of ``beta``). Each HMC
+transition jitters its step size by a random factor in ``[1 - jitter, 1 + jitter]`` (Neal,
+2011): without it the log weights on a Gaussian posterior spread twice as wide, from
+near-periodic trajectories.
 
 Estimates and their error
 -------------------------
