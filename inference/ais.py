@@ -257,11 +257,12 @@ _COMMON_PARAMS = """n_steps : int
         ``"pilot"`` (default): a first pass of ``min(n_chains, 8)`` chains adapts the step size
         per chain (Wu et al.'s rule); its per-example step size at each ``beta`` (geometric
         mean over the pilot's chains) is then frozen for a second, independent pass that gives
-        the estimate, which is therefore an exact AIS estimate (at most twice the cost). ``"online"``: Wu et al.'s per-chain adaptation during the
-        estimate itself (half the cost, but the step size then depends on the chain's own past,
-        which biases the estimate upward: +0.012 and +0.018 nats, 2.4 and 3.5 standard errors,
-        in two runs of 256 chains at 1600 steps on the 2-d linear-Gaussian model of the tests,
-        where the pilot gave +0.001). ``"none"``: ``step_size`` throughout.
+        the estimate, which is therefore an exact AIS estimate (at most twice the cost).
+        ``"online"``: Wu et al.'s per-chain adaptation during the estimate itself (one pass,
+        but the step size then depends on the chain's own past, which biases the estimate
+        upward: +0.012 and +0.018 nats, 2.4 and 3.5 standard errors, in two runs of 256 chains
+        at 1600 steps on the 2-d linear-Gaussian model of the tests, where the pilot gave
+        +0.001). ``"none"``: ``step_size`` throughout.
     target_accept : float
         Acceptance rate the adaptation aims at (0.65, as Wu et al.).
     jitter : float
