@@ -11,6 +11,7 @@ answer shows.
     python benchmarks/gmm_vs_sklearn.py                 # N=100,000, D=16, K=10, 50 iterations
     python benchmarks/gmm_vs_sklearn.py --n 20000 --repeats 1     # quick
     python benchmarks/gmm_vs_sklearn.py --dtype float32  # probgen in float32
+    python benchmarks/gmm_vs_sklearn.py --threads 1      # one thread for both libraries
 
 The last line is ``RESULT ratio=<probgen time / scikit-learn time, both cases summed>
 full_ratio=... diag_ratio=... probgen_ll=... sklearn_ll=...`` (the log-likelihoods are the
@@ -78,11 +79,24 @@ def fit_probgen(x, k, covariance_type, iters, init, dtype):
 
 
 def main(args) -> dict:
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:  # the same thread count for torch and for NumPy's BLAS (scikit-learn)
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(args.threads)
+        with threadpool_limits(limits=args.threads):
+            return _run(args)
+    return _run(args)
+
+
+def _run(args) -> dict:
     dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
     x = make_data(args.n, args.d, args.k, args.seed)
+    from threadpoolctl import threadpool_info
+
+    blas = ",".join(f"{i['internal_api']}:{i['num_threads']}" for i in threadpool_info())
     print(f"N={args.n} D={args.d} K={args.k} iterations={args.iters} repeats={args.repeats} "
-          f"probgen dtype={args.dtype} torch threads={torch.get_num_threads()}")
+          f"probgen dtype={args.dtype} torch threads={torch.get_num_threads()} "
+          f"thread pools={blas}")
     out = {}
     for ct in ("full", "diag"):
         init = starting_point(x, args.k, ct, args.seed)
@@ -129,6 +143,7 @@ if __name__ == "__main__":
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default 3)")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                    help="probgen's compute dtype (default float64)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for both torch and NumPy's BLAS (default: each library's own)")
     p.add_argument("--seed", type=int, default=0)
     main(p.parse_args())

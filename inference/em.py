@@ -256,32 +256,44 @@ class _Full:
                         device=prec_chol.device).expand_as(prec_chol)
         return torch.linalg.solve_triangular(prec_chol, eye, upper=True)
 
-    def whiten(self, x: Tensor, means: Tensor, prec_chol: Tensor) -> tuple[Tensor, Tensor]:
-        """Squared Mahalanobis distances (K, B) and the whitened points (K, D, B).
+    def prepare(self, means: Tensor, prec_chol: Tensor) -> Tensor:
+        """The stacked affine maps ``[x, 1] -> [W_k^T (x - mu_k), 1]``, (K*(D+1), D+1).
 
-        ``y_k = W_k^T (x - mu_k)`` for all components in one matrix product: the stacked
-        ``W_k^T`` (K*D, D) times ``x^T`` (D, B), minus the stacked ``W_k^T mu_k``.
+        Per component the (D+1, D+1) block ``[[W_k^T, -W_k^T mu_k], [0, 1]]``: one matrix
+        product then whitens a block of points for all components and appends a row of ones,
+        through which the M-step's product also yields ``sum r y`` and ``sum r``.
         """
         k, d, _ = prec_chol.shape
-        wt = prec_chol.mT.reshape(k * d, d)                     # (K*D, D)
-        b = (means.unsqueeze(1) @ prec_chol).reshape(k * d, 1)  # (K*D, 1)
-        y = torch.addmm(b, wt, x.T, beta=-1).view(k, d, x.shape[0])  # (K, D, B)
-        return y.square().sum(1), y
+        a = torch.zeros(k, d + 1, d + 1, dtype=prec_chol.dtype, device=prec_chol.device)
+        a[:, :d, :d] = prec_chol.mT
+        a[:, :d, d] = -(means.unsqueeze(1) @ prec_chol).squeeze(1)
+        a[:, d, d] = 1.0
+        return a.reshape(k * (d + 1), d + 1)
+
+    def whiten(self, x: Tensor, prep: Tensor) -> tuple[Tensor, Tensor]:
+        """Squared Mahalanobis distances (K, B) and the whitened points (K, D+1, B).
+
+        Row ``d < D`` of component ``k`` is ``(W_k^T (x - mu_k))_d``; row ``D`` is all ones.
+        """
+        d1 = prep.shape[1]
+        ones = torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)
+        y = (prep @ torch.cat([x, ones], 1).T).view(-1, d1, x.shape[0])   # (K, D+1, B)
+        return (y * y).sum(1).sub_(1.0), y                       # the ones row adds exactly 1
 
     def init_acc(self, k: int, d: int, **kw) -> dict:
-        return {"sy": torch.zeros(k, d, **kw), "syy": torch.zeros(k, d, d, **kw)}
+        return {"t": torch.zeros(k, d + 1, d + 1, **kw)}
 
     def accumulate(self, acc: dict, x: Tensor, r: Tensor, y: Tensor) -> None:
-        """Add ``sum r y`` and ``sum r y y^T`` (whitened coordinates); r (K, B)."""
-        ry = y * r.unsqueeze(1)                                 # (K, D, B)
-        acc["sy"] += ry.sum(2, dtype=acc["sy"].dtype)
-        acc["syy"] += torch.bmm(ry, y.mT).to(acc["syy"].dtype)  # (K, D, D)
+        """Add ``sum_b r_kb [y; 1][y; 1]^T`` (whitened coordinates); r (K, B)."""
+        acc["t"] += torch.bmm(y * r.unsqueeze(1), y.mT).to(acc["t"].dtype)  # (K, D+1, D+1)
 
     def finish(self, acc: dict, means: Tensor, prec_chol: Tensor):
-        """Back to data coordinates about the means: ``W^-T sy`` and ``W^-T T W^-1``."""
-        w = prec_chol.to(acc["syy"].dtype)
-        sum_x = torch.linalg.solve_triangular(w.mT, acc["sy"].unsqueeze(-1), upper=False)
-        a = torch.linalg.solve_triangular(w.mT, acc["syy"], upper=False)
+        """Back to data coordinates about the means: ``W^-T sum r y`` and ``W^-T T W^-1``."""
+        d = prec_chol.shape[-1]
+        t = acc["t"]
+        w = prec_chol.to(t.dtype)
+        sum_x = torch.linalg.solve_triangular(w.mT, t[:, :d, d:], upper=False)  # (K, D, 1)
+        a = torch.linalg.solve_triangular(w.mT, t[:, :d, :d], upper=False)
         sum_xx = torch.linalg.solve_triangular(w, a, upper=True, left=False)
         return sum_x.squeeze(-1), 0.5 * (sum_xx + sum_xx.mT), means.to(w.dtype)
 
@@ -323,10 +335,14 @@ class _Tied(_Full):
     def log_det(self, prec_chol, d):
         return prec_chol.diagonal().log().sum()
 
-    def whiten(self, x, means, prec_chol):
+    def prepare(self, means, prec_chol):
+        return prec_chol, (means @ prec_chol).unsqueeze(1)      # W (D, D), mu_k W (K, 1, D)
+
+    def whiten(self, x, prep):
         """Squared distances (K, B) and whitened points (K, B, D): ``x W - mu_k W``."""
-        y = (x @ prec_chol).unsqueeze(0) - (means @ prec_chol).unsqueeze(1)  # (K, B, D)
-        return y.square().sum(-1), y
+        w, mw = prep
+        y = (x @ w).unsqueeze(0) - mw                           # (K, B, D)
+        return (y * y).sum(-1), y
 
     def init_acc(self, k, d, **kw):
         return {"sy": torch.zeros(k, d, **kw), "syy": torch.zeros(d, d, **kw)}
@@ -395,12 +411,16 @@ class _Diag:
     def _per_feature(self, prec_chol, d):
         return prec_chol                                        # (K, D)
 
-    def whiten(self, x, means, prec_chol):
-        """Squared distances (K, B) by expanding the square (scikit-learn's formula)."""
-        p = self._per_feature(prec_chol, x.shape[1]) ** 2       # (K, D)
+    def prepare(self, means, prec_chol):
+        p = self._per_feature(prec_chol, means.shape[1]) ** 2   # precisions (K, D)
         mp = means * p
+        return p, mp, (means * mp).sum(1, keepdim=True)         # (K, D), (K, D), (K, 1)
+
+    def whiten(self, x, prep):
+        """Squared distances (K, B) by expanding the square (scikit-learn's formula)."""
+        p, mp, c = prep
         xx = x * x                                              # (B, D), reused by accumulate
-        maha = torch.addmm((means * mp).sum(1, keepdim=True), mp, x.T, alpha=-2.0)
+        maha = torch.addmm(c, mp, x.T, alpha=-2.0)
         return maha.addmm_(p, xx.T), xx
 
     def init_acc(self, k, d, **kw):
@@ -488,8 +508,9 @@ def estimate_log_prob(x: Tensor, means: Tensor, precisions_cholesky: Tensor,
     k, d = means.shape
     const = -0.5 * d * _LOG_2PI + ct.log_det(precisions_cholesky, d)  # (K,) or scalar
     out = torch.empty(x.shape[0], k, dtype=x.dtype, device=x.device)
+    prep = ct.prepare(means, precisions_cholesky)
     for sl in _blocks(x.shape[0], _block_size(covariance_type, k, d)):
-        maha, _ = ct.whiten(x[sl], means, precisions_cholesky)         # (K, B)
+        maha, _ = ct.whiten(x[sl], prep)                                # (K, B)
         out[sl] = (const - 0.5 * maha.T)
     return out
 
@@ -526,13 +547,16 @@ def e_step(x: Tensor, params: MixtureParams, *, block_size: int | None = None,
     acc = {"ll": torch.zeros((), **kw), "nk": torch.zeros(k, **kw), **ct.init_acc(k, d, **kw)}
     means, prec_chol = params.means, params.precisions_cholesky
     const = (params.weights.log() - 0.5 * d * _LOG_2PI + ct.log_det(prec_chol, d))  # (K,)
+    prep = ct.prepare(means, prec_chol)
     for sl in _blocks(x.shape[0], block_size or _block_size(params.covariance_type, k, d)):
         xb = x[sl]
-        maha, y = ct.whiten(xb, means, prec_chol)              # (K, B), type-specific
-        lp = const.unsqueeze(1) - 0.5 * maha                    # (K, B)
-        norm = torch.logsumexp(lp, 0)                           # (B,)
-        r = lp.sub_(norm).exp_()                                # (K, B), in place
-        acc["ll"] += norm.sum(dtype=acc_dtype)
+        maha, y = ct.whiten(xb, prep)                           # (K, B), type-specific
+        lp = torch.add(const.unsqueeze(1), maha, alpha=-0.5)    # (K, B) log w_k N(x_b | k)
+        top = lp.amax(0)                                        # (B,)
+        r = lp.sub_(top).exp_()                                 # unnormalised, in place
+        total = r.sum(0)                                        # (B,)
+        r.div_(total)                                           # responsibilities (K, B)
+        acc["ll"] += (total.log_() + top).sum(dtype=acc_dtype)  # sum_b log p(x_b)
         acc["nk"] += r.sum(1, dtype=acc_dtype)
         ct.accumulate(acc, xb, r, y)
     sum_x, sum_xx, shift = ct.finish(acc, means, prec_chol)
