@@ -14,6 +14,10 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 
 # script name -> extra arguments (besides --smoke and --out)
 EXAMPLES: dict[str, list[str]] = {
+    "vae_mnist.py": [],
+    "autoencoders.py": [],
+    "decoder_from_codes.py": [],
+    "ppca_bounds.py": [],
     "kl_demo.py": [],
     "density_estimation.py": [],
     "kmeans_digits.py": [],
