@@ -9,8 +9,13 @@ the K each criterion picks. It then scores the EM fits with K = 3 and K = 2 on f
 points, reports their paired difference in log-likelihood with its standard error next to
 the unpaired one, and draws the per-point values with ArviZ's ``plot_dist``.
 
-Known answer, checked at the end of the full run: BIC and LOO both choose K = 3. With
-``--smoke`` (K = 1..2, a few NUTS draws) it only checks that K = 2 beats K = 1.
+Known answer, checked at the end of the full run: BIC chooses K = 3, and so does LOO read
+with its uncertainty: K = 3 is the smallest K whose elpd_loo is within two standard errors
+of the paired difference from the best. LOO's top rank alone is not checked: a fourth,
+nearly empty component nests the true model, its elpd_loo differs from K = 3 by about one
+standard error, and which of the two ranks first is noise (with seed 0 it is K = 4, by 1.5
+nats with a difference SE of about 1.3). With ``--smoke`` (K = 1..2, a few NUTS draws) it
+only checks that K = 2 beats K = 1.
 
     python examples/mixture_model_choice.py --out /tmp/mc [--smoke] [--seed 0]
 """
@@ -101,8 +106,15 @@ def check(choice, *, smoke: bool) -> None:
     else:
         if choice.chosen_bic != TRUE_K:
             failures.append(f"BIC chose K={choice.chosen_bic}, not {TRUE_K}")
+        if choice.chosen_loo_within_2se != TRUE_K:
+            failures.append(f"LOO (smallest K within 2 SE of the best) chose "
+                            f"K={choice.chosen_loo_within_2se}, not {TRUE_K}")
         if choice.chosen_loo != TRUE_K:
-            failures.append(f"LOO chose K={choice.chosen_loo}, not {TRUE_K}")
+            best = choice.scores[choice.chosen_loo - 1]
+            true = choice.scores[TRUE_K - 1]
+            print(f"LOO ranks K={choice.chosen_loo} first, ahead of K={TRUE_K} by "
+                  f"{true.elpd_diff:.2f} +- {true.elpd_diff_se:.2f} nats (best elpd_loo "
+                  f"{best.elpd_loo:.2f}): within noise, so the smaller K stands.")
     if failures:
         raise SystemExit("known answers missed:\n  " + "\n  ".join(failures))
 

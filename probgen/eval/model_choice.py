@@ -412,7 +412,10 @@ def loo_scores(x: torch.Tensor, components, *, em: dict[int, EMFit] | None = Non
     az = az or _arviz()
     x = _as_points(x)
     prior = MixturePrior.from_data(x) if prior is None else prior
-    em = em or em_scores(x, components, n_init=n_init, seed=seed)
+    em = dict(em or {})
+    for k in components:  # EM for any K not given
+        if int(k) not in em:
+            em[int(k)] = fit_em(x, int(k), n_init=n_init, seed=seed)
     observed = {"obs": x.detach().cpu().double().numpy()}
     per_k: dict[int, dict] = {}
     datasets: dict[str, Any] = {}
