@@ -207,3 +207,27 @@ def test_prior_is_scaled_to_the_data():
     p = MixturePrior.from_data(x)
     torch.testing.assert_close(p.center, torch.tensor([2.0, 30.0]))
     torch.testing.assert_close(p.spread, torch.tensor([2.0, 20.0]))
+
+
+def test_one_component_posterior_matches_the_normal_approximation(two_bumps):
+    """K = 1 with weak priors: mu | x is close to N(mean(x), sd(x)^2 / N) and sigma's
+    posterior mean close to sd(x) (Bernstein-von Mises; the prior is 2 data spreads wide)."""
+    x, choice = two_bumps
+    s = choice.samples[1]
+    mu = s.locs[..., 0, 0].flatten()                 # (C * S,)
+    sigma = s.scales[..., 0, 0].flatten()
+    n, sd = x.shape[0], float(x.std())
+    post_sd = sd / n**0.5
+    assert abs(float(mu.mean()) - float(x.mean())) < 0.5 * post_sd
+    assert float(mu.std()) == pytest.approx(post_sd, rel=0.35)
+    # sd of the posterior of sigma is about sd / sqrt(2N); allow three of them.
+    assert abs(float(sigma.mean()) - sd) < 3 * sd / (2 * n) ** 0.5
+
+
+def test_model_choice_to_dict_is_json_ready(two_bumps):
+    import json
+
+    _, choice = two_bumps
+    d = choice.to_dict()
+    assert "samples" not in d and d["chosen_loo"] == 2
+    assert json.loads(json.dumps(d))["scores"][1]["n_components"] == 2

@@ -42,7 +42,7 @@ import inspect
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -341,6 +341,8 @@ class ModelChoice:
         Number of points and their dimension.
     warnings : list of str
         What ArviZ and the samplers warned about, for the reader to judge.
+    samples : dict of int to MixtureSamples
+        The NUTS draws for each K (empty without LOO); left out of :meth:`to_dict`.
     """
 
     scores: list[ComponentScore]
@@ -351,9 +353,15 @@ class ModelChoice:
     n: int
     dim: int
     warnings: list[str] = field(default_factory=list)
+    samples: dict[int, MixtureSamples] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Everything but the draws, as plain JSON-ready values."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("scores", "samples", "warnings")}
+        out["scores"] = [asdict(s) for s in self.scores]
+        out["warnings"] = list(self.warnings)
+        return out
 
     def table(self) -> str:
         """The per-K scores as fixed-width text."""
@@ -525,11 +533,13 @@ def choose_n_components(x: torch.Tensor, max_components: int = 4, *, n_init: int
               for k, f in em.items()]
     notes = [f"K={k}: EM did not converge" for k, f in em.items() if not f.converged]
     chosen_loo = chosen_2se = None
+    samples: dict[int, MixtureSamples] = {}
     if loo:
         res = loo_scores(x, ks, em=em, prior=prior, num_warmup=num_warmup,
                          num_samples=num_samples, num_chains=num_chains, n_init=n_init,
                          seed=seed, jit_compile=jit_compile)
         notes += res["warnings"]
+        samples = res["samples"]
         for s in scores:
             row = res["compare"][f"K={s.n_components}"]
             for key, value in res["per_k"][s.n_components].items():
@@ -548,4 +558,5 @@ def choose_n_components(x: torch.Tensor, max_components: int = 4, *, n_init: int
         n=int(x.shape[0]),
         dim=int(x.shape[1]),
         warnings=notes,
+        samples=samples,
     )
