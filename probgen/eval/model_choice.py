@@ -429,6 +429,8 @@ def loo_scores(x: torch.Tensor, components, *, em: dict[int, EMFit] | None = Non
     datasets: dict[str, Any] = {}
     all_samples: dict[int, MixtureSamples] = {}
     notes: list[str] = []
+    if num_chains < 2:
+        notes.append("R-hat is undefined with one chain: use num_chains >= 2 to check mixing")
     for k in components:
         k = int(k)
         inits = [em[k].init_values()]
