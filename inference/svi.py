@@ -235,6 +235,7 @@ def fit_loss(
     epochs, steps : int, optional
         Stop after this many epochs in total, or this many steps in total (both counted
         from the start of the run, so a resumed run passes the same values); at least one.
+        When ``steps`` ends a pass early, the partial pass counts as an epoch.
     batch_size : int, optional
         Examples per step; ``None`` takes the whole data set each step.
     optim : callable, optional
@@ -339,12 +340,14 @@ def fit_loss(
                     result.skipped.append(step)
                     consecutive += 1
                     if on_nan == "stop" or consecutive >= max_consecutive_skips:
+                        advice = ("or pass on_nan='skip' to skip such batches" if on_nan == "stop"
+                                  else "or look for the batch that starts the run of failures")
                         raise DivergedError(
                             f"step {step} (epoch {epoch + 1}): {what} was not finite (loss = "
                             f"{value}){'' if on_nan == 'stop' else f', {consecutive} steps in a row'}"
-                            ". The parameters were not updated with it; the last checkpoint "
-                            "holds the last good state. Lower the learning rate, check the data "
-                            "for NaN/inf or out-of-range values, or pass on_nan='skip'."
+                            ". The parameters were not updated with it and keep their last finite "
+                            "values (so does the last checkpoint). Lower the learning rate, check "
+                            f"the data for NaN/inf or out-of-range values, {advice}."
                         )
                 else:
                     consecutive = 0
@@ -359,7 +362,7 @@ def fit_loss(
             state = FitState(epoch=epoch, step=step,
                              epoch_loss=ep_sum / ep_n if ep_n else math.nan, result=result)
             result.epoch_losses.append(state.epoch_loss)
-            stop = any(bool(cb(state)) for cb in callbacks)
+            stop = any([bool(cb(state)) for cb in callbacks])  # every callback runs
             done = stop or epoch >= total_epochs or step >= total_steps
             if checkpoint is not None and (done or (epoch - start_epoch) % checkpoint_every == 0):
                 checkpoint(state)
