@@ -133,6 +133,111 @@ def samples_figure(x: torch.Tensor, data, path) -> Path:
     return scatter_2d({"data": data.test[:, :2], "samples": x[:, :2]}, path, title="samples (first 2 dims)")
 
 
+# ----------------------------------------------------------------------------- GAN figures
+def gan_progress(snapshots: dict, data, path, *, title: str = "samples over training") -> Path:
+    """Samples from the same z at several training steps: ``{step: (n, *shape)}``.
+
+    2-D data: one scatter per step, real data in grey under the samples (the mode-collapse
+    figure). Images: one row of samples per step.
+    """
+    plt = _plt()
+    steps = sorted(snapshots)
+    first = snapshots[steps[0]]
+    if first.dim() == 2 and first.shape[1] == 2:
+        real = data.test[:2000].detach().cpu()
+        lo = float(real.min()) - 0.5
+        hi = float(real.max()) + 0.5
+        fig, axes = plt.subplots(1, len(steps), figsize=(3.2 * len(steps), 3.4), squeeze=False)
+        for ax, s in zip(axes[0], steps):
+            x = snapshots[s].detach().cpu()
+            ax.scatter(real[:, 0], real[:, 1], s=2, c="0.75", label="data")
+            ax.scatter(x[:, 0], x[:, 1], s=2, c="C3", alpha=0.6, label="generated")
+            ax.set_xlim(lo, hi)
+            ax.set_ylim(lo, hi)
+            ax.set_aspect("equal")
+            ax.set_title(f"step {s}")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0][0].legend(markerscale=4, loc="lower left", fontsize=7)
+        fig.suptitle(title)
+        return _save(fig, path)
+    import torchvision.utils as vutils
+
+    ncol = min(16, first.shape[0])
+    lo, hi = data.value_range
+    rows = [((snapshots[s][:ncol].detach().float().cpu().reshape(-1, *data.shape) - lo) / (hi - lo)).clamp(0, 1)
+            for s in steps]
+    grid = vutils.make_grid(torch.cat(rows), nrow=ncol, padding=2, pad_value=1.0)
+    fig, ax = plt.subplots(figsize=(0.55 * ncol + 1, 0.6 * len(steps) + 1))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", interpolation="nearest")
+    side = data.shape[-1] + 2
+    ax.set_yticks([side * (i + 0.5) for i in range(len(steps))], [f"step {s}" for s in steps])
+    ax.set_xticks([])
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation (Shoemake 1985; White, "Sampling generative networks", 2016).
+
+    z0, z1 (L,) and t (T,) -> (T, L); falls back to linear interpolation for (anti)parallel ends.
+    """
+    a = z0 / z0.norm()
+    b = z1 / z1.norm()
+    omega = torch.arccos((a * b).sum().clamp(-1 + 1e-7, 1 - 1e-7))
+    so = torch.sin(omega)
+    t = t.reshape(-1, 1)
+    if so.abs() < 1e-6:
+        return (1 - t) * z0 + t * z1
+    return torch.sin((1 - t) * omega) / so * z0 + torch.sin(t * omega) / so * z1
+
+
+def lerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation: z0, z1 (L,) and t (T,) -> (T, L)."""
+    t = t.reshape(-1, 1)
+    return (1 - t) * z0 + t * z1
+
+
+def latent_interpolation(model, data, path, *, pairs: int = 4, points: int = 9, seed: int = 0,
+                         spherical: bool = True) -> Path:
+    """Decoded paths between random latent pairs: image rows, or 2-D curves over the data."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(2 * pairs, model.latent_dim, generator=gen)
+    t = torch.linspace(0, 1, points)
+    interp = slerp if spherical else lerp
+    paths = torch.stack([interp(z[2 * i], z[2 * i + 1], t) for i in range(pairs)])  # (P, T, L)
+    with torch.no_grad():
+        x = model.decode(paths.to(model.device)).detach().cpu()  # (P, T, *shape)
+    kind = "spherical" if spherical else "linear"
+    if x.dim() == 3 and x.shape[-1] == 2:
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(5, 5))
+        real = data.test[:2000].detach().cpu()
+        ax.scatter(real[:, 0], real[:, 1], s=2, c="0.75")
+        for i in range(pairs):
+            ax.plot(x[i, :, 0], x[i, :, 1], "-o", ms=3)
+        ax.set_aspect("equal")
+        ax.set_title(f"{kind} latent interpolation")
+        return _save(fig, path)
+    return image_grid(x.reshape(pairs * points, *x.shape[2:]), path, nrow=points,
+                      value_range=data.value_range, title=f"{kind} latent interpolation")
+
+
+def class_histogram(counts, path, *, title: str = "classes of the samples") -> Path:
+    """Bar chart of how many samples a classifier puts in each class."""
+    plt = _plt()
+    counts = [int(c) for c in counts]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(range(len(counts)), counts, color="C0")
+    ax.axhline(sum(counts) / len(counts), color="k", ls="--", lw=1, label="uniform")
+    ax.set_xticks(range(len(counts)))
+    ax.set_xlabel("class")
+    ax.set_ylabel("samples")
+    ax.legend()
+    ax.set_title(title)
+    return _save(fig, path)
+
+
 # ----------------------------------------------------------------------------- autoencoders
 def reconstructions(x: torch.Tensor, recon: torch.Tensor, path, *, shape=None, value_range=(0.0, 1.0),
                     title: str = "originals (odd rows) and reconstructions (even rows)",

@@ -120,14 +120,16 @@ def evaluate(model, data, split: str = "test", *, k: int | None = None,
 
 def _sample_metrics(model, data, split, *, n_samples=None) -> dict[str, Metric]:
     """Sample-based metrics for any model with ``sample(n)``: mode coverage on toy mixtures,
-    feature-network distances on images."""
+    feature-network distances (and the class histogram) on labelled images."""
     if not callable(getattr(model, "sample", None)):
         return {}
     out: dict[str, Metric] = {}
-    try:
+    if data.density is not None and getattr(data.density, "means", None) is not None:
         from probgen.eval import modes
-    except ImportError:
-        modes = None
-    if modes is not None and data.density is not None and getattr(data.density, "means", None) is not None:
+
         out.update(modes.mode_metrics(model, data, n_samples=n_samples or 2500))
+    if data.kind == "image" and data.labels(split) is not None and data.train_labels is not None:
+        from probgen.eval import samples
+
+        out.update(samples.image_sample_metrics(model, data, split, n_samples=n_samples))
     return out

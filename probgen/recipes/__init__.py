@@ -44,6 +44,7 @@ RECIPES: dict[str, str] = {
     "ae": "probgen.recipes.ae",
     "dae": "probgen.recipes.ae",
     "ppca": "probgen.recipes.ppca",
+    "gan": "probgen.recipes.gan",
     "gmm": "probgen.recipes.gmm",
 }
 

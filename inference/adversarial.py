@@ -1,0 +1,367 @@
+"""Adversarial training: alternating discriminator and generator steps.
+
+Goodfellow et al., "Generative adversarial nets" (2014) for the minimax and the
+non-saturating losses; Lim and Ye, "Geometric GAN" (2017) and Miyato et al., "Spectral
+normalization for generative adversarial networks" (2018) for the hinge loss; Gulrajani et
+al., "Improved training of Wasserstein GANs" (2017) for WGAN-GP.
+
+One training step is a discriminator step on a minibatch of real data and a minibatch of
+generated data, then a generator step. The discriminator step runs ONE forward pass over
+real and generated data concatenated (and, for WGAN-GP, the interpolates too): with
+BatchNorm in the discriminator this keeps the statistics of the pass that is differentiated
+in one place (the known DistributedDataParallel + BatchNorm in-place error of two passes
+does not arise). When the discriminator holds BatchNorm, the generator step also judges
+its samples in a batch with the real ones, so that the discriminator the generator is
+trained against normalises the way it did in its own step.
+
+>>> trainer = GANTrainer(G, D, latent_dim=2, loss="ns", lr=2e-4)
+>>> for step in range(1000):
+...     record = trainer.step(next_real_batch())
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from probgen.models.nets import gan_uses_batch_statistics
+from torch import nn
+
+from probgen.errors import ConfigError, DivergedError, suggest
+
+__all__ = ["GANLoss", "LOSSES", "get_loss", "GANTrainer", "EpochSampler", "fit_gan", "GANFitResult",
+           "LR_SCHEDULES", "linear_decay"]
+
+
+# ----------------------------------------------------------------------------- losses
+def _bce_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    # -log D(x) - log(1 - D(G(z))) with D = sigmoid(logit): softplus(-l_real) + softplus(l_fake)
+    return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+
+def _minimax_g(fake: torch.Tensor) -> torch.Tensor:
+    # minimise log(1 - D(G(z))) = -softplus(l_fake)
+    return -F.softplus(fake).mean()
+
+
+def _ns_g(fake: torch.Tensor) -> torch.Tensor:
+    # minimise -log D(G(z)) = softplus(-l_fake)
+    return F.softplus(-fake).mean()
+
+
+def _hinge_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+
+
+def _critic_g(fake: torch.Tensor) -> torch.Tensor:
+    return -fake.mean()
+
+
+def _wasserstein_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return fake.mean() - real.mean()
+
+
+@dataclass(frozen=True)
+class GANLoss:
+    """One GAN objective.
+
+    Attributes
+    ----------
+    d_loss : callable (real_logits (M,), fake_logits (M,)) -> scalar
+    g_loss : callable (fake_logits (M,)) -> scalar
+    probabilistic : bool
+        The discriminator outputs logits of P(real); the log then shows D(x) = sigmoid(logit).
+        Otherwise it is a critic and the log shows its raw mean output.
+    gradient_penalty : float
+        Weight of the WGAN-GP penalty (E[(||grad D(x_hat)|| - 1)^2], x_hat between a real and a
+        generated sample); 0 for none.
+    description : str
+    """
+
+    d_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    g_loss: Callable[[torch.Tensor], torch.Tensor]
+    probabilistic: bool
+    gradient_penalty: float = 0.0
+    description: str = ""
+
+
+LOSSES: dict[str, GANLoss] = {
+    "ns": GANLoss(_bce_d, _ns_g, True, description="non-saturating: G minimises -log D(G(z))"),
+    "minimax": GANLoss(_bce_d, _minimax_g, True,
+                       description="minimax: G minimises log(1 - D(G(z))) (saturates early)"),
+    "hinge": GANLoss(_hinge_d, _critic_g, False,
+                     description="hinge: D minimises relu(1 - D(x)) + relu(1 + D(G(z)))"),
+    "wgan-gp": GANLoss(_wasserstein_d, _critic_g, False, gradient_penalty=10.0,
+                       description="Wasserstein critic with gradient penalty 10"),
+}
+
+
+def get_loss(name: str) -> GANLoss:
+    """The loss called ``name``; an unknown name gets the list of known ones."""
+    if name not in LOSSES:
+        raise ConfigError(
+            f"loss must be one of {', '.join(LOSSES)}; got {name!r}.{suggest(name, LOSSES)}"
+        )
+    return LOSSES[name]
+
+
+# ----------------------------------------------------------------------------- trainer
+def _set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+class GANTrainer:
+    """The generator, the discriminator, their optimizers and the loss, stepped together.
+
+    Parameters
+    ----------
+    generator : nn.Module
+        z (B, latent_dim) -> x (B, *shape).
+    discriminator : nn.Module
+        x (B, *shape) -> logits (B / pack,), with attribute ``pack`` (default 1).
+    latent_dim : int
+    loss : str
+        A key of :data:`LOSSES`.
+    lr, lr_d : float
+        Adam learning rates of the generator and the discriminator (``lr_d`` defaults to ``lr``).
+    betas : (float, float)
+        Adam betas of both optimizers (DCGAN: (0.5, 0.999)).
+    amp : bool
+        bfloat16 autocast on CUDA (the losses are computed in float32).
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, *, latent_dim: int,
+                 loss: str = "ns", lr: float = 2e-4, lr_d: float | None = None,
+                 betas=(0.5, 0.999), amp: bool = False):
+        self.G, self.D = generator, discriminator
+        self.latent_dim = int(latent_dim)
+        self.loss_name = loss
+        self.loss = get_loss(loss)
+        if self.loss.gradient_penalty and gan_uses_batch_statistics(discriminator):
+            raise ConfigError(
+                f"loss {loss!r} penalises the gradient of D at each interpolate on its own, "
+                "which BatchNorm in the discriminator breaks (its output depends on the batch). "
+                "Build the discriminator with norm='none' or 'spectral'."
+            )
+        self.pack = int(getattr(discriminator, "pack", 1))
+        self.batch_stats = gan_uses_batch_statistics(discriminator)
+        self.opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=tuple(betas))
+        self.opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d or lr, betas=tuple(betas))
+        self.amp = bool(amp)
+        self.step_count = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.G.parameters()).device
+
+    def _autocast(self):
+        if self.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, device=self.device)
+
+    def _check_batch(self, real: torch.Tensor) -> None:
+        if real.shape[0] % self.pack:
+            raise ConfigError(
+                f"batch size must be a multiple of pack={self.pack} (the discriminator judges "
+                f"groups of {self.pack} samples); got a batch of {real.shape[0]}. Choose "
+                f"--batch-size as a multiple of {self.pack}."
+            )
+
+    @staticmethod
+    def _finite(value: torch.Tensor, what: str, step: int) -> None:
+        if not torch.isfinite(value):
+            raise DivergedError(
+                f"the {what} loss became {float(value)} at step {step}; the parameters were not "
+                "updated with it. Lower --lr, use --loss hinge or wgan-gp, or resume from the "
+                "last checkpoint."
+            )
+
+    def d_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One discriminator update on ``real`` (B, *shape) and B generated samples.
+
+        Returns detached scalars ``loss_d``, ``d_real``, ``d_fake`` (mean D(x) and D(G(z)):
+        probabilities for the sigmoid losses, raw critic values otherwise).
+        """
+        self._check_batch(real)
+        b = real.shape[0]
+        with torch.no_grad(), self._autocast():
+            fake = self.G(self._noise(b))
+        parts = [real, fake.to(real.dtype)]
+        if self.loss.gradient_penalty:
+            eps = torch.rand(b // self.pack, *([1] * (real.dim() - 1)), device=real.device)
+            eps = eps.repeat_interleave(self.pack, dim=0)  # one mixing weight per packed group
+            parts.append((eps * real + (1 - eps) * parts[1]).requires_grad_(True))
+        x = torch.cat(parts)  # (2B or 3B, *shape)
+        with self._autocast():
+            logits = self.D(x).float()
+        m = b // self.pack
+        real_l, fake_l = logits[:m], logits[m:2 * m]
+        loss = self.loss.d_loss(real_l, fake_l)
+        if self.loss.gradient_penalty:
+            (grad,) = torch.autograd.grad(logits[2 * m:].sum(), parts[2], create_graph=True)
+            norms = grad.reshape(m, -1).norm(dim=1)  # (B, *shape) -> (B / pack, pack * D)
+            loss = loss + self.loss.gradient_penalty * ((norms - 1) ** 2).mean()
+        self._finite(loss.detach(), "discriminator", self.step_count)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+        return {"loss_d": loss.detach(), "d_real": self._readout(real_l), "d_fake": self._readout(fake_l)}
+
+    def g_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One generator update with B fresh samples (``real`` is judged beside them only
+        when the discriminator uses batch statistics). Returns ``loss_g``."""
+        b = real.shape[0]
+        _set_requires_grad(self.D, False)
+        try:
+            with self._autocast():
+                fake = self.G(self._noise(b))
+                if self.batch_stats:
+                    logits = self.D(torch.cat([real, fake.to(real.dtype)]))[b // self.pack:]
+                else:
+                    logits = self.D(fake)
+            loss = self.loss.g_loss(logits.float())
+            self._finite(loss.detach(), "generator", self.step_count)
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_g.step()
+        finally:
+            _set_requires_grad(self.D, True)
+        return {"loss_g": loss.detach()}
+
+    def step(self, real: torch.Tensor, *, d_steps_reals: list[torch.Tensor] | None = None) -> dict:
+        """A discriminator step (or several, one per batch in ``d_steps_reals``) then a
+        generator step. Returns the step's record of detached scalars."""
+        self.G.train()
+        self.D.train()
+        rec = {}
+        for r in (d_steps_reals or [real]):
+            rec = self.d_step(r)
+        rec.update(self.g_step(real))
+        self.step_count += 1
+        return rec
+
+    def set_lr_factor(self, factor: float) -> None:
+        """Scale both learning rates to ``factor`` times their initial values."""
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * float(factor)
+
+    def _readout(self, logits: torch.Tensor) -> torch.Tensor:
+        v = torch.sigmoid(logits) if self.loss.probabilistic else logits
+        return v.detach().mean()
+
+    # -- checkpoints: tensors and plain containers only
+    def state_dict(self) -> dict:
+        return {
+            "generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "step": self.step_count,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.G.load_state_dict(state["generator"])
+        self.D.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.step_count = int(state["step"])
+
+
+# ----------------------------------------------------------------------------- data and loop
+class EpochSampler:
+    """Minibatches of a tensor, epoch by epoch, reproducible from (seed, batch index).
+
+    Batch k of a run is a function of ``seed`` and k alone (epoch e is shuffled by a
+    generator seeded with ``seed`` and e), so a resumed run sees the same batches as an
+    uninterrupted one without saving any iterator state. Incomplete last batches are dropped.
+    """
+
+    def __init__(self, x: torch.Tensor, batch_size: int, *, seed: int = 0):
+        if batch_size < 1 or batch_size > x.shape[0]:
+            raise ConfigError(
+                f"batch size must be between 1 and the {x.shape[0]} training examples; got {batch_size}."
+            )
+        self.x, self.batch_size, self.seed = x, int(batch_size), int(seed)
+        self.per_epoch = x.shape[0] // batch_size
+        self._epoch, self._perm = -1, None
+
+    def batch(self, k: int) -> torch.Tensor:
+        epoch, pos = divmod(int(k), self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.x.shape[0], generator=g).to(self.x.device)
+            self._epoch = epoch
+        return self.x[self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]]
+
+
+@dataclass
+class GANFitResult:
+    """What :func:`fit_gan` returns: the trainer (fitted networks inside) and the log."""
+
+    trainer: GANTrainer
+    history: list[dict]
+    seconds: float
+
+
+def linear_decay(step: int, steps: int, *, start: float = 0.5) -> float:
+    """Learning-rate factor: 1 for the first ``start`` fraction of the steps, then linearly
+    down to 0 at ``steps`` (as in CycleGAN, Zhu et al. 2017). A function of the step alone,
+    so a resumed run follows the same schedule."""
+    begin = start * steps
+    if step < begin:
+        return 1.0
+    return max(0.0, (steps - step) / max(steps - begin, 1.0))
+
+
+LR_SCHEDULES = {"none": None, "linear": linear_decay}
+
+
+def fit_gan(trainer: GANTrainer, sampler: EpochSampler, steps: int, *, d_steps: int = 1,
+            log_every: int = 100, callback: Callable[[int, dict], None] | None = None,
+            should_stop: Callable[[], bool] | None = None,
+            lr_schedule: str = "none") -> GANFitResult:
+    """Train from ``trainer.step_count`` up to ``steps`` steps.
+
+    Each step draws ``d_steps`` real batches for as many discriminator steps, then takes a
+    generator step. Every ``log_every`` steps (and at the last) the record ``{"step",
+    "loss_d", "loss_g", "d_real", "d_fake"}`` (means since the previous record) goes to the
+    history and to ``callback(step, record)``. ``should_stop()`` is asked after every step;
+    when it is true the loop returns early (``trainer.step_count < steps``). ``lr_schedule``
+    names a key of :data:`LR_SCHEDULES` (``"linear"``: constant, then linear decay to 0 over
+    the second half).
+    """
+    if lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {lr_schedule!r}.")
+    schedule = LR_SCHEDULES[lr_schedule]
+    import time
+
+    t0 = time.perf_counter()
+    history: list[dict] = []
+    acc: dict[str, torch.Tensor] = {}
+    count = 0
+    while trainer.step_count < steps:
+        if schedule is not None:
+            trainer.set_lr_factor(schedule(trainer.step_count, steps))
+        k = trainer.step_count * d_steps
+        reals = [sampler.batch(k + i) for i in range(d_steps)]
+        rec = trainer.step(reals[-1], d_steps_reals=reals)
+        for key, v in rec.items():
+            acc[key] = acc.get(key, 0.0) + v
+        count += 1
+        if trainer.step_count % log_every == 0 or trainer.step_count == steps:
+            out = {"step": trainer.step_count, **{k2: float(v) / count for k2, v in acc.items()}}
+            history.append(out)
+            acc, count = {}, 0
+            if callback is not None:
+                callback(trainer.step_count, out)
+        if should_stop is not None and should_stop():
+            break
+    return GANFitResult(trainer, history, time.perf_counter() - t0)
+

@@ -1,0 +1,217 @@
+"""The feature network for sample metrics: a small classifier trained here, on the data set.
+
+Frechet and kernel distances, precision/recall and density/coverage compare samples with
+real data in the feature space of a network. The Inception network of FID (Heusel et al.,
+2017) was trained on ImageNet and cannot be downloaded offline; its numbers also do not
+transfer to 28x28 digits. probgen instead trains a small classifier on the training split
+of the data set itself -- a CNN for 28x28 and 32x32 images, an MLP for anything else (the
+8x8 digits) -- and uses its penultimate layer (128 units). Its numbers are named for it
+(``frechet_distance``, not FID) and are comparable only between models scored with the same
+network; its test accuracy is reported beside them.
+
+The network sees pixels in [0, 1]: data in [-1, 1] are mapped there first, so a GAN trained
+on [-1, 1] pixels and a VAE trained on [0, 1] pixels of the same data set share one network.
+It is trained once per data set and cached in ``$PROBGEN_CACHE/features`` (default
+``~/.cache/probgen/features``) as ``<dataset>-<hash>.pt``, where the hash covers the
+training pixels, the labels and the architecture; the file is written atomically and loaded
+with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from probgen.errors import DataError
+
+__all__ = ["FeatureNet", "FeatureNetwork", "feature_network", "cache_dir", "ARCH_VERSION"]
+
+ARCH_VERSION = 1
+FEATURE_DIM = 128
+
+
+class FeatureNet(nn.Module):
+    """x (B, *shape) in [0, 1] -> class logits (B, num_classes); ``features`` -> (B, 128).
+
+    28x28/32x32 images: two 3x3 conv layers (32, 64 channels) with ReLU and 2x2 max-pooling,
+    a 128-unit ReLU layer (the features), a linear classifier. Other shapes: an MLP
+    D -> 256 -> 128 (the features) -> classes.
+    """
+
+    def __init__(self, shape, num_classes: int):
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+        conv = len(self.shape) == 3 and self.shape[1] == self.shape[2] and self.shape[1] in (28, 32)
+        if conv:
+            c, h, _ = self.shape
+            side = h // 4
+            self.body = nn.Sequential(
+                nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Flatten(), nn.Linear(64 * side * side, FEATURE_DIM), nn.ReLU(),
+            )
+        else:
+            d = math.prod(self.shape)
+            self.body = nn.Sequential(
+                nn.Flatten(), nn.Linear(d, 256), nn.ReLU(), nn.Linear(256, FEATURE_DIM), nn.ReLU(),
+            )
+        self.head = nn.Linear(FEATURE_DIM, num_classes)
+        self.arch = "cnn" if conv else "mlp"
+        self.num_classes = int(num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.reshape(-1, *self.shape))  # (B, *shape) -> (B, 128)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@dataclass
+class FeatureNetwork:
+    """A trained feature network and what the report says about it.
+
+    Attributes
+    ----------
+    net : FeatureNet (eval mode)
+    accuracy : float
+        Test-split accuracy of its classifier head.
+    name : str
+        E.g. ``"probgen-cnn-mnist"``: the name the metrics carry.
+    value_range : (float, float)
+        Range of the inputs it is given; mapped to [0, 1] inside :meth:`features`.
+    path : Path or None
+        The cache file.
+    """
+
+    net: FeatureNet
+    accuracy: float
+    name: str
+    value_range: tuple[float, float]
+    path: Path | None = None
+
+    def _unit(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.value_range
+        return (x.float() - lo) / (hi - lo)
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """Penultimate-layer features: (N, *shape) -> (N, 128), float64 on the CPU."""
+        dev = next(self.net.parameters()).device
+        out = [self.net.features(self._unit(x[i:i + batch_size]).to(dev)).double().cpu()
+               for i in range(0, x.shape[0], batch_size)]
+        return torch.cat(out) if out else torch.empty(0, FEATURE_DIM, dtype=torch.float64)
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """Predicted classes: (N, *shape) -> (N,) long."""
+        dev = next(self.net.parameters()).device
+        out = [self.net(self._unit(x[i:i + batch_size]).to(dev)).argmax(1).cpu()
+               for i in range(0, x.shape[0], batch_size)]
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def cache_dir() -> Path:
+    """``$PROBGEN_CACHE/features``, default ``~/.cache/probgen/features`` (created on use)."""
+    root = os.environ.get("PROBGEN_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "probgen") / "features"
+
+
+def _fingerprint(x: torch.Tensor, y: torch.Tensor, shape, epochs: int) -> str:
+    h = hashlib.sha256()
+    h.update(f"v{ARCH_VERSION}|{tuple(shape)}|{epochs}|".encode())
+    h.update(x.detach().float().cpu().contiguous().numpy().tobytes())
+    h.update(y.detach().long().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _default_epochs(n: int) -> int:
+    # about 120k examples seen, at least 2 passes: 2 epochs of MNIST, ~100 of digits
+    return max(2, min(100, math.ceil(120_000 / max(n, 1))))
+
+
+def feature_network(data, *, epochs: int | None = None, device="cpu", cache: bool = True,
+                    verbose: bool = False) -> FeatureNetwork:
+    """The feature network of ``data``: loaded from the cache, or trained and cached.
+
+    Parameters
+    ----------
+    data : Dataset
+        Needs ``train_labels`` and ``test_labels`` (a classifier is trained on them).
+    epochs : int, optional
+        Passes over the training split (default: enough for ~120,000 examples, 2 to 100).
+    cache : bool
+        Read and write the cache (``False``: always train, write nothing).
+    """
+    y = data.labels("train", required_for="the feature network of the sample metrics")
+    yt = data.labels("test", required_for="the feature network's test accuracy")
+    vr = tuple(float(v) for v in data.value_range)
+    lo, hi = vr
+    x = ((data.train.float() - lo) / (hi - lo)).cpu()
+    num_classes = int(data.num_classes or int(y.max()) + 1)
+    epochs = int(epochs or _default_epochs(x.shape[0]))
+    net = FeatureNet(data.shape, num_classes)
+    name = f"probgen-{net.arch}-{data.name}"
+    path = cache_dir() / f"{_safe(data.name)}-{_fingerprint(x, y, data.shape, epochs)}.pt"
+    if cache and path.exists():
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            net.load_state_dict(payload["state_dict"])
+            net.eval()
+            return FeatureNetwork(net.to(device), float(payload["accuracy"]), name, vr, path)
+        except Exception:  # a corrupt or foreign cache file: retrain and overwrite it
+            pass
+    _train(net, x, y.cpu(), epochs=epochs, verbose=verbose)
+    net.eval()
+    fn = FeatureNetwork(net, 0.0, name, vr, path if cache else None)
+    fn.accuracy = float((fn.classify(data.test.cpu()) == yt.cpu()).double().mean())
+    if cache:
+        from probgen.runs import atomic_write_bytes
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save({"state_dict": net.state_dict(), "accuracy": fn.accuracy, "name": name,
+                    "epochs": epochs, "arch_version": ARCH_VERSION}, buf)
+        atomic_write_bytes(path, buf.getvalue())
+    fn.net = net.to(device)
+    return fn
+
+
+def _train(net: FeatureNet, x: torch.Tensor, y: torch.Tensor, *, epochs: int, verbose: bool,
+           batch_size: int = 128, lr: float = 1e-3) -> None:
+    if x.shape[0] < 2:
+        raise DataError(f"the feature network needs at least 2 labelled training examples; got {x.shape[0]}.")
+    g = torch.Generator().manual_seed(0)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)  # the same network for the same data, whatever the caller's seed
+    try:
+        net.train()
+        for m in net.modules():  # deterministic initialisation
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        loss_fn = nn.CrossEntropyLoss()
+        for epoch in range(epochs):
+            perm = torch.randperm(x.shape[0], generator=g)
+            total = 0.0
+            for i in range(0, x.shape[0], batch_size):
+                idx = perm[i:i + batch_size]
+                loss = loss_fn(net(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach().item() * idx.numel()
+            if verbose:
+                print(f"feature network epoch {epoch + 1}/{epochs}: loss {total / x.shape[0]:.4f}")
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))[-60:]

@@ -1,0 +1,268 @@
+"""Sample metrics in the space of a feature network (see :mod:`probgen.eval.features`).
+
+* Frechet distance between Gaussians fitted to the two feature sets (Heusel et al., "GANs
+  trained by a two time-scale update rule converge to a local Nash equilibrium", 2017):
+  ``||mu_r - mu_g||^2 + tr(S_r + S_g - 2 (S_r S_g)^(1/2))``. The trace of the matrix square
+  root is computed as the sum of the square roots of the eigenvalues of the symmetric matrix
+  ``S_r^(1/2) S_g S_r^(1/2)`` (same eigenvalues as ``S_r S_g``), in float64.
+* Kernel distance: the unbiased MMD^2 with the cubic polynomial kernel
+  ``k(x, y) = (x.y / d + 1)^3``, averaged over random subsets (Binkowski et al., "Demystifying
+  MMD GANs", 2018 -- KID); its ``stderr`` is the standard deviation over the subsets, as KID
+  reports it.
+* Improved precision and recall (Kynkaanniemi et al., "Improved precision and recall metric
+  for assessing generative models", 2019), k = 3: each point's manifold ball has the radius of
+  its k-th nearest neighbour in its own set. **precision** = fraction of GENERATED samples
+  inside the union of REAL balls; **recall** = fraction of REAL samples inside the union of
+  generated balls.
+* Density and coverage (Naeem et al., "Reliable fidelity and diversity metrics for generative
+  models", 2020), k = 5, on real balls only: density = (1 / kM) sum_j #{real balls holding
+  generated sample j}; coverage = fraction of real balls holding at least one generated sample.
+* Class histogram: the feature network's classifier applied to the samples.
+
+Every function takes features (N, d) already computed; :func:`image_sample_metrics` ties
+them to a model and a data set.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from probgen.errors import DataError
+from probgen.eval.metrics import Metric
+
+__all__ = [
+    "frechet_distance",
+    "gaussian_frechet_distance",
+    "kernel_distance",
+    "knn_radii",
+    "precision_recall",
+    "density_coverage",
+    "class_histogram",
+    "image_sample_metrics",
+    "PR_K",
+    "DC_K",
+]
+
+PR_K = 3  # Kynkaanniemi et al.
+DC_K = 5  # Naeem et al.
+
+
+def _as64(f: torch.Tensor, what: str) -> torch.Tensor:
+    f = torch.as_tensor(f).detach().double().cpu()
+    if f.dim() != 2:
+        raise DataError(f"{what} must be a (N, d) matrix of features; got shape {tuple(f.shape)}.")
+    if not torch.isfinite(f).all():
+        raise DataError(f"{what} holds non-finite values: the samples diverged (NaN or inf).")
+    return f
+
+
+def gaussian_frechet_distance(mu1, cov1, mu2, cov2) -> float:
+    """Frechet (2-Wasserstein squared) distance between N(mu1, cov1) and N(mu2, cov2)."""
+    mu1, mu2 = torch.as_tensor(mu1).double(), torch.as_tensor(mu2).double()
+    c1, c2 = torch.as_tensor(cov1).double(), torch.as_tensor(cov2).double()
+    c1, c2 = 0.5 * (c1 + c1.T), 0.5 * (c2 + c2.T)
+    w, v = torch.linalg.eigh(c1)
+    s1 = (v * w.clamp_min(0).sqrt()) @ v.T  # S1^(1/2)
+    m = s1 @ c2 @ s1
+    tr_sqrt = torch.linalg.eigvalsh(0.5 * (m + m.T)).clamp_min(0).sqrt().sum()
+    d = (mu1 - mu2).pow(2).sum() + torch.trace(c1) + torch.trace(c2) - 2 * tr_sqrt
+    return float(d.clamp_min(0))
+
+
+def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to ``real`` (N, d) and ``fake`` (M, d)."""
+    r, f = _as64(real, "real features"), _as64(fake, "generated features")
+    if r.shape[0] < 2 or f.shape[0] < 2:
+        raise DataError(f"the Frechet distance needs at least 2 points per set; got {r.shape[0]} and {f.shape[0]}.")
+    return gaussian_frechet_distance(r.mean(0), torch.cov(r.T), f.mean(0), torch.cov(f.T))
+
+
+def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    d = x.shape[1]
+    kxx = (x @ x.T / d + 1) ** 3
+    kyy = (y @ y.T / d + 1) ** 3
+    kxy = (x @ y.T / d + 1) ** 3
+    m, n = x.shape[0], y.shape[0]
+    return ((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+            + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+            - 2 * kxy.mean())
+
+
+def kernel_distance(real: torch.Tensor, fake: torch.Tensor, *, subsets: int = 100,
+                    subset_size: int | None = None, seed: int = 0) -> tuple[float, float]:
+    """Unbiased polynomial-kernel MMD^2 (KID): (mean, std) over ``subsets`` random subsets of
+    ``subset_size`` points of each set.
+
+    ``subset_size`` defaults to KID's 1,000, or to half the smaller set when that is smaller
+    (subsets as large as a whole set would all be the same set, and their spread zero); an
+    explicit value is capped at the smaller set's size.
+    """
+    r, f = _as64(real, "real features"), _as64(fake, "generated features")
+    small = min(r.shape[0], f.shape[0])
+    s = min(1000, small // 2) if subset_size is None else min(subset_size, small)
+    if s < 2:
+        raise DataError(f"the kernel distance needs at least 2 points per set; got {r.shape[0]} and {f.shape[0]}.")
+    g = torch.Generator().manual_seed(seed)
+    vals = torch.stack([
+        _mmd2_unbiased(r[torch.randperm(r.shape[0], generator=g)[:s]],
+                       f[torch.randperm(f.shape[0], generator=g)[:s]])
+        for _ in range(subsets)
+    ])
+    return float(vals.mean()), float(vals.std()) if subsets > 1 else 0.0
+
+
+def _chunked_cdist(a: torch.Tensor, b: torch.Tensor, fn, chunk: int = 1024):
+    """Apply ``fn(rows_of_distance_matrix, start)`` over row chunks of cdist(a, b)."""
+    for start in range(0, a.shape[0], chunk):
+        fn(torch.cdist(a[start:start + chunk], b), start)
+
+
+def knn_radii(f: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance from each point of ``f`` (N, d) to its k-th nearest OTHER point: (N,)."""
+    f = _as64(f, "features")
+    if f.shape[0] <= k:
+        raise DataError(f"k-nearest-neighbour radii with k={k} need more than {k} points; got {f.shape[0]}.")
+    out = torch.empty(f.shape[0], dtype=torch.float64)
+
+    def take(d, start):
+        # the k+1 smallest include the point itself (distance 0)
+        out[start:start + d.shape[0]] = d.topk(k + 1, dim=1, largest=False).values[:, k]
+
+    _chunked_cdist(f, f, take)
+    return out
+
+
+def _inside_fraction(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    """(M,) bool: point j lies in at least one ball B(centres_i, radii_i)."""
+    inside = torch.empty(points.shape[0], dtype=torch.bool)
+
+    def take(d, start):
+        inside[start:start + d.shape[0]] = (d <= radii.unsqueeze(0)).any(1)
+
+    _chunked_cdist(points, centres, take)
+    return inside
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, *, k: int = PR_K) -> dict[str, float]:
+    """Improved precision and recall.
+
+    Returns ``{"precision", "recall"}``: precision is the fraction of ``fake`` inside the real
+    manifold, recall the fraction of ``real`` inside the generated manifold. The order of the
+    arguments is (real, generated), the reverse of torch-fidelity's.
+    """
+    r, f = _as64(real, "real features"), _as64(fake, "generated features")
+    precision = _inside_fraction(f, r, knn_radii(r, k)).double().mean()
+    recall = _inside_fraction(r, f, knn_radii(f, k)).double().mean()
+    return {"precision": float(precision), "recall": float(recall)}
+
+
+def density_coverage(real: torch.Tensor, fake: torch.Tensor, *, k: int = DC_K) -> dict[str, float]:
+    """Density (can exceed 1) and coverage (in [0, 1]) of ``fake`` against ``real`` balls."""
+    r, f = _as64(real, "real features"), _as64(fake, "generated features")
+    radii = knn_radii(r, k)
+    counts = torch.zeros(f.shape[0], dtype=torch.float64)
+    covered = torch.zeros(r.shape[0], dtype=torch.bool)
+
+    def take(d, start):  # d: (chunk of fake, N real)
+        inside = d <= radii.unsqueeze(0)
+        counts[start:start + d.shape[0]] = inside.sum(1).double()
+        covered.logical_or_(inside.any(0))
+
+    _chunked_cdist(f, r, take)
+    return {"density": float(counts.sum() / (k * f.shape[0])), "coverage": float(covered.double().mean())}
+
+
+def class_histogram(pred: torch.Tensor, num_classes: int, *, reference: torch.Tensor | None = None,
+                    min_fraction: float = 0.2) -> dict:
+    """How the samples spread over classes.
+
+    Parameters
+    ----------
+    pred : LongTensor (n,)
+        Predicted class of each sample.
+    reference : LongTensor, optional
+        Labels of real data; their frequencies are the expected shares (uniform otherwise).
+    min_fraction : float
+        A class counts as generated when it gets at least this fraction of its expected count.
+
+    Returns
+    -------
+    dict with ``counts`` (list), ``normalized_entropy`` (H(p) / log K: 1 = perfectly even),
+    ``classes_generated``, ``kl_to_reference`` (KL(p_samples || p_reference), nats).
+    """
+    pred = pred.detach().long().cpu()
+    n = pred.numel()
+    counts = torch.bincount(pred, minlength=num_classes)[:num_classes].double()
+    p = counts / max(n, 1)
+    if reference is not None:
+        q = torch.bincount(reference.detach().long().cpu(), minlength=num_classes)[:num_classes].double()
+        q = q / q.sum()
+    else:
+        q = torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
+    nz = p > 0
+    entropy = float(-(p[nz] * p[nz].log()).sum())
+    kl = float((p[nz] * (p[nz].log() - q[nz].clamp_min(1e-300).log())).sum())
+    generated = int((counts >= torch.clamp(torch.ceil(min_fraction * n * q), min=1)).sum())
+    return {
+        "counts": [int(c) for c in counts],
+        "normalized_entropy": entropy / math.log(num_classes) if num_classes > 1 else 1.0,
+        "classes_generated": generated,
+        "kl_to_reference": kl,
+        "min_fraction": min_fraction,
+    }
+
+
+def _binomial_se(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n > 0 else float("nan")
+
+
+def image_sample_metrics(model, data, split: str = "test", *, n_samples: int | None = None,
+                         feature_net=None, samples: torch.Tensor | None = None,
+                         seed: int = 0) -> dict[str, Metric]:
+    """Every feature-network metric of ``model.sample`` against ``data[split]``.
+
+    Draws ``n`` samples (``n_samples``, default the size of the split, at most 10,000) and
+    compares them with the first ``n`` examples of the split. Pass ``samples`` to score given
+    samples instead of drawing them.
+    """
+    from probgen.eval.features import feature_network
+
+    fn = feature_net or feature_network(data)
+    real = data.split(split)
+    n = min(int(n_samples or 10_000), real.shape[0])
+    real = real[:n]
+    if samples is None:
+        with torch.no_grad():
+            samples = model.sample(n)
+    samples = samples.reshape(-1, *data.shape)
+    fr, ff = fn.features(real), fn.features(samples)
+    m = ff.shape[0]
+    extra = {"feature_network": fn.name, "n_real": int(n), "n_generated": int(m)}
+    out: dict[str, Metric] = {
+        "feature_net_accuracy": Metric(fn.accuracy, None, "fraction",
+                                       extra={"feature_network": fn.name, "split": "test"}),
+        "frechet_distance": Metric(frechet_distance(fr, ff), None, "", extra=dict(extra)),
+    }
+    kd, kd_std = kernel_distance(fr, ff, seed=seed)
+    out["kernel_distance"] = Metric(kd, kd_std, "", extra={**extra, "stderr": "std over 100 subsets"})
+    pr = precision_recall(fr, ff)
+    out["precision"] = Metric(pr["precision"], _binomial_se(pr["precision"], m), "fraction",
+                              extra={**extra, "k": PR_K})
+    out["recall"] = Metric(pr["recall"], _binomial_se(pr["recall"], n), "fraction",
+                           extra={**extra, "k": PR_K})
+    dc = density_coverage(fr, ff)
+    out["density"] = Metric(dc["density"], None, "", extra={**extra, "k": DC_K})
+    out["coverage"] = Metric(dc["coverage"], _binomial_se(dc["coverage"], n), "fraction",
+                             extra={**extra, "k": DC_K})
+    labels = data.labels(split)
+    hist = class_histogram(fn.classify(samples), fn.net.num_classes,
+                           reference=labels if labels is not None else None)
+    out["class_histogram"] = Metric(
+        hist["normalized_entropy"], None, "normalized entropy",
+        extra={**extra, "counts": hist["counts"], "classes_generated": hist["classes_generated"],
+               "kl_to_data_classes": hist["kl_to_reference"],
+               "rule": f"a class is generated with >= {hist['min_fraction']:g} x its expected count"},
+    )
+    return out

@@ -1,0 +1,211 @@
+"""``probgen train gan``: a GAN fitted by alternating discriminator and generator steps.
+
+Images (28x28 or 32x32) get the DCGAN pair and pixels in [-1, 1]; toy and vector data get
+MLPs. Every option left unset takes the default of its data kind (:data:`DEFAULTS`), and the
+resolved values are written to the run's config.json.
+"""
+
+from __future__ import annotations
+
+HELP = "generative adversarial network (DCGAN for images, MLPs for toy data)"
+
+# Defaults per data kind: "image" for 28x28/32x32 images (DCGAN pair), "toy" for the toy
+# densities (the settings of examples/gan_toy.py's seed sweep), "vector" for the rest (MLPs:
+# 8x8 digits, the user's arrays).
+DEFAULTS = {
+    "image": dict(loss="ns", batch_size=64, lr=2e-4, lr_d=None, beta1=0.5, beta2=0.999,
+                  latent_dim=64, pack=1, width=64, depth=3, norm="batch", d_steps=1,
+                  lr_decay="none"),
+    "toy": dict(loss="ns", batch_size=256, lr=1e-3, lr_d=None, beta1=0.5, beta2=0.9,
+                latent_dim=2, pack=1, width=128, depth=3, norm="none", d_steps=1,
+                lr_decay="linear"),
+    "vector": dict(loss="ns", batch_size=64, lr=2e-4, lr_d=None, beta1=0.5, beta2=0.999,
+                   latent_dim=16, pack=1, width=256, depth=3, norm="none", d_steps=1,
+                   lr_decay="none"),
+}
+DEFAULT_STEPS = 5000
+SNAPSHOT_FRACTIONS = (0.02, 0.1, 0.3, 1.0)
+
+
+def add_arguments(parser) -> None:
+    from probgen.inference.adversarial import LOSSES
+
+    parser.add_argument("--loss", choices=list(LOSSES), default=None,
+                        help="ns (non-saturating, default), minimax, hinge or wgan-gp")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                        help=f"generator steps (default {DEFAULT_STEPS})")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="real (and generated) examples per step (default: 512 toy, else 64)")
+    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate of G (and D)")
+    parser.add_argument("--lr-d", type=float, default=None, help="Adam learning rate of D (default --lr)")
+    parser.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default 0.5)")
+    parser.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default 0.999)")
+    parser.add_argument("--latent-dim", type=int, default=None, help="size of z (default: 64 images, 2 toy, 16 other vectors)")
+    parser.add_argument("--pack", type=int, default=None,
+                        help="PacGAN packing: D judges this many samples at once (default: 4 toy, else 1)")
+    parser.add_argument("--width", type=int, default=None,
+                        help="first-layer channels (images, default 64) or hidden units (MLP, default 256)")
+    parser.add_argument("--depth", type=int, default=None, help="hidden layers of the MLPs (default 3)")
+    parser.add_argument("--norm", choices=["batch", "spectral", "none"], default=None,
+                        help="discriminator normalisation (default: batch for 28x28/32x32 images, else none)")
+    parser.add_argument("--d-steps", type=int, default=None,
+                        help="discriminator steps per generator step (default 1)")
+    parser.add_argument("--lr-decay", choices=["none", "linear"], default=None,
+                        help="learning rates constant, or linearly down to 0 over the second half "
+                             "(default: linear toy, none otherwise)")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    parser.add_argument("--log-every", type=int, default=100, help="steps between log lines")
+    parser.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+
+
+def data_options(args) -> dict:
+    # DCGAN's tanh output: pixels in [-1, 1]. Toy data ignore the value range.
+    return {"binarize": "none", "value_range": [-1.0, 1.0]}
+
+
+def _kind(data) -> str:
+    shape = tuple(data.shape)
+    if data.kind == "image" and len(shape) == 3 and shape[1] == shape[2] and shape[1] in (28, 32):
+        return "image"
+    return "toy" if data.kind == "toy" else "vector"
+
+
+def resolve_config(config: dict, data) -> dict:
+    """Fill the options left unset with the defaults of the data kind; check them."""
+    from probgen.errors import ConfigError
+
+    out = dict(config)
+    for key, default in DEFAULTS[_kind(data)].items():
+        if out.get(key) is None:
+            out[key] = default
+    for key in ("steps", "batch_size", "latent_dim", "pack", "width", "depth", "d_steps"):
+        if int(out[key]) < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be a positive integer; got {out[key]}.")
+    if out["batch_size"] % out["pack"]:
+        raise ConfigError(
+            f"--batch-size must be a multiple of --pack={out['pack']}; got {out['batch_size']}. "
+            f"Try --batch-size {out['batch_size'] - out['batch_size'] % out['pack'] or out['pack']}."
+        )
+    if out["loss"] == "wgan-gp" and out["norm"] == "batch":
+        raise ConfigError(
+            "--loss wgan-gp needs a discriminator without BatchNorm (the gradient penalty is per "
+            "example); got --norm batch. Use --norm none or --norm spectral."
+        )
+    return out
+
+
+def build(config: dict, data, device):
+    """The GAN model and its trainer, on ``device``."""
+    from probgen.inference.adversarial import GANTrainer
+    from probgen.models.gan import GAN
+    from probgen.models.nets import gan_networks
+
+    value_range = data.value_range if data.kind == "image" else None
+    g, d = gan_networks(data.shape, config["latent_dim"], value_range=value_range,
+                        pack=config["pack"], norm=config["norm"], width=config["width"],
+                        depth=config["depth"])
+    g, d = g.to(device), d.to(device)
+    trainer = GANTrainer(g, d, latent_dim=config["latent_dim"], loss=config["loss"],
+                         lr=config["lr"], lr_d=config["lr_d"],
+                         betas=(config["beta1"], config["beta2"]), amp=config.get("amp", False))
+    model = GAN(g, d, latent_dim=config["latent_dim"], data_shape=data.shape)
+    return model, trainer
+
+
+def snapshot_steps(steps: int, log_every: int) -> list[int]:
+    """The steps at which fixed-z samples are kept for the progress figure (log steps)."""
+    out = {max(log_every, round(steps * f / log_every) * log_every) for f in SNAPSHOT_FRACTIONS}
+    return sorted(min(s, steps) for s in out | {steps})
+
+
+def train(run, data, config, device):
+    import io
+
+    import torch
+
+    from probgen.inference.adversarial import EpochSampler, fit_gan
+    from probgen.runs import atomic_write_bytes, atomic_write_json
+
+    config = resolve_config(config, data)
+    run.config = config
+    atomic_write_json(run.path / "config.json", config)
+    model, trainer = build(config, data, device)
+
+    snap_path = run.path / "snapshots.pt"
+    snapshots: dict = {"z": torch.randn(512 if _kind(data) == "toy" else 64, config["latent_dim"],
+                                        generator=torch.Generator().manual_seed(config["seed"]))}
+    ckpt = run.load_checkpoint(map_location=device, restore_rng=True)
+    if ckpt is not None:
+        trainer.load_state_dict(ckpt["state"])
+        run.truncate_metrics(trainer.step_count)
+        if snap_path.exists():
+            snapshots = torch.load(snap_path, map_location="cpu", weights_only=True)
+            snapshots = {k: v for k, v in snapshots.items() if k == "z" or int(k) <= trainer.step_count}
+    sampler = EpochSampler(data.train, config["batch_size"], seed=config["seed"])
+    keep = set(snapshot_steps(config["steps"], config["log_every"]))
+
+    def save(step):
+        run.save_checkpoint(trainer.state_dict(), step=step)
+        buf = io.BytesIO()
+        torch.save(snapshots, buf)
+        atomic_write_bytes(snap_path, buf.getvalue())
+
+    def callback(step, rec):
+        run.log(step, **{k: v for k, v in rec.items() if k != "step"})
+        if step in keep:
+            snapshots[str(step)] = model.decode(snapshots["z"].to(device)).detach().cpu()
+        if step % config["checkpoint_every"] == 0 or step == config["steps"]:
+            save(step)
+        print(f"step {step:6d}  loss_d {rec['loss_d']:.4f}  loss_g {rec['loss_g']:.4f}  "
+              f"D(x) {rec['d_real']:.3f}  D(G(z)) {rec['d_fake']:.3f}", flush=True)
+
+    stop = getattr(run, "should_stop", None)
+    fit_gan(trainer, sampler, config["steps"], d_steps=config["d_steps"],
+            log_every=config["log_every"], callback=callback, should_stop=stop,
+            lr_schedule=config["lr_decay"])
+    if trainer.step_count < config["steps"]:  # stopped early: keep the last step
+        save(trainer.step_count)
+    return model
+
+
+def load(run, data, device):
+    from probgen.errors import CheckpointError
+
+    config = resolve_config(run.config, data)
+    model, trainer = build(config, data, device)
+    ckpt = run.load_checkpoint(map_location=device, required=True)
+    try:
+        trainer.load_state_dict(ckpt["state"])
+    except (KeyError, RuntimeError) as e:
+        raise CheckpointError(
+            f"the checkpoint of {run.path} does not fit a GAN built from its config.json "
+            f"({type(e).__name__}: {str(e).splitlines()[0]}). Was config.json edited? Retrain."
+        ) from e
+    model.eval()
+    return model
+
+
+def figures(model, data, run):
+    """Samples over training, final samples, latent interpolation and the learning curves."""
+    import torch
+
+    from probgen import plots
+
+    paths = []
+    snap_path = run.path / "snapshots.pt"
+    if snap_path.exists():
+        snaps = torch.load(snap_path, map_location="cpu", weights_only=True)
+        steps = {int(k): v for k, v in snaps.items() if k != "z"}
+        if steps:
+            paths.append(plots.gan_progress(steps, data, run.figures_dir / "samples_over_training.png"))
+    with torch.no_grad():
+        x = model.sample(2500 if _kind(data) == "toy" else 100).cpu()
+    paths.append(plots.samples_figure(x, data, run.figures_dir / "samples.png"))
+    paths.append(plots.latent_interpolation(model, data, run.figures_dir / "latent_interpolation.png"))
+    recs = run.metrics()
+    if recs:
+        paths.append(plots.learning_curve(recs, ["loss_d", "loss_g"], run.figures_dir / "losses.png",
+                                          title="GAN losses", ylabel="loss"))
+        paths.append(plots.learning_curve(recs, ["d_real", "d_fake"], run.figures_dir / "d_outputs.png",
+                                          title="D(x) and D(G(z))", ylabel="mean output"))
+    return paths

@@ -1,0 +1,247 @@
+"""The GAN: losses against closed forms, training steps, the model protocol, inversion, the recipe."""
+
+import math
+
+import pytest
+import torch
+from probgen.inference.adversarial import LOSSES, EpochSampler, GANTrainer, fit_gan, get_loss
+from probgen.models.gan import GAN
+from probgen.models.nets import DCGANDiscriminator, DCGANGenerator, gan_networks
+from torch import nn
+
+from probgen.errors import ConfigError, DataError, DivergedError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors on a busy 2-core machine run hundreds of times slower on 2 threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------- losses
+def test_losses_at_zero_logits_match_closed_forms():
+    z = torch.zeros(7)
+    log2 = math.log(2)
+    assert float(LOSSES["ns"].d_loss(z, z)) == pytest.approx(2 * log2)
+    assert float(LOSSES["ns"].g_loss(z)) == pytest.approx(log2)       # -log(1/2)
+    assert float(LOSSES["minimax"].g_loss(z)) == pytest.approx(-log2)  # log(1 - 1/2)
+    assert float(LOSSES["hinge"].d_loss(z, z)) == pytest.approx(2.0)
+    assert float(LOSSES["hinge"].g_loss(z)) == pytest.approx(0.0)
+    real, fake = torch.tensor([2.0, 4.0]), torch.tensor([-1.0, 0.0])
+    assert float(LOSSES["wgan-gp"].d_loss(real, fake)) == pytest.approx(-0.5 - 3.0)
+
+
+def test_minimax_generator_gradient_saturates_where_non_saturating_does_not():
+    # Goodfellow et al. 2014, section 3: when D confidently rejects G(z) (logit -> -inf) the
+    # gradient of log(1 - D) vanishes while that of -log D stays near -1.
+    logit = torch.tensor([-10.0], requires_grad=True)
+    (g_mm,) = torch.autograd.grad(LOSSES["minimax"].g_loss(logit), logit)
+    (g_ns,) = torch.autograd.grad(LOSSES["ns"].g_loss(logit), logit)
+    assert abs(float(g_mm)) < 1e-4
+    assert float(g_ns) == pytest.approx(-1.0, abs=1e-4)
+
+
+def test_unknown_loss_names_the_choices():
+    with pytest.raises(ConfigError, match="loss must be one of ns, minimax, hinge, wgan-gp; got 'hindge'.*'hinge'"):
+        get_loss("hindge")
+
+
+# ----------------------------------------------------------------------------- training steps
+def _toy_trainer(loss="ns", pack=1, norm="none", **kw):
+    g, d = gan_networks((2,), 2, pack=pack, norm=norm, width=16, depth=2)
+    return GANTrainer(g, d, latent_dim=2, loss=loss, lr=1e-3, **kw)
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_one_step_changes_both_networks(loss):
+    tr = _toy_trainer(loss, pack=2)
+    before_g = [p.detach().clone() for p in tr.G.parameters()]
+    before_d = [p.detach().clone() for p in tr.D.parameters()]
+    rec = tr.step(torch.randn(8, 2))
+    assert set(rec) == {"loss_d", "loss_g", "d_real", "d_fake"}
+    assert all(torch.isfinite(v) for v in rec.values())
+    # every weight matrix moves (an output bias may not: with hinge or Wasserstein losses its
+    # gradient is the difference of two equal means at initialisation)
+    assert all(not torch.equal(a, b) for a, b in zip(before_g, tr.G.parameters()) if a.dim() == 2)
+    assert all(not torch.equal(a, b) for a, b in zip(before_d, tr.D.parameters()) if a.dim() == 2)
+    assert all(p.requires_grad for p in tr.D.parameters())
+
+
+def test_dcgan_step_on_28x28_with_batchnorm_changes_weights_and_runs_d_once_per_step():
+    g = DCGANGenerator(8, (1, 28, 28), width=8, value_range=(-1, 1))
+    d = DCGANDiscriminator((1, 28, 28), width=8, norm="batch")
+    tr = GANTrainer(g, d, latent_dim=8, loss="ns")
+    calls = []
+    d.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    before = [p.detach().clone() for p in g.parameters()]
+    tr.d_step(torch.rand(6, 1, 28, 28) * 2 - 1)
+    assert calls == [12]  # ONE pass over 6 real + 6 generated images
+    tr.g_step(torch.rand(6, 1, 28, 28) * 2 - 1)
+    assert calls == [12, 12]  # BatchNorm in D: the generator is judged beside real data
+    assert any(not torch.equal(a, b) for a, b in zip(before, g.parameters()))
+
+
+def test_gradient_penalty_refuses_batchnorm_and_batches_must_fit_the_pack():
+    with pytest.raises(ConfigError, match="BatchNorm in the discriminator breaks"):
+        _toy_trainer("wgan-gp", norm="batch")
+    tr = _toy_trainer(pack=4)
+    with pytest.raises(ConfigError, match="batch size must be a multiple of pack=4.*got a batch of 6"):
+        tr.step(torch.randn(6, 2))
+
+
+def test_a_nan_loss_raises_and_leaves_the_parameters_alone():
+    tr = _toy_trainer()
+    before = [p.detach().clone() for p in tr.D.parameters()]
+    with pytest.raises(DivergedError, match="discriminator loss became nan at step 0"):
+        tr.d_step(torch.full((4, 2), float("nan")))
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.D.parameters()))
+
+
+def test_packed_discriminator_judges_groups():
+    d = gan_networks((2,), 2, pack=3, width=8, depth=1)[1]
+    assert d(torch.randn(9, 2)).shape == (3,)
+    x = torch.randn(6, 2)
+    # group i holds samples 3i..3i+2: its output depends on them and no other
+    assert torch.allclose(d(x)[:1], d(x[:3]))
+
+
+def test_epoch_sampler_is_a_function_of_seed_and_index():
+    x = torch.arange(20.0).reshape(10, 2)
+    a, b = EpochSampler(x, 3, seed=5), EpochSampler(x, 3, seed=5)
+    seq = [a.batch(k) for k in range(7)]
+    assert torch.equal(b.batch(4), seq[4])  # random access, no iterator state
+    epoch0 = torch.cat(seq[:3])[:, 0].tolist()
+    assert len(set(epoch0)) == 9  # an epoch draws without replacement (last one dropped)
+    with pytest.raises(ConfigError, match="batch size must be between 1 and the 10 training examples; got 11"):
+        EpochSampler(x, 11)
+
+
+def test_a_short_run_with_the_toy_defaults_moves_samples_onto_the_ring():
+    from probgen.data import load_dataset
+    from probgen.eval.modes import mode_statistics
+    from probgen.recipes.gan import DEFAULTS
+
+    data = load_dataset("ring8")
+    o = DEFAULTS["toy"]
+    torch.manual_seed(0)
+    g, d = gan_networks((2,), o["latent_dim"], pack=o["pack"], width=o["width"], depth=o["depth"])
+    tr = GANTrainer(g, d, latent_dim=2, loss=o["loss"], lr=o["lr"], betas=(o["beta1"], o["beta2"]))
+    gan = GAN(g, d, latent_dim=2, data_shape=(2,))
+    z = torch.randn(2000, 2)
+
+    @torch.no_grad()
+    def radius_error():  # median | |x| - 1 |: distance to the ring of means
+        return float((gan.decode(z).norm(dim=1) - 1).abs().median())
+
+    before = radius_error()
+    res = fit_gan(tr, EpochSampler(data.train, o["batch_size"], seed=0), 300, log_every=100,
+                  lr_schedule=o["lr_decay"])
+    assert [h["step"] for h in res.history] == [100, 200, 300]
+    assert radius_error() < 0.5 * before
+    with torch.no_grad():
+        s = mode_statistics(gan.decode(z), data.density.means, data.density.sigma)
+    assert s["reverse_kl"] < math.log(8)  # not all in one mode's cell
+
+
+def test_linear_decay_schedule():
+    from probgen.inference.adversarial import linear_decay
+
+    assert [linear_decay(s, 100) for s in (0, 49, 50, 75, 100)] == [1.0, 1.0, 1.0, 0.5, 0.0]
+    tr = _toy_trainer()
+    tr.set_lr_factor(0.25)
+    assert tr.opt_g.param_groups[0]["lr"] == pytest.approx(2.5e-4)
+    tr.set_lr_factor(1.0)
+    assert tr.opt_d.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+# ----------------------------------------------------------------------------- the model protocol
+class _Linear(nn.Module):
+    """G(z) = A z + b: invertible by least squares, the oracle for inversion."""
+
+    def __init__(self, a, b):
+        super().__init__()
+        self.a, self.b = nn.Parameter(a), nn.Parameter(b)
+
+    def forward(self, z):
+        return z @ self.a.T + self.b
+
+
+def test_protocol_shapes_and_prior():
+    g = DCGANGenerator(5, (1, 28, 28), width=4)
+    gan = GAN(g, latent_dim=5, data_shape=(1, 28, 28))
+    z = torch.randn(3, 2, 5)
+    assert gan.decode(z).shape == (3, 2, 1, 28, 28)
+    assert gan.sample(7).shape == (7, 1, 28, 28)
+    ref = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    torch.testing.assert_close(gan.prior_log_prob(z), ref)
+    assert g.training  # decode switches to eval mode and back
+    with pytest.raises(DataError, match="z must have latent_dim=5.*got shape \\(3, 4\\)"):
+        gan.decode(torch.randn(3, 4))
+    with pytest.raises(DataError, match="n must be a positive number of samples; got 0"):
+        gan.sample(0)
+
+
+def test_inversion_recovers_the_code_of_a_linear_generator():
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 3), torch.randn(6)
+    gan = GAN(_Linear(a, b), latent_dim=3, data_shape=(6,))
+    z_true = torch.randn(10, 3)
+    x = z_true @ a.T + b
+    z = gan.encode(x, restarts=3, steps=400, lr=0.05)
+    oracle = torch.linalg.lstsq(a, (x - b).T).solution.T  # least squares = the true z here
+    torch.testing.assert_close(z, oracle, atol=1e-3, rtol=0)
+    assert gan.last_inversion.error.max() < 1e-6
+    assert gan.last_inversion.restart_errors.shape == (3, 10)
+    assert all(p.requires_grad for p in gan.generator.parameters())
+    with pytest.raises(DataError, match=r"x must have shape \(N, 6\) to be inverted; got \(2, 5\)"):
+        gan.encode(torch.zeros(2, 5))
+
+
+# ----------------------------------------------------------------------------- the recipe
+def _config(**kw):
+    cfg = {"model": "gan", "data": "ring8", "seed": 0, "steps": 20, "log_every": 5,
+           "checkpoint_every": 10, "loss": None, "batch_size": 64, "lr": None, "lr_d": None,
+           "beta1": None, "beta2": None, "latent_dim": None, "pack": None, "width": 16,
+           "depth": 2, "norm": None, "d_steps": None, "amp": False,
+           # a schedule that decays to 0 at --steps would differ between a 10-step run
+           # extended to 20 and a 20-step run; "none" keeps them comparable
+           "lr_decay": "none"}
+    cfg.update(kw)
+    return cfg
+
+
+def test_recipe_resume_gives_the_uninterrupted_result(tmp_path):
+    from probgen.data import load_dataset
+    from probgen.recipes import gan as recipe
+    from probgen.runs import Run, seed_everything
+
+    data = load_dataset("ring8")
+    seed_everything(0)
+    full = recipe.train(Run.create(tmp_path / "full", _config()), data, _config(), "cpu")
+    seed_everything(0)
+    half = Run.create(tmp_path / "half", _config(steps=10))
+    recipe.train(half, data, _config(steps=10), "cpu")
+    resumed_run = Run.create(tmp_path / "half", _config(steps=20), resume=True)
+    resumed = recipe.train(resumed_run, data, resumed_run.config, "cpu")
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [m["step"] for m in resumed_run.metrics()] == [5, 10, 15, 20]
+    loaded = recipe.load(resumed_run, data, "cpu")
+    torch.testing.assert_close(loaded.generator.state_dict(), resumed.generator.state_dict())
+    paths = recipe.figures(loaded, data, resumed_run)
+    assert all(p.exists() for p in paths) and len(paths) == 5
+
+
+def test_recipe_checks_its_options():
+    from probgen.data import load_dataset
+    from probgen.recipes import gan as recipe
+
+    data = load_dataset("ring8")
+    with pytest.raises(ConfigError, match="--batch-size must be a multiple of --pack=4; got 66. Try --batch-size 64"):
+        recipe.resolve_config(_config(batch_size=66, pack=4), data)
+    with pytest.raises(ConfigError, match="--loss wgan-gp needs a discriminator without BatchNorm"):
+        recipe.resolve_config(_config(loss="wgan-gp", norm="batch"), data)
+    assert recipe.resolve_config(_config(), data)["pack"] == recipe.DEFAULTS["toy"]["pack"]
