@@ -120,13 +120,17 @@ def write_reports(results: dict, rows: dict, out: Path, *, columns) -> tuple[Pat
                           f"{p['value']:.4g} ± {p['stderr']:.2g} nats | paired over the same test points |")
     mc = results.get("model_choice")
     if mc and "per_k" in mc:
+        loo = f"PSIS-LOO chooses K = {mc['loo_choice']}" if mc.get("loo_choice") else mc.get("loo_reason", "")
         md += ["", "## Number of mixture components", "",
-               f"BIC chooses K = {mc['bic_choice']}; PSIS-LOO chooses K = {mc['loo_choice']}.", "",
+               f"BIC chooses K = {mc['bic_choice']}; {loo}"
+               + (f" (true K = {mc['true_k']})." if mc.get("true_k") else "."), "",
                "| K | BIC | elpd_loo | max Pareto k | max R-hat | min ESS |", "|---|---|---|---|---|---|"]
+        num = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
         for row in mc["per_k"]:
-            md.append(f"| {row['k']} | {row['bic']:.1f} | {row['elpd_loo']:.1f} ± {row['elpd_loo_se']:.1f} | "
-                      f"{row.get('pareto_k_max', float('nan')):.2f} | {row.get('r_hat_max', float('nan')):.3f} | "
-                      f"{row.get('ess_min', float('nan')):.0f} |")
+            se = f" ± {row['elpd_loo_se']:.1f}" if row.get("elpd_loo_se") is not None else ""
+            md.append(f"| {row['k']} | {row['bic']:.1f} | {num(row.get('elpd_loo'), '.1f')}{se} | "
+                      f"{num(row.get('pareto_k_max'), '.2f')} | {num(row.get('r_hat_max'), '.3f')} | "
+                      f"{num(row.get('ess_min'), '.0f')} |")
     elif mc and "reason" in mc:
         md += ["", "## Number of mixture components", "", mc["reason"]]
     md += ["", "## Figures", ""] + [f"![{t}](figures/{p.name})" for t, p in figs]
