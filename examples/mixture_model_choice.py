@@ -13,8 +13,8 @@ Known answer, checked at the end of the full run: BIC chooses K = 3, and so does
 with its uncertainty: K = 3 is the smallest K whose elpd_loo is within two standard errors
 of the paired difference from the best. LOO's top rank alone is not checked: a fourth,
 nearly empty component nests the true model, its elpd_loo differs from K = 3 by about one
-standard error, and which of the two ranks first is noise (with seed 0 it is K = 4, by 1.5
-nats with a difference SE of about 1.3). With ``--smoke`` (K = 1..2, a few NUTS draws) it
+standard error, and which of the two ranks first is noise (with seed 0 it is K = 4, by about
+1.6 nats with a difference SE of about 1.4). With ``--smoke`` (K = 1..2, a few NUTS draws) it
 only checks that K = 2 beats K = 1.
 
     python examples/mixture_model_choice.py --out /tmp/mc [--smoke] [--seed 0]

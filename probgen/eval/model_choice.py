@@ -298,7 +298,15 @@ def read_diagnostics(table) -> dict[str, float]:
 # ============================================================================ LOO per K
 @dataclass
 class ComponentScore:
-    """Every criterion for one K. Log-likelihoods and elpd in nats (totals over the data)."""
+    """Every criterion for one K. Log-likelihoods and elpd in nats (totals over the data).
+
+    ``elpd_diff`` and ``elpd_diff_se`` are the best K's ``elpd_loo`` minus this one's and the
+    standard error of that paired difference (0 for the best). ``r_hat_max`` and
+    ``ess_bulk_min`` run over the relabelled weights, means and scales and the total
+    log-likelihood. ``posterior_mean_log_likelihood`` is the likelihood at the posterior mean
+    of the relabelled parameters: close to the EM maximum when every component is needed,
+    well below it when a component is redundant (its mean wanders and averages out).
+    """
 
     n_components: int
     em_log_likelihood: float
@@ -410,6 +418,18 @@ def loo_scores(x: torch.Tensor, components, *, em: dict[int, EMFit] | None = Non
                num_samples: int = 200, num_chains: int = 2, n_init: int = 5, seed: int = 0,
                jit_compile: bool = False, az=None) -> dict:
     """NUTS for every K, then ``arviz.loo`` per K and ``arviz.compare`` across them.
+
+    Parameters
+    ----------
+    x : Tensor (N,) or (N, D)
+    components : iterable of int
+        The K to compare.
+    em : dict of int to EMFit, optional
+        EM solutions to start chain 0 from; fitted here for any K missing.
+    prior, num_warmup, num_samples, num_chains, n_init, seed, jit_compile
+        As in :func:`choose_n_components`.
+    az : module, optional
+        The ArviZ module (default: ``import arviz``).
 
     Returns
     -------
