@@ -14,6 +14,10 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 
 # script name -> extra arguments (besides --smoke and --out)
 EXAMPLES: dict[str, list[str]] = {
+    "gan_toy.py": [],
+    "dcgan_mnist.py": [],
+    "gan_latent.py": [],
+    "gan_inversion.py": [],
     "vae_mnist.py": [],
     "autoencoders.py": [],
     "decoder_from_codes.py": [],

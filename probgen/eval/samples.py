@@ -202,7 +202,7 @@ def class_histogram(pred: torch.Tensor, num_classes: int, *, reference: torch.Te
     else:
         q = torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
     nz = p > 0
-    entropy = float(-(p[nz] * p[nz].log()).sum())
+    entropy = max(0.0, float(-(p[nz] * p[nz].log()).sum()))
     kl = float((p[nz] * (p[nz].log() - q[nz].clamp_min(1e-300).log())).sum())
     generated = int((counts >= torch.clamp(torch.ceil(min_fraction * n * q), min=1)).sum())
     return {

@@ -15,15 +15,14 @@ HELP = "generative adversarial network (DCGAN for images, MLPs for toy data)"
 DEFAULTS = {
     "image": dict(loss="ns", batch_size=64, lr=2e-4, lr_d=None, beta1=0.5, beta2=0.999,
                   latent_dim=64, pack=1, width=64, depth=3, norm="batch", d_steps=1,
-                  lr_decay="none"),
+                  lr_decay="none", steps=5000),
     "toy": dict(loss="ns", batch_size=256, lr=1e-3, lr_d=None, beta1=0.5, beta2=0.9,
                 latent_dim=2, pack=1, width=128, depth=3, norm="none", d_steps=1,
-                lr_decay="linear"),
+                lr_decay="linear", steps=6000),
     "vector": dict(loss="ns", batch_size=64, lr=2e-4, lr_d=None, beta1=0.5, beta2=0.999,
                    latent_dim=16, pack=1, width=256, depth=3, norm="none", d_steps=1,
-                   lr_decay="none"),
+                   lr_decay="none", steps=5000),
 }
-DEFAULT_STEPS = 5000
 SNAPSHOT_FRACTIONS = (0.02, 0.1, 0.3, 1.0)
 
 
@@ -32,8 +31,8 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("--loss", choices=list(LOSSES), default=None,
                         help="ns (non-saturating, default), minimax, hinge or wgan-gp")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                        help=f"generator steps (default {DEFAULT_STEPS})")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="generator steps (default: 6000 toy, 5000 otherwise)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="real (and generated) examples per step (default: 512 toy, else 64)")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate of G (and D)")
