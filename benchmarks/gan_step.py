@@ -21,9 +21,10 @@ import statistics
 import time
 
 import torch
+from torch import nn
+
 from probgen.inference.adversarial import GANTrainer
 from probgen.models.nets import DCGANDiscriminator, DCGANGenerator
-from torch import nn
 
 
 class _Prob(nn.Module):

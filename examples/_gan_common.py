@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from probgen.inference.adversarial import EpochSampler, fit_gan
 
+from probgen.inference.adversarial import EpochSampler, fit_gan
 from probgen.recipes import gan as recipe
 
 

@@ -33,6 +33,7 @@ from probgen.data import load_dataset  # noqa: E402
 def train_vae(data, *, epochs: int, latent_dim: int, seed: int):
     """A VAE with Gaussian pixels (scale 0.1) fitted with SVI."""
     import pyro
+
     from probgen.inference.svi import fit_svi
     from probgen.models.vae import VAE
 

@@ -21,17 +21,20 @@ import json
 from pathlib import Path
 
 import torch
-from probgen.inference.adversarial import EpochSampler, GANTrainer, fit_gan
-from probgen.models.nets import gan_networks
 
 from probgen import plots
 from probgen.data import load_dataset
 from probgen.eval.modes import mode_statistics
+from probgen.inference.adversarial import EpochSampler, GANTrainer, fit_gan
+from probgen.models.nets import gan_networks
 from probgen.recipes.gan import DEFAULTS
 
 SETTINGS = {
     "default": dict(DEFAULTS["toy"]),
-    "collapse": {**DEFAULTS["toy"], "loss": "minimax", "pack": 1},
+    # the minimax loss with everything else as the defaults
+    "minimax": {**DEFAULTS["toy"], "loss": "minimax"},
+    # a discriminator that learns ten times slower than the generator
+    "weak-d": {**DEFAULTS["toy"], "lr_d": DEFAULTS["toy"]["lr"] / 10},
 }
 
 
@@ -142,7 +145,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="gan-toy-output")
     p.add_argument("--data", nargs="+", default=["grid25", "ring8"])
-    p.add_argument("--settings", nargs="+", default=["default", "collapse"], choices=list(SETTINGS))
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--steps", type=int, default=DEFAULTS["toy"]["steps"])
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")

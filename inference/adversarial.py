@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from probgen.models.nets import gan_uses_batch_statistics
 from torch import nn
 
 from probgen.errors import ConfigError, DivergedError, suggest
+from probgen.models.nets import gan_uses_batch_statistics
 
 __all__ = ["GANLoss", "LOSSES", "get_loss", "GANTrainer", "EpochSampler", "fit_gan", "GANFitResult",
            "LR_SCHEDULES", "linear_decay"]

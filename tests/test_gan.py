@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
-from probgen.inference.adversarial import LOSSES, EpochSampler, GANTrainer, fit_gan, get_loss
-from probgen.models.gan import GAN
-from probgen.models.nets import DCGANDiscriminator, DCGANGenerator, gan_networks
 from torch import nn
 
 from probgen.errors import ConfigError, DataError, DivergedError
+from probgen.inference.adversarial import LOSSES, EpochSampler, GANTrainer, fit_gan, get_loss
+from probgen.models.gan import GAN
+from probgen.models.nets import DCGANDiscriminator, DCGANGenerator, gan_networks
 
 
 @pytest.fixture(autouse=True)

@@ -34,16 +34,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="generator steps (default: 6000 toy, 5000 otherwise)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="real (and generated) examples per step (default: 512 toy, else 64)")
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate of G (and D)")
+                        help="real (and generated) examples per step (default: 256 toy, else 64)")
+    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate of G (and D) (default: 1e-3 toy, else 2e-4)")
     parser.add_argument("--lr-d", type=float, default=None, help="Adam learning rate of D (default --lr)")
     parser.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default 0.5)")
-    parser.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default 0.999)")
+    parser.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default: 0.9 toy, else 0.999)")
     parser.add_argument("--latent-dim", type=int, default=None, help="size of z (default: 64 images, 2 toy, 16 other vectors)")
     parser.add_argument("--pack", type=int, default=None,
-                        help="PacGAN packing: D judges this many samples at once (default: 4 toy, else 1)")
+                        help="PacGAN packing: D judges this many samples at once (default 1)")
     parser.add_argument("--width", type=int, default=None,
-                        help="first-layer channels (images, default 64) or hidden units (MLP, default 256)")
+                        help="first-layer channels (images, default 64) or hidden units (MLP: 128 toy, else 256)")
     parser.add_argument("--depth", type=int, default=None, help="hidden layers of the MLPs (default 3)")
     parser.add_argument("--norm", choices=["batch", "spectral", "none"], default=None,
                         help="discriminator normalisation (default: batch for 28x28/32x32 images, else none)")
