@@ -1,1 +1,45 @@
-"""The algorithms that fit and score the models (installed as ``probgen.inference``)."""
+"""The algorithms that fit and score the models (installed as ``probgen.inference``).
+
+One algorithm per module; this table of contents imports them lazily, so that
+``import probgen.inference`` stays cheap and ``from probgen.inference import fit_svi`` works.
+
+=================  ==========================================================================
+module             what it does
+=================  ==========================================================================
+``svi``            :func:`fit_svi` trains any Pyro model/guide pair on ``Trace_ELBO`` (NaN-safe)
+``bounds``         :func:`elbo` and :func:`iwae_bound` per example, chunked over samples
+``ais``            annealed importance sampling with HMC, and the BDMC sandwich
+``parzen``         the Parzen-window estimate (with the warning it must carry)
+``em``             EM for Gaussian mixtures on sufficient statistics (log space, Cholesky)
+``kmeans``         k-means++ seeding and Lloyd iterations
+``kl``             fitting q to p by forward KL(p||q) and by reverse KL(q||p)
+``adversarial``    GAN losses and the alternating discriminator/generator steps
+=================  ==========================================================================
+"""
+
+import importlib
+
+_EXPORTS = {
+    "fit_svi": "svi", "fit_loss": "svi", "FitResult": "svi",
+    "elbo": "bounds", "iwae_bound": "bounds", "ELBORecord": "bounds", "IWAERecord": "bounds",
+    "ais": "ais", "bdmc": "ais", "reverse_ais": "ais", "select_sigma": "ais",
+    "gaussian_observation": "ais", "AISResult": "ais", "BDMCResult": "ais",
+    "parzen": "parzen", "select_bandwidth": "parzen", "PARZEN_WARNING": "parzen",
+    "run_em": "em", "e_step": "em", "m_step": "em", "ConvergenceWarning": "em",
+    "KMeans": "kmeans", "kmeans_plusplus": "kmeans", "lloyd": "kmeans",
+    "fit_forward_kl": "kl", "fit_reverse_kl": "kl", "kl_monte_carlo": "kl",
+    "kl_quadrature_1d": "kl", "StratifiedMixtureELBO": "kl",
+    "fit_gan": "adversarial", "GANTrainer": "adversarial", "LOSSES": "adversarial",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
