@@ -50,9 +50,9 @@ def main(args):
     steps = 20 if args.smoke else args.steps
     n_eval = 300 if args.smoke else args.n_eval
     fn = feature_network(data, epochs=1 if args.smoke else None)
-    print(f"feature network {fn.name}: test accuracy {fn.accuracy:.4f}")
+    print(f"feature network {fn.name}: test accuracy {fn.accuracy:.4f}", flush=True)
 
-    opts = dict(width=8, latent_dim=16, batch_size=32) if args.smoke else {}
+    opts = dict(width=8, latent_dim=16, batch_size=32) if args.smoke else dict(width=args.width)
     z = torch.randn(16, opts.get("latent_dim", 64), generator=torch.Generator().manual_seed(args.seed))
     rows = {}
 
@@ -96,6 +96,7 @@ if __name__ == "__main__":
     p.add_argument("--data-root", default="../shared/data/mnist")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--n-eval", type=int, default=5000)
+    p.add_argument("--width", type=int, default=64, help="DCGAN channels of the first D layer")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--smoke", action="store_true")
