@@ -147,6 +147,12 @@ def gan_progress(snapshots: dict, data, path, *, title: str = "samples over trai
         real = data.test[:2000].detach().cpu()
         lo = float(real.min()) - 0.5
         hi = float(real.max()) + 0.5
+        span = hi - lo
+        every = torch.cat([snapshots[s].detach().cpu() for s in steps])
+        every = every[torch.isfinite(every).all(1)]
+        if every.numel():  # show samples that left the data's square, up to one span beyond it
+            lo = max(min(lo, float(every.min()) - 0.1), lo - span)
+            hi = min(max(hi, float(every.max()) + 0.1), hi + span)
         fig, axes = plt.subplots(1, len(steps), figsize=(3.2 * len(steps), 3.4), squeeze=False)
         for ax, s in zip(axes[0], steps):
             x = snapshots[s].detach().cpu()
