@@ -13,6 +13,10 @@ answer shows.
     python benchmarks/gmm_vs_sklearn.py --dtype float32  # probgen in float32
     python benchmarks/gmm_vs_sklearn.py --threads 1      # one thread for both libraries
 
+On a machine whose cores are shared with other busy processes, both libraries' thread
+pools (torch's OpenMP, NumPy's OpenBLAS) can wait for descheduled threads at every
+operation and run many times slower than on one thread; compare with ``--threads 1`` too.
+
 The last line is ``RESULT ratio=<probgen time / scikit-learn time, both cases summed>
 full_ratio=... diag_ratio=... probgen_ll=... sklearn_ll=...`` (the log-likelihoods are the
 mean per point after fitting, full covariances).
@@ -112,6 +116,7 @@ def _run(args) -> dict:
                     t, s, lb = fit_probgen(x, args.k, ct, args.iters, init, dtype)
                 times[who].append(t)
                 ll[who], lbs[who] = s, lb
+                print(f"  {ct} repeat {rep + 1}: {who} {t:.2f} s", flush=True)
         med = {who: statistics.median(v) for who, v in times.items()}
         path_gap = max(abs(a - b) for a, b in zip(lbs["probgen"], lbs["sklearn"]))
         out[ct] = {"time": med, "ll": ll, "path_gap": path_gap}
