@@ -24,9 +24,9 @@ import json
 from pathlib import Path
 
 import torch
-from probgen.models.gmm import GaussianMixture
 
 from probgen.data import load_dataset
+from probgen.models.gmm import GaussianMixture
 
 
 def fit_by_bic(x: torch.Tensor, ks, *, covariance_type="full", n_init=2, seed=0):

@@ -25,9 +25,9 @@ import json
 from pathlib import Path
 
 import torch
-from probgen.inference.kmeans import KMeans, kmeans_plusplus
 
 from probgen.data import load_dataset
+from probgen.inference.kmeans import KMeans, kmeans_plusplus
 
 
 def all_digits(seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,6 +27,9 @@ import math
 from collections.abc import Callable
 
 import torch
+from torch import Tensor
+
+from probgen.errors import ConfigError, DataError, NotFittedError, suggest
 from probgen.inference.em import (
     COVARIANCE_TYPES,
     MixtureParams,
@@ -37,9 +40,6 @@ from probgen.inference.em import (
     weighted_log_prob,
 )
 from probgen.inference.kmeans import KMeans, as_2d_tensor, kmeans_plusplus, make_generator
-from torch import Tensor
-
-from probgen.errors import ConfigError, DataError, NotFittedError, suggest
 
 __all__ = ["GaussianMixture", "MixtureDensity", "INITIALISERS"]
 

@@ -28,6 +28,11 @@ from dataclasses import dataclass, field
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.distributions import constraints
+from pyro.infer import TraceEnum_ELBO, config_enumerate
+from torch import Tensor
+
+from probgen.errors import ConfigError, DivergedError, suggest
 from probgen.inference.em import (
     COVARIANCE_TYPES,
     MixtureParams,
@@ -35,11 +40,6 @@ from probgen.inference.em import (
     stats_from_responsibilities,
 )
 from probgen.inference.kmeans import KMeans, as_2d_tensor
-from pyro.distributions import constraints
-from pyro.infer import TraceEnum_ELBO, config_enumerate
-from torch import Tensor
-
-from probgen.errors import ConfigError, DivergedError, suggest
 
 __all__ = [
     "mixture_model",

@@ -7,13 +7,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from probgen.inference import em
-from probgen.inference.em import ConvergenceWarning, CovarianceError
-from probgen.models.gmm import GaussianMixture, MixtureDensity
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from probgen.errors import ConfigError, DataError, NotFittedError
+from probgen.inference import em
+from probgen.inference.em import ConvergenceWarning, CovarianceError
+from probgen.models.gmm import GaussianMixture, MixtureDensity
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]
 

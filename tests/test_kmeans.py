@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from probgen.inference.kmeans import KMeans, kmeans_plusplus, lloyd, squared_distances
 
 from probgen.errors import ConfigError, DataError, NotFittedError
+from probgen.inference.kmeans import KMeans, kmeans_plusplus, lloyd, squared_distances
 
 
 def blobs(n_per=100, k=4, d=3, spread=0.5, seed=0):

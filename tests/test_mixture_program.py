@@ -4,11 +4,11 @@ import numpy as np
 import pyro
 import pytest
 import torch
+
+from probgen.errors import ConfigError, DivergedError
 from probgen.inference.em import COVARIANCE_TYPES, MixtureParams
 from probgen.models import mixture_program as mp
 from probgen.models.gmm import GaussianMixture
-
-from probgen.errors import ConfigError, DivergedError
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]
 
@@ -52,7 +52,7 @@ def test_svi_fit_agrees_with_em_from_the_same_start(covariance_type):
     gm = GaussianMixture(3, covariance_type=covariance_type, tol=1e-9, max_iter=1000,
                          weights_init=start.weights, means_init=start.means,
                          precisions_init=start.precisions).fit(x)
-    fit = mp.fit_mixture_program(x, 3, covariance_type=covariance_type, steps=300, lr=0.05,
+    fit = mp.fit_mixture_program(x, 3, covariance_type=covariance_type, steps=150, lr=0.1,
                                  init=start)
     assert fit.log_likelihoods[0] < gm.score(x) - 1.0            # it had work to do
     mp.set_params(fit.params)
