@@ -73,7 +73,12 @@ def scatter_2d(points: dict[str, torch.Tensor], path, *, title: str | None = Non
 
 def density_contours(log_probs: dict, path, *, lim=(-5.0, 5.0), points=None, title=None,
                      resolution: int = 200) -> Path:
-    """Contours of one or more 2-D log densities (callables (N, 2) -> (N,)) on a square grid."""
+    """Contours of one or more 2-D log densities (callables (N, 2) -> (N,)) on a square grid.
+
+    Levels are drawn in log density, 0.5, 2, 4.5 and 8 nats below each density's peak on the
+    grid (1 to 4 standard deviations for a Gaussian), so narrow modes get rings around them
+    rather than circles where the density rounds to zero.
+    """
     plt = _plt()
     g = torch.linspace(lim[0], lim[1], resolution)
     xx, yy = torch.meshgrid(g, g, indexing="xy")
@@ -86,8 +91,10 @@ def density_contours(log_probs: dict, path, *, lim=(-5.0, 5.0), points=None, tit
     handles = []
     for (label, fn), c in zip(log_probs.items(), colors):
         with torch.no_grad():
-            z = fn(grid).detach().cpu().reshape(resolution, resolution).exp()
-        ax.contour(xx.numpy(), yy.numpy(), z.numpy(), levels=6, colors=c)
+            z = fn(grid).detach().double().cpu().reshape(resolution, resolution)
+        top = float(z[torch.isfinite(z)].max())
+        levels = [top - d for d in (8.0, 4.5, 2.0, 0.5)]
+        ax.contour(xx.numpy(), yy.numpy(), z.clamp_min(top - 50).numpy(), levels=levels, colors=c)
         handles.append(plt.Line2D([], [], color=c, label=label))
     ax.legend(handles=handles, loc="upper right")
     ax.set_aspect("equal")
