@@ -6,10 +6,10 @@ and the reverse KL over modes (probgen.eval.modes; PacGAN's protocol, 2,500 samp
 Settings:
 
 * ``default``: probgen's toy defaults, those of ``probgen train gan`` on toy data
-  (non-saturating loss, 3x128 ReLU/LeakyReLU MLPs, 2-D latent, Adam 1e-3 with betas
-  (0.5, 0.9), batch 256, constant learning rate then linear decay to 0 over the second half,
-  6,000 steps);
-* ``minimax``: the same with the minimax loss;
+  (minimax loss, 3x128 ReLU/LeakyReLU MLPs, 2-D latent, Adam 1e-3 with betas (0.5, 0.9),
+  batch 256, constant learning rate then linear decay to 0 over the second half, 6,000
+  steps);
+* ``ns``: the same with the non-saturating loss (it drops modes of grid25);
 * ``weak-d``: the same with a discriminator learning ten times slower than the generator;
 * ``pack2``: the same with PacGAN packing of two samples.
 
@@ -39,8 +39,8 @@ from probgen.recipes.gan import DEFAULTS
 
 SETTINGS = {
     "default": dict(DEFAULTS["toy"]),
-    # the minimax loss with everything else as the defaults
-    "minimax": {**DEFAULTS["toy"], "loss": "minimax"},
+    # the non-saturating loss with everything else as the defaults
+    "ns": {**DEFAULTS["toy"], "loss": "ns"},
     # a discriminator that learns ten times slower than the generator
     "weak-d": {**DEFAULTS["toy"], "lr_d": DEFAULTS["toy"]["lr"] / 10},
     # PacGAN: the discriminator judges pairs of samples

@@ -10,13 +10,17 @@ from __future__ import annotations
 HELP = "generative adversarial network (DCGAN for images, MLPs for toy data)"
 
 # Defaults per data kind: "image" for 28x28/32x32 images (DCGAN pair), "toy" for the toy
-# densities (the settings of examples/gan_toy.py's seed sweep), "vector" for the rest (MLPs:
-# 8x8 digits, the user's arrays).
+# densities, "vector" for the rest (MLPs: 8x8 digits, the user's arrays). The toy defaults are
+# those of examples/gan_toy.py's seed sweep. They use the minimax loss: with these settings
+# the discriminator stays near D = 1/2, where the minimax generator gradient does not
+# saturate, and the non-saturating loss -- whose gradient adds a mode-seeking reverse KL
+# term (Arjovsky and Bottou, 2017) -- dropped 4 to 13 of grid25's 25 modes on 3 of 3 seeds,
+# against 0 on 3 of 5 seeds for the minimax loss.
 DEFAULTS = {
     "image": dict(loss="ns", batch_size=64, lr=2e-4, lr_d=None, beta1=0.5, beta2=0.999,
                   latent_dim=64, pack=1, width=64, depth=3, norm="batch", d_steps=1,
                   lr_decay="none", steps=5000),
-    "toy": dict(loss="ns", batch_size=256, lr=1e-3, lr_d=None, beta1=0.5, beta2=0.9,
+    "toy": dict(loss="minimax", batch_size=256, lr=1e-3, lr_d=None, beta1=0.5, beta2=0.9,
                 latent_dim=2, pack=1, width=128, depth=3, norm="none", d_steps=1,
                 lr_decay="linear", steps=6000),
     "vector": dict(loss="ns", batch_size=64, lr=2e-4, lr_d=None, beta1=0.5, beta2=0.999,
@@ -30,7 +34,8 @@ def add_arguments(parser) -> None:
     from probgen.inference.adversarial import LOSSES
 
     parser.add_argument("--loss", choices=list(LOSSES), default=None,
-                        help="ns (non-saturating, default), minimax, hinge or wgan-gp")
+                        help="ns (non-saturating), minimax, hinge or wgan-gp "
+                             "(default: minimax toy, ns otherwise)")
     parser.add_argument("--steps", type=int, default=None,
                         help="generator steps (default: 6000 toy, 5000 otherwise)")
     parser.add_argument("--batch-size", type=int, default=None,
