@@ -72,7 +72,8 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
         out["true_log_likelihood"] = summarize(data.density.log_prob(x), "nats")
     if callable(getattr(model, "elbo", None)):
         elbo, terms = _batched(model.elbo, x, batch_size)
-        out["elbo"] = summarize(elbo, "nats")
+        mc_se = terms.pop("mc_stderr", None)  # each example's own Monte Carlo error
+        out["elbo"] = summarize(elbo, "nats", extra_var=None if mc_se is None else mc_se**2)
         store["elbo"] = elbo
         for name, v in terms.items():
             out[f"elbo_{name}"] = summarize(v, "nats")
