@@ -126,7 +126,9 @@ def cache_dir() -> Path:
 def _fingerprint(x: torch.Tensor, y: torch.Tensor, shape, epochs: int) -> str:
     h = hashlib.sha256()
     h.update(f"v{ARCH_VERSION}|{tuple(shape)}|{epochs}|".encode())
-    h.update(x.detach().float().cpu().contiguous().numpy().tobytes())
+    # pixels in [0, 1] rounded to 1/255: the same images give the same key whether a run
+    # stored them in [0, 1] or [-1, 1] (float round-off would otherwise retrain the network)
+    h.update((x.detach().float().cpu() * 255).round().to(torch.int16).contiguous().numpy().tobytes())
     h.update(y.detach().long().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
