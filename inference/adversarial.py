@@ -326,13 +326,14 @@ LR_SCHEDULES = {"none": None, "linear": linear_decay}
 def fit_gan(trainer: GANTrainer, sampler: EpochSampler, steps: int, *, d_steps: int = 1,
             log_every: int = 100, callback: Callable[[int, dict], None] | None = None,
             should_stop: Callable[[], bool] | None = None,
-            lr_schedule: str = "none") -> GANFitResult:
+            lr_schedule: str = "none", on_step: Callable[[int], None] | None = None) -> GANFitResult:
     """Train from ``trainer.step_count`` up to ``steps`` steps.
 
     Each step draws ``d_steps`` real batches for as many discriminator steps, then takes a
     generator step. Every ``log_every`` steps (and at the last) the record ``{"step",
     "loss_d", "loss_g", "d_real", "d_fake"}`` (means since the previous record) goes to the
-    history and to ``callback(step, record)``. ``should_stop()`` is asked after every step;
+    history and to ``callback(step, record)``. ``on_step(step)`` runs after every step (after
+    the callback; checkpoints go there). ``should_stop()`` is asked after every step;
     when it is true the loop returns early (``trainer.step_count < steps``). ``lr_schedule``
     names a key of :data:`LR_SCHEDULES` (``"linear"``: constant, then linear decay to 0 over
     the second half).
@@ -361,6 +362,8 @@ def fit_gan(trainer: GANTrainer, sampler: EpochSampler, steps: int, *, d_steps: 
             acc, count = {}, 0
             if callback is not None:
                 callback(trainer.step_count, out)
+        if on_step is not None:
+            on_step(trainer.step_count)
         if should_stop is not None and should_stop():
             break
     return GANFitResult(trainer, history, time.perf_counter() - t0)
