@@ -11,6 +11,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 
+# One intra-op thread: the tests use small tensors, for which a second thread costs more than
+# it gives (and on a busy machine, far more).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _reset_global_state():
     """Fresh Pyro parameter store and seeds before every test."""
