@@ -130,6 +130,11 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device, **kwargs) -> torch.n
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    import warnings
+
     kwargs.setdefault("broadcast_buffers", False)
     ids = [device.index if device.index is not None else _INFO.local_rank] if device.type == "cuda" else None
-    return DDP(module, device_ids=ids, **kwargs)
+    with warnings.catch_warnings():
+        # torch 2.14 renames the option but asks to keep broadcast_buffers=False for now
+        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated")
+        return DDP(module, device_ids=ids, **kwargs)

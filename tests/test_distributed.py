@@ -45,8 +45,8 @@ def _worker(rank, world, port, queue):
     pdist.setup(torch.device("cpu"))
     try:
         state = _train(world, rank, batch=8)
-        if rank == 0:
-            queue.put(state)
+        if rank == 0:  # plain arrays: shared-memory tensors die with the worker
+            queue.put({k: v.numpy() for k, v in state.items()})
     finally:
         pdist.cleanup()
 
@@ -78,4 +78,4 @@ def test_two_gloo_processes_match_one_process():
         assert p.exitcode == 0
     single = _train(world=1, rank=0, batch=16)
     for k in single:
-        torch.testing.assert_close(state[k], single[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.from_numpy(state[k]), single[k], rtol=1e-5, atol=1e-6)

@@ -245,3 +245,10 @@ def test_recipe_checks_its_options():
     with pytest.raises(ConfigError, match="--loss wgan-gp needs a discriminator without BatchNorm"):
         recipe.resolve_config(_config(loss="wgan-gp", norm="batch"), data)
     assert recipe.resolve_config(_config(), data)["pack"] == recipe.DEFAULTS["toy"]["pack"]
+
+
+def test_recipe_loss_names_match_the_loss_table():
+    from probgen.inference.adversarial import LOSSES
+    from probgen.recipes.gan import LOSS_NAMES
+
+    assert set(LOSS_NAMES) == set(LOSSES)

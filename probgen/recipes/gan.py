@@ -28,12 +28,13 @@ DEFAULTS = {
                    lr_decay="none", steps=5000),
 }
 SNAPSHOT_FRACTIONS = (0.02, 0.1, 0.3, 1.0)
+# the keys of probgen.inference.adversarial.LOSSES, known without importing torch (a test
+# checks that the two agree)
+LOSS_NAMES = ("ns", "minimax", "hinge", "wgan-gp")
 
 
 def add_arguments(parser) -> None:
-    from probgen.inference.adversarial import LOSSES
-
-    parser.add_argument("--loss", choices=list(LOSSES), default=None,
+    parser.add_argument("--loss", choices=list(LOSS_NAMES), default=None,
                         help="ns (non-saturating), minimax, hinge or wgan-gp "
                              "(default: minimax toy, ns otherwise)")
     parser.add_argument("--steps", type=int, default=None,
