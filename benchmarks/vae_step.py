@@ -52,10 +52,11 @@ def time_steps(steps: int, batch_size: int, seed: int = 0, warmup: int = 10,
     indexed out of the same tensor, so the three alternate step by step.
     """
     import pyro
+    from pyro.infer import SVI, Trace_ELBO
+
     from probgen.inference.svi import fit_svi
     from probgen.models.nets import MLPDecoder, MLPEncoder
     from probgen.models.vae import VAE
-    from pyro.infer import SVI, Trace_ELBO
 
     torch.manual_seed(seed)
     pyro.clear_param_store()
@@ -102,10 +103,10 @@ def time_steps(steps: int, batch_size: int, seed: int = 0, warmup: int = 10,
 def time_epoch(data_root, eval_limit: int, k: int) -> dict:
     """One epoch of `probgen train vae` work on full MNIST and the IWAE-k test evaluation."""
     import pyro
-    from probgen.inference.svi import fit_svi
-    from probgen.models.vae import VAE
 
     from probgen.data import load_dataset
+    from probgen.inference.svi import fit_svi
+    from probgen.models.vae import VAE
 
     pyro.clear_param_store()
     t0 = time.perf_counter()

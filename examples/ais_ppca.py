@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from probgen.inference.ais import PILOT_CHAINS, bdmc
 
 

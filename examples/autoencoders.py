@@ -30,11 +30,10 @@ def _cross_entropy(p: torch.Tensor, x: torch.Tensor) -> float:
 
 
 def main(args) -> dict:
-    from probgen.inference.svi import fit_loss
-    from probgen.models.autoencoder import Autoencoder
-
     from probgen import plots
     from probgen.data import load_dataset
+    from probgen.inference.svi import fit_loss
+    from probgen.models.autoencoder import Autoencoder
 
     torch.manual_seed(args.seed)
     data = load_dataset(args.data, root=args.data_root, limit=args.limit)

@@ -22,11 +22,10 @@ from torch.nn import functional as F
 
 
 def main(args) -> dict:
-    from probgen.inference.svi import fit_loss
-    from probgen.models.nets import MLPDecoder
-
     from probgen import plots
     from probgen.data import load_dataset
+    from probgen.inference.svi import fit_loss
+    from probgen.models.nets import MLPDecoder
 
     torch.manual_seed(args.seed)
     data = load_dataset(args.data, root=args.data_root, limit=args.limit)

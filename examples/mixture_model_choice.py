@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 import torch
-from probgen.models.bayes_mixture import pointwise_log_likelihood
 
 from probgen.data.toy import GaussianMixture as TrueMixture
 from probgen.eval.model_choice import choose_n_components, fit_em
 from probgen.eval.paired import paired_difference, plot_per_example
+from probgen.models.bayes_mixture import pointwise_log_likelihood
 from probgen.runs import atomic_write_json
 
 TRUE_K = 3

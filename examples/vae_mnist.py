@@ -41,11 +41,11 @@ def score(model, x, k: int) -> dict:
 
 def main(args) -> dict:
     import pyro
-    from probgen.inference.svi import fit_svi
-    from probgen.models.vae import VAE
 
     from probgen import plots
     from probgen.data import load_dataset
+    from probgen.inference.svi import fit_svi
+    from probgen.models.vae import VAE
 
     pyro.set_rng_seed(args.seed)
     pyro.clear_param_store()

@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from probgen.models.nets import make_decoder, make_encoder
 from torch import nn
 from torch.nn import functional as F
 
 from probgen.errors import ConfigError, DataError, NotFittedError
+from probgen.models.nets import make_decoder, make_encoder
 
 __all__ = ["Autoencoder", "NOISES", "RECONSTRUCTION_LOSSES"]
 

@@ -35,11 +35,11 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from probgen.models.nets import make_decoder, make_encoder
 from torch import nn
 from torch.nn import functional as F
 
 from probgen.errors import ConfigError, DataError, suggest
+from probgen.models.nets import make_decoder, make_encoder
 
 __all__ = ["VAE", "LIKELIHOODS", "BernoulliLikelihood", "ContinuousBernoulliLikelihood",
            "GaussianLikelihood"]

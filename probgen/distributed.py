@@ -128,9 +128,9 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device, **kwargs) -> torch.n
     """
     if not _INFO.distributed:
         return module
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     import warnings
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
 
     kwargs.setdefault("broadcast_buffers", False)
     ids = [device.index if device.index is not None else _INFO.local_rank] if device.type == "cuda" else None

@@ -10,6 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from probgen.errors import ConfigError
 from probgen.inference.ais import _log_mean_exp_with_stderr as log_mean_exp_with_stderr
 from probgen.inference.ais import (
     ais,
@@ -20,8 +22,6 @@ from probgen.inference.ais import (
     select_sigma,
     sigmoid_schedule,
 )
-
-from probgen.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from probgen.inference.svi import fit_loss
-from probgen.models.autoencoder import Autoencoder
 from torch.nn import functional as F
 
 from probgen.data.base import Dataset
 from probgen.errors import ConfigError, NotFittedError
+from probgen.inference.svi import fit_loss
+from probgen.models.autoencoder import Autoencoder
 from probgen.runs import Run
 
 SHAPE = (1, 8, 8)

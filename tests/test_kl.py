@@ -12,6 +12,9 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from torch.distributions import kl_divergence
+
+from probgen.errors import ConfigError, DataError
 from probgen.inference.kl import (
     StratifiedMixtureELBO,
     fit_forward_kl,
@@ -21,9 +24,6 @@ from probgen.inference.kl import (
     kl_quadrature_1d,
     target_model,
 )
-from torch.distributions import kl_divergence
-
-from probgen.errors import ConfigError, DataError
 from probgen.kl_demo import PROBLEMS, run_kl_demo
 
 

@@ -8,12 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from probgen.models.bayes_mixture import (
-    MixturePrior,
-    fit_nuts,
-    pointwise_log_likelihood,
-    sort_components,
-)
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from probgen.errors import ConfigError, DataError
@@ -24,6 +18,12 @@ from probgen.eval.model_choice import (
     read_compare,
     read_diagnostics,
     read_elpd,
+)
+from probgen.models.bayes_mixture import (
+    MixturePrior,
+    fit_nuts,
+    pointwise_log_likelihood,
+    sort_components,
 )
 
 

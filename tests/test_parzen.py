@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from probgen.inference.parzen import PARZEN_WARNING, parzen, parzen_log_prob, select_bandwidth
 from scipy import special, stats
 from sklearn.neighbors import KernelDensity
 
 from probgen.errors import ConfigError
+from probgen.inference.parzen import PARZEN_WARNING, parzen, parzen_log_prob, select_bandwidth
 
 MEAN = np.array([1.0, -2.0])
 COV = np.array([[1.0, 0.4], [0.4, 0.5]])

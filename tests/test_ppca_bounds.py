@@ -10,11 +10,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from probgen.inference.bounds import elbo, iwae_bound
-from probgen.models.ppca import PPCA
 from scipy import stats
 
 from probgen.errors import ConfigError, DataError
+from probgen.inference.bounds import elbo, iwae_bound
+from probgen.models.ppca import PPCA
 
 D, L = 8, 3
 

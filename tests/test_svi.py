@@ -7,10 +7,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from probgen.inference.svi import fit_loss, fit_svi
 from pyro.distributions import constraints
 
 from probgen.errors import ConfigError, DivergedError
+from probgen.inference.svi import fit_loss, fit_svi
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -6,12 +6,12 @@ import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
-from probgen.inference.svi import fit_svi
-from probgen.models.vae import VAE
 from pyro.infer import Trace_ELBO
 
 from probgen.data.base import Dataset
 from probgen.errors import ConfigError, DataError
+from probgen.inference.svi import fit_svi
+from probgen.models.vae import VAE
 from probgen.runs import Run
 
 SHAPE = (1, 8, 8)
