@@ -66,6 +66,7 @@ def cleanup() -> None:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            dist.barrier()  # no process tears the group down while a peer still talks to it
             dist.destroy_process_group()
     _INFO = DistInfo()
 
