@@ -24,15 +24,6 @@ from probgen.inference.ais import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These loops run many tiny tensor ops; extra threads only contend on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class LinearGaussian(torch.nn.Module):
     """z ~ N(0, I_d); x | z ~ N(W z + mu, s^2 I_D); exact log p(x) in closed form."""
 

@@ -12,15 +12,6 @@ from probgen.models.gan import GAN
 from probgen.models.nets import DCGANDiscriminator, DCGANGenerator, gan_networks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a busy 2-core machine run hundreds of times slower on 2 threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------- losses
 def test_losses_at_zero_logits_match_closed_forms():
     z = torch.zeros(7)

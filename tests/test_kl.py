@@ -27,15 +27,6 @@ from probgen.inference.kl import (
 from probgen.kl_demo import PROBLEMS, run_kl_demo
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids contention on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _mvn(loc, cov, dtype=torch.float32):
     loc, cov = torch.tensor(loc, dtype=dtype), torch.tensor(cov, dtype=dtype)
     return dist.MultivariateNormal(loc, covariance_matrix=cov)

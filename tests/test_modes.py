@@ -10,15 +10,6 @@ from probgen.eval.metrics import Metric
 from probgen.eval.modes import COVERAGE_FRACTION, HQ_RADIUS, mode_metrics, mode_statistics
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a busy 2-core machine run hundreds of times slower on 2 threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _grid_means():
     g = torch.arange(-4.0, 5.0, 2.0)
     return torch.cartesian_prod(g, g)  # (25, 2)

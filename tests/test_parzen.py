@@ -13,13 +13,6 @@ MEAN = np.array([1.0, -2.0])
 COV = np.array([[1.0, 0.4], [0.4, 0.5]])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small blocks of distances: extra threads only contend on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _gaussian(n, seed):

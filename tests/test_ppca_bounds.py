@@ -19,13 +19,6 @@ from probgen.models.ppca import PPCA
 D, L = 8, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a busy 2-core machine: one intra-op thread is several times faster."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _synthetic(n=3000, seed=0, noise=0.6):

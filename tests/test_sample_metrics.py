@@ -11,15 +11,6 @@ from probgen.eval import samples as S
 from probgen.eval.metrics import Metric
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a busy 2-core machine run hundreds of times slower on 2 threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _gauss(n, mean, cov, seed):
     g = np.random.default_rng(seed)
     return torch.from_numpy(g.multivariate_normal(mean, cov, size=n))

@@ -12,16 +12,6 @@ from pyro.distributions import constraints
 from probgen.errors import ConfigError, DivergedError
 from probgen.inference.svi import fit_loss, fit_svi
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a busy 2-core machine: one intra-op thread is several times faster."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # A conjugate Normal-Normal model: mu ~ N(m0, s0^2), x_i | mu ~ N(mu, s^2).
 M0, S0, S = 1.0, 2.0, 0.7
 

@@ -17,13 +17,6 @@ from probgen.runs import Run
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks on a busy 2-core machine: one intra-op thread is several times faster."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _binary(n=64, seed=0):

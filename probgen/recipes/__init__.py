@@ -36,7 +36,7 @@ from types import ModuleType
 
 from probgen.errors import ConfigError, suggest
 
-__all__ = ["RECIPES", "get_recipe"]
+__all__ = ["RECIPES", "get_recipe", "load_model_state"]
 
 # model name -> module that implements its recipe
 RECIPES: dict[str, str] = {
@@ -55,3 +55,19 @@ def get_recipe(name: str) -> ModuleType:
             f"unknown model {name!r}.{suggest(name, RECIPES)} Known models: {', '.join(RECIPES)}."
         )
     return importlib.import_module(RECIPES[name])
+
+
+def load_model_state(run, model, device, what: str):
+    """Load ``state["model"]`` of the run's latest checkpoint into ``model`` and return the
+    checkpoint; a state that does not fit the model built from config.json is a clear error."""
+    from probgen.errors import CheckpointError
+
+    ckpt = run.load_checkpoint(map_location=device, required=True)
+    try:
+        model.load_state_dict(ckpt["state"]["model"])
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(
+            f"the checkpoint of {run.path} does not fit {what} built from its config.json "
+            f"({type(e).__name__}: {str(e).splitlines()[0]}). Was config.json edited?"
+        ) from e
+    return ckpt

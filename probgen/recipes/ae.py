@@ -126,17 +126,10 @@ def train(run, data, config, device):
 
 
 def load(run, data, device):
-    from probgen.errors import CheckpointError
+    from probgen.recipes import load_model_state
 
     model = build(run.config, data).to(device)
-    ckpt = run.load_checkpoint(map_location=device, required=True)
-    try:
-        model.load_state_dict(ckpt["state"]["model"])
-    except (RuntimeError, KeyError) as e:
-        raise CheckpointError(
-            f"the checkpoint of {run.path} does not fit an autoencoder built from its config.json "
-            f"({type(e).__name__}: {str(e).splitlines()[0]})."
-        ) from e
+    load_model_state(run, model, device, "an autoencoder")
     model.eval()
     return model
 
