@@ -62,3 +62,21 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "probgen", "eval", str(tmp_path), "--debug"],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_train_eval_sample_round_trip(tmp_path):
+    import json
+
+    import torch
+
+    run = tmp_path / "gmm"
+    assert main(["train", "gmm", "--data", "bimodal1d", "--out", str(run), "--no-figures"]) == 0
+    assert main(["eval", str(run)]) == 0
+    ev = json.loads((run / "eval.json").read_text())
+    assert set(ev) == {"model", "dataset", "split", "n", "metrics"}
+    ll, true = ev["metrics"]["log_likelihood"], ev["metrics"]["true_log_likelihood"]
+    assert set(ll) >= {"value", "stderr", "unit"} and abs(ll["value"] - true["value"]) < 0.05
+    assert main(["sample", str(run), "-n", "7"]) == 0
+    assert torch.load(run / "samples.pt", weights_only=True).shape == (7, 1)
+    assert main(["sample", str(run), "-n", "0"]) == 2
+    assert main(["train", "gmm", "--data", "bimodal1d", "--out", str(run)]) == 2  # refuses to clobber
