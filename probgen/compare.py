@@ -106,6 +106,8 @@ def compare(spec: CompareSpec) -> dict:
         "runs": {n: str(r["run"]) for n, r in rows.items()},
         "data_options": {n: r["data_options"] for n, r in rows.items()},
     }
+    if rows:
+        results["models"][REFERENCE_ROW] = _reference(next(iter(rows.values()))["data"], spec)
     results["paired_differences"] = _paired(rows, out)
     results["vae_vs_gan"] = _lecture_table(rows, spec)
     results["model_choice"] = _model_choice(rows, spec, out)
@@ -114,6 +116,32 @@ def compare(spec: CompareSpec) -> dict:
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     report.write_reports(results, rows, out, columns=COLUMNS)
     return results
+
+
+REFERENCE_ROW = "validation data (reference)"
+
+
+class _HeldOut:
+    """Real held-out examples posing as a model's samples: the sample metrics of real data
+    against real data, the floor that every model's sample metrics are read against."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def sample(self, n: int):
+        return self.data.val[:n]
+
+
+def _reference(data, spec: CompareSpec) -> dict:
+    from probgen.eval import evaluate
+
+    ev = evaluate(_HeldOut(data), data, "test", limit=spec.eval_limit, model_name=REFERENCE_ROW)
+    for m in ev["metrics"].values():
+        if m.get("value") is None:
+            m["reason"] = "reference row: real validation examples, not a model"
+    ev["metrics"]["train_time"] = {"value": None, "stderr": None, "unit": "s",
+                                   "reason": "reference row: real validation examples, not a model"}
+    return ev
 
 
 def _evaluate_run(run_dir: Path, spec: CompareSpec) -> dict:
