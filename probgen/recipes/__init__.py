@@ -36,7 +36,7 @@ from types import ModuleType
 
 from probgen.errors import ConfigError, suggest
 
-__all__ = ["RECIPES", "get_recipe", "load_model_state"]
+__all__ = ["RECIPES", "get_recipe", "load_model_state", "resume_epochs"]
 
 # model name -> module that implements its recipe
 RECIPES: dict[str, str] = {
@@ -71,3 +71,20 @@ def load_model_state(run, model, device, what: str):
             f"({type(e).__name__}: {str(e).splitlines()[0]}). Was config.json edited?"
         ) from e
     return ckpt
+
+
+def resume_epochs(run, model, device) -> tuple[int, int, dict | None, bool]:
+    """Continue an epoch-based run from its checkpoint, if it has one.
+
+    Loads the model's state, restores the RNG state and drops metrics logged after the
+    checkpoint. Returns ``(start_epoch, start_step, optimizer_state, resumed)``; a fresh run
+    gives ``(0, 0, None, False)``.
+    """
+    ckpt = run.load_checkpoint(map_location=device, restore_rng=True)
+    if ckpt is None:
+        return 0, 0, None, False
+    state = ckpt["state"]
+    model.load_state_dict(state["model"])
+    start_step = int(ckpt["step"])
+    run.truncate_metrics(start_step)
+    return int(state["epoch"]), start_step, state["optimizer"], True

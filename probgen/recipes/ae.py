@@ -83,14 +83,9 @@ def train(run, data, config, device):
     run.config = config
     atomic_write_json(run.path / "config.json", config)
     model = build(config, data).to(device)
-    start_epoch = start_step = 0
-    optim_state = None
-    ckpt = run.load_checkpoint(map_location=device, restore_rng=True)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["state"]["model"])
-        optim_state = ckpt["state"]["optimizer"]
-        start_epoch, start_step = int(ckpt["state"]["epoch"]), int(ckpt["step"])
-        run.truncate_metrics(start_step)
+    from probgen.recipes import resume_epochs
+
+    start_epoch, start_step, optim_state, _ = resume_epochs(run, model, device)
     t0 = time.perf_counter()
 
     def log_epoch(st) -> bool:

@@ -64,15 +64,10 @@ def train(run, data, config, device):
         return model
 
     n = int(data.train.shape[0])
-    start_epoch = start_step = 0
-    optim_state = None
-    ckpt = run.load_checkpoint(map_location=device, restore_rng=True)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["state"]["model"])
-        optim_state = ckpt["state"]["optimizer"]
-        start_epoch, start_step = int(ckpt["state"]["epoch"]), int(ckpt["step"])
-        run.truncate_metrics(start_step)
-    else:
+    from probgen.recipes import resume_epochs
+
+    start_epoch, start_step, optim_state, resumed = resume_epochs(run, model, device)
+    if not resumed:
         import torch
 
         with torch.no_grad():

@@ -112,15 +112,9 @@ def train(run, data, config, device):
 
     pyro.clear_param_store()
     model = build(config, data).to(device)
-    start_epoch = start_step = 0
-    optim_state = None
-    ckpt = run.load_checkpoint(map_location=device, restore_rng=True)
-    if ckpt is not None:
-        state = ckpt["state"]
-        model.load_state_dict(state["model"])
-        optim_state = state["optimizer"]
-        start_epoch, start_step = int(state["epoch"]), int(ckpt["step"])
-        run.truncate_metrics(start_step)
+    from probgen.recipes import resume_epochs
+
+    start_epoch, start_step, optim_state, _ = resume_epochs(run, model, device)
     n = int(data.train.shape[0])
     t0 = time.perf_counter()
 
