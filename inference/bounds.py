@@ -26,10 +26,13 @@ import torch
 
 from probgen.errors import ConfigError
 
-__all__ = ["ELBORecord", "IWAERecord", "elbo", "iwae_bound", "DEFAULT_MAX_ELEMENTS"]
+__all__ = ["ELBORecord", "IWAERecord", "elbo", "iwae_bound", "chunk_plan", "DEFAULT_MAX_ELEMENTS"]
 
-# Largest number of data-space values (samples x examples x pixels) one chunk holds:
-# 2**23 float32 values = 32 MiB per tensor of decoder output.
+# Largest number of data-space values (samples x examples x data values) one chunk holds:
+# 2**23 float32 values = 32 MiB per tensor of decoder output. A chunk makes a few such tensors
+# (the decoder's output, the per-value log-likelihood, their gradients nowhere: no_grad), so
+# the working memory of elbo() and iwae_bound() stays near a small multiple of this, whatever
+# N and k are (measured in benchmarks/eval_memory.py).
 DEFAULT_MAX_ELEMENTS = 2**23
 
 
@@ -75,12 +78,43 @@ class IWAERecord:
     k: int
 
 
-def _data_elements(x: torch.Tensor) -> int:
-    return max(1, math.prod(x.shape))
+def chunk_plan(n: int, data_size: int, max_elements: int = DEFAULT_MAX_ELEMENTS,
+               chunk_size: int | None = None) -> tuple[int, int]:
+    """How :func:`elbo` and :func:`iwae_bound` split their work to bound its memory.
 
+    The examples are taken in blocks and, within a block, the samples of z in chunks, so that
+    one chunk holds at most ``max_elements`` data values (samples x examples x data values),
+    whatever ``n`` and the number of samples are. A single example's data values that exceed
+    ``max_elements`` on their own still make a chunk of one sample and one example.
 
-def _chunk(max_elements: int, x: torch.Tensor) -> int:
-    return max(1, int(max_elements) // _data_elements(x))
+    Parameters
+    ----------
+    n : int
+        Number of examples.
+    data_size : int
+        Values per example (784 for a 28 x 28 image).
+    max_elements : int
+        The bound on data values per chunk.
+    chunk_size : int, optional
+        Samples per chunk, fixed; the examples per block then follow from ``max_elements``.
+
+    Returns
+    -------
+    (examples_per_block, samples_per_chunk) : tuple of int
+    """
+    if isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 1:
+        raise ConfigError(f"max_elements (data values held at once) must be a positive integer; "
+                          f"got {max_elements!r}. The default is {DEFAULT_MAX_ELEMENTS} (32 MiB "
+                          f"of float32 per tensor).")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise ConfigError(f"chunk_size (samples per chunk) must be a positive integer or None; "
+                          f"got {chunk_size!r}.")
+    d = max(1, int(data_size))
+    per_sample = max(1, chunk_size or 1)
+    block = max(1, min(max(n, 1), max_elements // (d * per_sample)))
+    samples = chunk_size or max(1, max_elements // (d * block))
+    return block, samples
 
 
 def _analytic_kl(model, q, x):
@@ -107,35 +141,43 @@ def elbo(model, x: torch.Tensor, *, num_samples: int = 1, analytic_kl: bool = Tr
     analytic_kl : bool
         Use the closed-form KL when the model has ``prior(x)`` and torch knows the pair.
     max_elements : int
-        Bound on samples x examples x data values held at once.
+        Bound on samples x examples x data values held at once (see :func:`chunk_plan`);
+        the default, 2**23, is 32 MiB of float32 per tensor of decoder output.
 
     Returns
     -------
     ELBORecord
     """
-    if not isinstance(num_samples, int) or num_samples < 1:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"num_samples must be a positive integer; got {num_samples!r}.")
-    q = model.encoder_distribution(x)
-    kl_exact = _analytic_kl(model, q, x) if analytic_kl else None
-    per_sample_rec, per_sample_total = [], []
-    chunk = _chunk(max_elements, x)
-    for start in range(0, num_samples, chunk):
-        s = min(chunk, num_samples - start)
-        z = q.sample((s,))  # (s, N, L)
-        rec = model.log_likelihood(x, z)  # (s, N)
-        if kl_exact is None:
-            kl_s = q.log_prob(z) - model.prior_log_prob(z)  # (s, N)
-        else:
-            kl_s = kl_exact.expand_as(rec)
-        per_sample_rec.append(rec)
-        per_sample_total.append(rec - kl_s)
-    rec = torch.cat(per_sample_rec)  # (S, N)
-    total = torch.cat(per_sample_total)  # (S, N)
-    mean_total = total.mean(0)
-    mean_rec = rec.mean(0)
-    kl = kl_exact if kl_exact is not None else mean_rec - mean_total
-    se = total.std(0, unbiased=True) / math.sqrt(num_samples) if num_samples > 1 else None
-    return ELBORecord(total=mean_total, reconstruction=mean_rec, kl=kl, mc_stderr=se)
+    n = x.shape[0]
+    block, chunk = chunk_plan(n, _data_size(x), max_elements)
+    totals, recs, kls, ses = [], [], [], []
+    for b0 in range(0, n, block):
+        xb = x[b0:b0 + block]  # (B, *data_shape)
+        q = model.encoder_distribution(xb)
+        kl_exact = _analytic_kl(model, q, xb) if analytic_kl else None
+        rec_parts, total_parts = [], []
+        for start in range(0, num_samples, chunk):
+            s = min(chunk, num_samples - start)
+            z = q.sample((s,))  # (s, B, L)
+            rec = model.log_likelihood(xb, z)  # (s, B)
+            if kl_exact is None:
+                kl_s = q.log_prob(z) - model.prior_log_prob(z)  # (s, B)
+            else:
+                kl_s = kl_exact.expand_as(rec)
+            rec_parts.append(rec)
+            total_parts.append(rec - kl_s)
+        rec = torch.cat(rec_parts)  # (S, B)
+        total = torch.cat(total_parts)  # (S, B)
+        mean_total, mean_rec = total.mean(0), rec.mean(0)
+        totals.append(mean_total)
+        recs.append(mean_rec)
+        kls.append(kl_exact if kl_exact is not None else mean_rec - mean_total)
+        if num_samples > 1:
+            ses.append(total.std(0, unbiased=True) / math.sqrt(num_samples))
+    return ELBORecord(total=torch.cat(totals), reconstruction=torch.cat(recs), kl=torch.cat(kls),
+                      mc_stderr=torch.cat(ses) if ses else None)
 
 
 @torch.no_grad()
@@ -143,8 +185,9 @@ def iwae_bound(model, x: torch.Tensor, k: int, *, chunk_size: int | None = None,
                max_elements: int = DEFAULT_MAX_ELEMENTS) -> IWAERecord:
     """The importance-weighted lower bound log (1/k) sum_i w_i, w_i = p(x, z_i) / q(z_i|x).
 
-    All examples of ``x`` are scored together; the k samples are drawn in chunks and folded
-    into a running log-sum-exp, so k = 5000 needs the memory of one chunk only.
+    The examples are taken in blocks and, for each block, the k samples are drawn in chunks
+    folded into a running log-sum-exp (:func:`chunk_plan`), so that k = 5000 on the whole MNIST
+    test set needs the memory of one chunk of at most ``max_elements`` data values.
 
     Parameters
     ----------
@@ -154,24 +197,30 @@ def iwae_bound(model, x: torch.Tensor, k: int, *, chunk_size: int | None = None,
         Importance samples per example; k = 1 is an unbiased single-sample ELBO estimate.
     chunk_size : int, optional
         Samples per chunk; default: as many as fit in ``max_elements`` data values.
+    max_elements : int
+        Bound on samples x examples x data values held at once; the default, 2**23, is 32 MiB
+        of float32 per tensor of decoder output.
 
     Returns
     -------
     IWAERecord
     """
-    if not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"k (importance samples) must be a positive integer; got {k!r}.")
-    q = model.encoder_distribution(x)
     n = x.shape[0]
-    chunk = chunk_size or _chunk(max_elements, x)
+    block, chunk = chunk_plan(n, _data_size(x), max_elements, chunk_size)
     lse1 = torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)  # log sum w
     lse2 = torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)  # log sum w^2
-    for start in range(0, k, chunk):
-        s = min(chunk, k - start)
-        z = q.sample((s,))  # (s, N, L)
-        log_w = (model.log_likelihood(x, z) + model.prior_log_prob(z) - q.log_prob(z)).double()
-        lse1 = torch.logaddexp(lse1, torch.logsumexp(log_w, 0))  # (N,)
-        lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * log_w, 0))
+    for b0 in range(0, n, block):
+        sl = slice(b0, min(b0 + block, n))
+        xb = x[sl]  # (B, *data_shape)
+        q = model.encoder_distribution(xb)
+        for start in range(0, k, chunk):
+            s = min(chunk, k - start)
+            z = q.sample((s,))  # (s, B, L)
+            log_w = (model.log_likelihood(xb, z) + model.prior_log_prob(z) - q.log_prob(z)).double()
+            lse1[sl] = torch.logaddexp(lse1[sl], torch.logsumexp(log_w, 0))  # (B,)
+            lse2[sl] = torch.logaddexp(lse2[sl], torch.logsumexp(2 * log_w, 0))
     total = lse1 - math.log(k)
     se = None
     if k > 1:
@@ -179,3 +228,8 @@ def iwae_bound(model, x: torch.Tensor, k: int, *, chunk_size: int | None = None,
         rel_var = (k * torch.exp(lse2 - 2 * lse1) - 1).clamp_min(0)
         se = (rel_var / k).sqrt().to(x.dtype)
     return IWAERecord(total=total.to(x.dtype), mc_stderr=se, k=k)
+
+
+def _data_size(x: torch.Tensor) -> int:
+    """Values per example: prod(x.shape[1:])."""
+    return max(1, math.prod(x.shape[1:]))
