@@ -97,7 +97,9 @@ def compare(spec: CompareSpec) -> dict:
             code = cli_main(argv)
             if code:
                 raise ConfigError(f"training {name} failed (exit {code}); see the message above.")
+        print(f"[compare] scoring {name} ({run_dir})", flush=True)
         rows[name] = _evaluate_run(run_dir, spec)
+        print(f"[compare] scored {name} in {rows[name]['eval']['eval_seconds']:.0f} s", flush=True)
 
     results = {
         "data": spec.data,
@@ -107,7 +109,11 @@ def compare(spec: CompareSpec) -> dict:
         "data_options": {n: r["data_options"] for n, r in rows.items()},
     }
     if rows:
-        results["models"][REFERENCE_ROW] = _reference(next(iter(rows.values()))["data"], spec)
+        print("[compare] scoring the reference row (validation data as samples)", flush=True)
+        first, row = next(iter(rows.items()))
+        results["models"][REFERENCE_ROW] = _reference(row["data"], spec)
+        results["reference"] = {"representation_of": first, "data_options": row["data_options"],
+                                "n": sample_count(row["data"])}
     results["paired_differences"] = _paired(rows, out)
     results["vae_vs_gan"] = _lecture_table(rows, spec)
     results["model_choice"] = _model_choice(rows, spec, out)
@@ -132,10 +138,19 @@ class _HeldOut:
         return self.data.val[:n]
 
 
+def sample_count(data) -> int:
+    """Samples drawn per model for the sample metrics, compared with as many test examples:
+    the size of the validation split (at most 10,000), so that the reference row, which can
+    offer no more real examples than that, is scored with the same count as every model (the
+    Frechet distance between finite sets is biased upwards by about 1/n)."""
+    return min(10_000, data.val.shape[0], data.test.shape[0])
+
+
 def _reference(data, spec: CompareSpec) -> dict:
     from probgen.eval import evaluate
 
-    ev = evaluate(_HeldOut(data), data, "test", limit=spec.eval_limit, model_name=REFERENCE_ROW)
+    ev = evaluate(_HeldOut(data), data, "test", limit=spec.eval_limit, model_name=REFERENCE_ROW,
+                  n_samples=sample_count(data))
     for m in ev["metrics"].values():
         if m.get("value") is None:
             m["reason"] = "reference row: real validation examples, not a model"
@@ -160,7 +175,7 @@ def _evaluate_run(run_dir: Path, spec: CompareSpec) -> dict:
     t0 = time.perf_counter()
     ev = evaluate(model, data, "test", k=spec.k, limit=spec.eval_limit, ais=spec.ais,
                   ais_steps=spec.ais_steps, parzen=spec.parzen, model_name=run.config["model"],
-                  per_example=per_example)
+                  per_example=per_example, n_samples=sample_count(data))
     ev["eval_seconds"] = time.perf_counter() - t0
     train = run.path / "train.json"
     seconds = json.loads(train.read_text()).get("seconds") if train.exists() else None

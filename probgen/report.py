@@ -80,6 +80,21 @@ def _figures(results: dict, rows: dict, out: Path) -> list[tuple[str, Path]]:
     return figs
 
 
+def _reference_text(results: dict) -> str | None:
+    """How the sample metrics were computed and how to read them against the reference row."""
+    ref = results.get("reference")
+    if not ref or not any("frechet_distance" in ev["metrics"] for ev in results["models"].values()):
+        return None
+    return (f"Sample metrics (Frechet, kernel, precision, recall, density, coverage) put "
+            f"{ref['n']} samples of each model against as many test examples, in the feature "
+            "space of a classifier trained on the training split; each model is scored against "
+            "the test split in its own representation (binarised or grey), the one its samples "
+            "are drawn in. The reference row puts as many real examples of the validation split "
+            f"(in the representation of the {ref['representation_of']} run: "
+            f"`{ref['data_options']}`) in the place of samples: it is what a perfect model would "
+            "score, not zero, and every model's row is read against it.")
+
+
 def write_reports(results: dict, rows: dict, out: Path, *, columns) -> tuple[Path, Path]:
     out = Path(out)
     header, body, notes = table_rows(results, columns)
@@ -94,6 +109,9 @@ def write_reports(results: dict, rows: dict, out: Path, *, columns) -> tuple[Pat
     md += ["| " + " | ".join(r) + " |" for r in body]
     if notes:
         md += ["", "Blanks:", ""] + [f"{i + 1}. {n}" for i, n in enumerate(notes)]
+    ref_text = _reference_text(results)
+    if ref_text:
+        md += ["", ref_text]
     if any("parzen" in ev["metrics"] for ev in results["models"].values()):
         md += ["", f"> {PARZEN_NOTE}"]
     md += ["", "## Data options per run", ""]
@@ -138,12 +156,12 @@ def write_reports(results: dict, rows: dict, out: Path, *, columns) -> tuple[Pat
     md_path.write_text("\n".join(md) + "\n")
 
     html_path = out / "report.html"
-    html_path.write_text(_html(results, header, body, notes, figs, md))
+    html_path.write_text(_html(results, header, body, notes, figs, md, ref_text))
     print(f"wrote {out / 'results.json'}, {md_path} and {html_path}")
     return md_path, html_path
 
 
-def _html(results, header, body, notes, figs, md_lines) -> str:
+def _html(results, header, body, notes, figs, md_lines, ref_text=None) -> str:
     esc = html.escape
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
              f"<title>probgen compare: {esc(results['data'])}</title>",
@@ -162,6 +180,8 @@ def _html(results, header, body, notes, figs, md_lines) -> str:
     parts.append("</tbody></table>")
     if notes:
         parts.append("<ol class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ol>")
+    if ref_text:
+        parts.append(f"<p class='reference'>{esc(ref_text).replace('`', '')}</p>")
     # the remaining sections, rendered from the markdown tables
     in_table = False
     for line in md_lines[md_lines.index("## Data options per run"):]:

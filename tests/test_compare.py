@@ -38,3 +38,21 @@ def test_compare_unknown_model_is_a_clear_error(tmp_path, capsys):
     assert main(["compare", "--data", "ring8", "--models", "gmm,vea", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "unknown model(s) 'vea'" in err and "Did you mean 'vae'" in err
+
+
+def test_compare_on_images_scores_reference_and_models_with_the_same_counts(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROBGEN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "cmp"
+    assert main(["compare", "--data", "digits", "--models", "ppca", "--budget", "0.2",
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    ref = results["models"][REFERENCE_ROW]["metrics"]
+    ppca = results["models"]["ppca"]["metrics"]
+    # digits: 180 validation examples; every row draws that many and meets as many test examples
+    for row in (ref, ppca):
+        assert row["frechet_distance"]["extra"]["n_generated"] == 180
+        assert row["frechet_distance"]["extra"]["n_real"] == 180
+    # real held-out digits are closer to the test digits than PPCA's noisy samples are
+    assert ref["frechet_distance"]["value"] < ppca["frechet_distance"]["value"]
+    assert ref["precision"]["value"] > ppca["precision"]["value"]
+    assert "validation split" in (out / "report.md").read_text()
