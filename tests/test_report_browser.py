@@ -81,3 +81,46 @@ def test_report_loads_in_headless_chromium(small_report, tmp_path):
     shot = tmp_path / "shot.png"
     check_page(page, shot)
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+@pytest.fixture
+def demo_pages(tmp_path, small_report):
+    """The demo's index over a real (smoke, one-problem) KL demo page and a compare report."""
+    from probgen.demo import write_index, write_kl_page
+    from probgen.kl_demo import run_kl_demo
+
+    kl = run_kl_demo(tmp_path / "kl", smoke=True, problems=["1d"])
+    kl_page = write_kl_page(kl, tmp_path / "kl")
+    _, compare_page = small_report
+    index = write_index(tmp_path, [("KL", kl_page), ("compare", compare_page)])
+    return index, kl, kl_page
+
+
+def test_demo_index_links_every_part_including_the_kl_page(demo_pages, tmp_path):
+    import re
+
+    index, kl, kl_page = demo_pages
+    links = re.findall(r"href='([^']+)'", index.read_text())
+    assert links == ["kl/report.html", "report.html"]
+    assert all((tmp_path / link).is_file() for link in links)
+    page = kl_page.read_text()
+    f = kl["problems"]["1d"]["forward"]
+    assert f"{f['kl_p_q']:.4f}" in page and "data:image/png;base64," in page
+    assert "<script" not in page and "http" not in page.split("<body>")[1]
+
+
+def test_demo_index_refuses_a_missing_page(tmp_path):
+    from probgen.demo import write_index
+    from probgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="would link .*missing.html, which was not written"):
+        write_index(tmp_path, [("gone", tmp_path / "missing.html")])
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed")
+def test_demo_pages_load_in_headless_chromium(demo_pages, tmp_path):
+    index, _, kl_page = demo_pages
+    for i, page in enumerate((index, kl_page)):
+        shot = tmp_path / f"shot{i}.png"
+        check_page(page, shot)
+        assert shot.exists() and shot.stat().st_size > 5_000
