@@ -117,7 +117,10 @@ class Autoencoder(nn.Module):
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         """Mean reconstruction loss per example of the clean x from its (corrupted) input."""
         if tuple(x.shape[1:]) != self.data_shape:
-            raise DataError(f"x must have shape (N, {', '.join(map(str, self.data_shape))}); got {tuple(x.shape)}.")
+            shape = ", ".join(map(str, self.data_shape))
+            raise DataError(f"x must have shape (N, {shape}), the data shape this autoencoder was built "
+                            f"for; got {tuple(x.shape)}. Reshape x to (N, {shape}), or build the "
+                            "autoencoder with the data's own shape.")
         inp = self.corrupt(x) if self.training else x
         return self._loss(self.decoder(self.encoder(inp)), x).mean()
 

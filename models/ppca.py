@@ -142,8 +142,10 @@ class PPCA(nn.Module):
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.data_shape and tuple(x.shape[1:]) != (self.dim,):
-            raise DataError(f"x must have shape (N, {', '.join(map(str, self.data_shape))}); "
-                            f"got {tuple(x.shape)}.")
+            shape = ", ".join(map(str, self.data_shape))
+            raise DataError(f"x must have shape (N, {shape}) or (N, {self.dim}), the data shape this "
+                            f"PPCA was built for; got {tuple(x.shape)}. Reshape x, or build the model "
+                            "with the data's own shape.")
         return x.reshape(x.shape[0], self.dim)  # (N, D)
 
     # -- closed-form maximum likelihood

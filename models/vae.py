@@ -224,8 +224,10 @@ class VAE(nn.Module):
 
     def _check_shape(self, x: torch.Tensor) -> None:
         if tuple(x.shape[1:]) != self.data_shape:
-            raise DataError(f"x must have shape (N, {', '.join(map(str, self.data_shape))}); "
-                            f"got {tuple(x.shape)}.")
+            shape = ", ".join(map(str, self.data_shape))
+            raise DataError(f"x must have shape (N, {shape}), the data shape this VAE was built for; "
+                            f"got {tuple(x.shape)}. Reshape x to (N, {shape}), or build the VAE "
+                            "with the data's own shape.")
 
     def model(self, x: torch.Tensor, num_data: int | None = None) -> None:
         """p(z) p(x|z) over a batch ``x`` (N, *data_shape); ``num_data`` scales to the data set."""

@@ -26,6 +26,14 @@ __all__ = [
 class ProbgenError(Exception):
     """Base class of the errors that the command line shows as one message."""
 
+    def __str__(self) -> str:
+        # Pyro re-raises an error from inside a model or guide as type(e)(f"{e}\n{shapes}"),
+        # with the trace's shape table appended; our messages are whole without it (the
+        # original error stays chained as __cause__ for --debug).
+        text = super().__str__()
+        cut = text.find("\nTrace Shapes:")
+        return text if cut < 0 else text[:cut]
+
 
 class DataError(ProbgenError, ValueError):
     """Data that cannot be used as given (unknown name, NaN values, wrong shape, ...)."""

@@ -267,7 +267,7 @@ class Run:
                 run = cls(path, merged)
                 atomic_write_json(cfg_file, merged)
                 return run
-            if not overwrite:
+            if not overwrite and not _never_started(path):
                 raise ConfigError(
                     f"{path} already holds a run (model={_peek_model(cfg_file)!r}). "
                     "Pass --resume to continue it, --overwrite to replace it, or choose another --out."
@@ -412,6 +412,19 @@ def load_checkpoint_file(path, *, map_location="cpu", expected_model: str | None
             f"{path} holds a {payload.get('model')!r} model, but the run is a {expected_model!r} run."
         )
     return payload
+
+
+def _never_started(path: Path) -> bool:
+    """True when ``path`` holds only what :meth:`Run.create` writes before training starts
+    (config.json and an empty checkpoints/ folder): a start refused for its data or options.
+    Such a folder holds nothing to lose, and the corrected command may take it over."""
+    for p in path.iterdir():
+        if p.name == "config.json" and p.is_file():
+            continue
+        if p.name in ("checkpoints", "figures") and p.is_dir() and not any(p.iterdir()):
+            continue
+        return False
+    return True
 
 
 def _read_json(path: Path, what: str) -> dict:

@@ -134,6 +134,13 @@ class Dataset:
             raise DataError(f"the {split} split of {self.name!r} is empty: nothing to iterate over.")
         if batch_size < 1:
             raise DataError(f"batch_size must be a positive integer; got {batch_size}.")
+        if drop_last and n < batch_size:
+            # no full batch: iterating would silently do nothing (an epoch without a step)
+            raise DataError(
+                f"the {split} split of {self.name!r} has {n} example(s), fewer than one batch of "
+                f"{batch_size}, and drop_last=True drops that partial batch. Use batch_size <= {n}, "
+                "drop_last=False, or more data."
+            )
         y = self.labels(split) if with_labels else None
         if with_labels and y is None:
             self.labels(split, required_for="iterating with labels")

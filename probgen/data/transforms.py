@@ -178,7 +178,8 @@ def check_limit(limit) -> int | None:
     if limit is None:
         return None
     if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1:
-        raise DataError(f"limit must be a positive number of training examples or None; got {limit!r}.")
+        raise DataError(f"limit must be a positive number of training examples or None; got {limit!r}. "
+                        "Give --limit N with N >= 1, or leave --limit out to use every example.")
     return int(limit)
 
 
@@ -239,9 +240,15 @@ def make_dataset(
         lo = min(float(t.min()) for t in (train, val, test))
         hi = max(float(t.max()) for t in (train, val, test))
         if lo < 0.0 or hi > 1.0:
+            whole = all(torch.equal(t, t.round()) for t in (train, val, test))
+            pixels_hint = (" They look like 0..255 pixels: divide them by 255 (or save them as uint8, "
+                           "which is read as pixels) and keep the binarisation."
+                           if lo >= 0 and hi <= 255 and whole else "")
             raise DataError(
-                f"binarize={binarize!r} draws Bernoulli(value) and needs values in [0, 1], but "
-                f"{name!r} ({kind} data) holds values in [{lo:.4g}, {hi:.4g}]. Use binarize='none'."
+                f"binarize={binarize!r} (--binarize) draws Bernoulli(value) and needs values in "
+                f"[0, 1], but {name!r} ({kind} data) holds values in [{lo:.4g}, {hi:.4g}].{pixels_hint} "
+                "Otherwise use binarize='none' (--binarize none) with a model for real values "
+                "(e.g. a Gaussian likelihood)."
             )
 
     if binarize == "fixed":
