@@ -153,6 +153,16 @@ class GANTrainer:
         self.opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d or lr, betas=tuple(betas))
         self.amp = bool(amp)
         self.step_count = 0
+        # Across processes (torchrun): DistributedDataParallel wrappers average the gradients
+        # of the passes that update a network -- D in the discriminator step, G in the
+        # generator step; the other network runs unwrapped there (no gradient to share).
+        # broadcast_buffers=False: each process keeps its BatchNorm running statistics, and the
+        # two D passes of a step do not trip DDP's in-place buffer broadcast.
+        from probgen import distributed as pdist
+
+        self._dist = pdist.info()
+        self._G_sync = pdist.wrap_ddp(generator, self.device)
+        self._D_sync = pdist.wrap_ddp(discriminator, self.device)
 
     @property
     def device(self) -> torch.device:
@@ -164,7 +174,17 @@ class GANTrainer:
         return contextlib.nullcontext()
 
     def _noise(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.latent_dim, device=self.device)
+        """``n`` latent draws. Across processes every process draws the noise of the whole
+        global batch (their RNGs agree) and keeps its slice, so that a step in N processes
+        is the step of one process with the global batch."""
+        d = self._dist
+        z = torch.randn(n * d.world_size, self.latent_dim, device=self.device)
+        return z[d.rank * n:(d.rank + 1) * n] if d.distributed else z
+
+    def _uniform(self, n: int, *shape) -> torch.Tensor:
+        d = self._dist
+        u = torch.rand(n * d.world_size, *shape, device=self.device)
+        return u[d.rank * n:(d.rank + 1) * n] if d.distributed else u
 
     def _check_batch(self, real: torch.Tensor) -> None:
         if real.shape[0] % self.pack:
@@ -195,12 +215,12 @@ class GANTrainer:
             fake = self.G(self._noise(b))
         parts = [real, fake.to(real.dtype)]
         if self.loss.gradient_penalty:
-            eps = torch.rand(b // self.pack, *([1] * (real.dim() - 1)), device=real.device)
+            eps = self._uniform(b // self.pack, *([1] * (real.dim() - 1))).to(real.device)
             eps = eps.repeat_interleave(self.pack, dim=0)  # one mixing weight per packed group
             parts.append((eps * real + (1 - eps) * parts[1]).requires_grad_(True))
         x = torch.cat(parts)  # (2B or 3B, *shape)
         with self._autocast():
-            logits = self.D(x).float()
+            logits = self._D_sync(x).float()
         m = b // self.pack
         real_l, fake_l = logits[:m], logits[m:2 * m]
         loss = self.loss.d_loss(real_l, fake_l)
@@ -221,7 +241,7 @@ class GANTrainer:
         _set_requires_grad(self.D, False)
         try:
             with self._autocast():
-                fake = self.G(self._noise(b))
+                fake = self._G_sync(self._noise(b))
                 if self.batch_stats:
                     logits = self.D(torch.cat([real, fake.to(real.dtype)]))[b // self.pack:]
                 else:
@@ -283,22 +303,30 @@ class EpochSampler:
     uninterrupted one without saving any iterator state. Incomplete last batches are dropped.
     """
 
-    def __init__(self, x: torch.Tensor, batch_size: int, *, seed: int = 0):
-        if batch_size < 1 or batch_size > x.shape[0]:
+    def __init__(self, x: torch.Tensor, batch_size: int, *, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        gb = int(batch_size) * int(world_size)
+        if batch_size < 1 or gb > x.shape[0]:
+            across = f" ({world_size} processes x {batch_size})" if world_size > 1 else ""
             raise ConfigError(
-                f"batch size must be between 1 and the {x.shape[0]} training examples; got {batch_size}."
+                f"batch size{across} must be between 1 and the {x.shape[0]} training examples; "
+                f"got {gb}. Lower --batch-size."
             )
         self.x, self.batch_size, self.seed = x, int(batch_size), int(seed)
-        self.per_epoch = x.shape[0] // batch_size
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.per_epoch = x.shape[0] // gb
         self._epoch, self._perm = -1, None
 
     def batch(self, k: int) -> torch.Tensor:
+        """Batch ``k``; across processes, this process's slice of global batch ``k``."""
         epoch, pos = divmod(int(k), self.per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._perm = torch.randperm(self.x.shape[0], generator=g).to(self.x.device)
             self._epoch = epoch
-        return self.x[self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]]
+        b, gb = self.batch_size, self.batch_size * self.world_size
+        start = pos * gb + self.rank * b
+        return self.x[self._perm[start:start + b]]
 
 
 @dataclass
@@ -343,6 +371,8 @@ def fit_gan(trainer: GANTrainer, sampler: EpochSampler, steps: int, *, d_steps: 
     schedule = LR_SCHEDULES[lr_schedule]
     import time
 
+    from probgen import distributed as pdist
+
     t0 = time.perf_counter()
     history: list[dict] = []
     acc: dict[str, torch.Tensor] = {}
@@ -357,7 +387,9 @@ def fit_gan(trainer: GANTrainer, sampler: EpochSampler, steps: int, *, d_steps: 
             acc[key] = acc.get(key, 0.0) + v
         count += 1
         if trainer.step_count % log_every == 0 or trainer.step_count == steps:
-            out = {"step": trainer.step_count, **{k2: float(v) / count for k2, v in acc.items()}}
+            means = torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in acc.values()]) / count
+            means = pdist.all_reduce_mean(means)  # over processes too
+            out = {"step": trainer.step_count, **{k2: float(v) for k2, v in zip(acc, means)}}
             history.append(out)
             acc, count = {}, 0
             if callback is not None:

@@ -625,7 +625,8 @@ def precision_cholesky_from_precisions(precisions: Tensor, covariance_type: str)
 
 def run_em(x: Tensor, params: MixtureParams, *, tol: float = 1e-3, max_iter: int = 100,
            reg_covar: float = 1e-6, block_size: int | None = None,
-           callback: Callable[[int, float], None] | None = None) -> EMResult:
+           callback: Callable[[int, float], None] | None = None,
+           reduce: Callable[[SufficientStats], SufficientStats] | None = None) -> EMResult:
     """EM from ``params`` until the mean log-likelihood changes by less than ``tol``.
 
     Each iteration is one :func:`e_step` (whose log-likelihood, divided by ``N``, is the
@@ -639,6 +640,10 @@ def run_em(x: Tensor, params: MixtureParams, *, tol: float = 1e-3, max_iter: int
         Starting point, in the dtype and on the device of ``x``.
     tol, max_iter, reg_covar : as :class:`probgen.models.gmm.GaussianMixture`
     callback : callable(iteration, lower_bound), optional
+    reduce : callable(SufficientStats) -> SufficientStats, optional
+        Pools the statistics of the data shards before the M-step: with ``x`` one process's
+        rows and :func:`probgen.distributed.all_reduce_stats`, EM across processes, where
+        every process then takes the same M-step and the same stopping decision.
 
     Returns
     -------
@@ -649,6 +654,8 @@ def run_em(x: Tensor, params: MixtureParams, *, tol: float = 1e-3, max_iter: int
     for it in range(1, max_iter + 1):
         prev = lower_bound
         stats = e_step(x, result.params, block_size=block_size)
+        if reduce is not None:
+            stats = reduce(stats)
         lower_bound = float(stats.log_likelihood) / stats.n
         if not math.isfinite(lower_bound):
             raise CovarianceError(

@@ -110,10 +110,31 @@ def _num_examples(data) -> int | None:
     return int(data[0].shape[0])
 
 
-def _epoch_batches(data, batch_size: int | None) -> Iterator[tuple]:
-    """One pass over ``data`` as tuples of positional arguments."""
+def _epoch_batches(data, batch_size: int | None, *, seed: int | None = None,
+                   epoch: int = 0) -> Iterator[tuple]:
+    """One pass over ``data`` as tuples of positional arguments.
+
+    With ``seed``, the order (and a Dataset's dynamic binarisation) is a function of
+    ``(seed, epoch)`` and each process takes its slice of every global batch
+    (:mod:`probgen.distributed`); without it, torch's global RNG shuffles.
+    """
     if data is None:
         yield ()
+        return
+    if seed is not None:
+        from probgen import distributed as pdist
+
+        if hasattr(data, "batches"):
+            for xb in pdist.dataset_batches(data, batch_size or int(data.train.shape[0]),
+                                            seed=seed, epoch=epoch):
+                yield (xb,)
+            return
+        tensors = (data,) if isinstance(data, torch.Tensor) else tuple(data)
+        n = tensors[0].shape[0]
+        for idx in pdist.global_batches(n, batch_size or n, seed=seed, epoch=epoch,
+                                        drop_last=pdist.info().distributed):
+            idx = idx.to(tensors[0].device)
+            yield tuple(t[idx] for t in tensors)
         return
     if hasattr(data, "batches"):  # a probgen Dataset: fresh binarisation per batch where asked
         n = data.train.shape[0]
@@ -216,6 +237,7 @@ def fit_loss(
     start_step: int = 0,
     optim_state: dict | None = None,
     progress: bool = False,
+    seed: int | None = None,
 ) -> FitResult:
     """Minimise ``loss_fn(*batch)`` over minibatches of ``data`` with a torch optimiser.
 
@@ -267,6 +289,16 @@ def fit_loss(
         Continue a run: epochs and steps already done, and the optimiser's state dict.
     progress : bool
         Show a tqdm bar over epochs (only when stderr is a terminal).
+    seed : int, optional
+        Make every epoch a function of ``(seed, epoch)``: the batch order, a Dataset's dynamic
+        binarisation and, reseeded at the start of each epoch, torch's global RNG (Pyro's
+        samples). A run resumed at an epoch boundary then continues exactly, with no RNG
+        state to restore. Needed across processes (``torchrun``; :mod:`probgen.distributed`):
+        there ``batch_size`` is per process, each process takes its slice of every global
+        batch, draws its own noise (the reseed includes its rank), and the gradients are
+        averaged over processes before every update, so the update is that of one process
+        with the global batch. A non-finite loss or gradient on any process skips the step
+        on all of them.
 
     Returns
     -------
@@ -291,13 +323,21 @@ def fit_loss(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=int(total_epochs), initial=start_epoch, unit="epoch", leave=False)
+    from probgen import distributed as pdist
+
+    dist = pdist.info()
+    if dist.distributed and seed is None:
+        raise ConfigError("training across processes needs seed= (the batches of every process "
+                          "are cut from one seeded order).")
     consecutive = 0
     step = start_step
     epoch = start_epoch
     try:
         while epoch < total_epochs and step < total_steps:
             ep_sum, ep_n = 0.0, 0
-            for batch in _epoch_batches(data, batch_size):
+            if seed is not None:
+                torch.manual_seed(pdist.epoch_seed(seed, epoch, dist.rank))
+            for batch in _epoch_batches(data, batch_size, seed=seed, epoch=epoch):
                 if step >= total_steps:
                     break
                 with warnings.catch_warnings():
@@ -320,10 +360,11 @@ def fit_loss(
                         with validation_enabled(False):
                             loss = loss_fn(*batch)
                 value = float(loss.detach())
-                bad = not math.isfinite(value)
+                bad = pdist.any_true(not math.isfinite(value))
                 if not bad:
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    pdist.sync_gradients(param_list)
                     if step == start_step and all(p.grad is None for p in param_list):
                         raise ConfigError(
                             "no parameter received a gradient from the loss. With Pyro this "
@@ -359,6 +400,9 @@ def fit_loss(
                     step_callback(step, value)
             epoch += 1
             result.steps, result.epochs = step, epoch
+            if dist.distributed:  # the epoch's mean loss over all processes
+                t = pdist.all_reduce_sum(torch.tensor([ep_sum, float(ep_n)], dtype=torch.float64))
+                ep_sum, ep_n = float(t[0]), int(t[1])
             state = FitState(epoch=epoch, step=step,
                              epoch_loss=ep_sum / ep_n if ep_n else math.nan, result=result)
             result.epoch_losses.append(state.epoch_loss)
@@ -402,12 +446,14 @@ def fit_svi(
     start_step: int = 0,
     optim_state: dict | None = None,
     progress: bool = False,
+    seed: int | None = None,
 ) -> FitResult:
     """Fit ``guide`` to the posterior of ``model`` by maximising the ELBO.
 
     ``model`` and ``guide`` are any Pyro pair with the same signature; each step calls
     them with one minibatch (see :func:`fit_loss` for ``data``, ``epochs``, ``steps``,
-    ``batch_size``, ``optim``, ``on_nan``, ``validate`` and the hooks) plus ``**model_kwargs``.
+    ``batch_size``, ``optim``, ``on_nan``, ``validate``, ``seed`` -- which also trains across
+    processes -- and the hooks) plus ``**model_kwargs``.
     A model whose likelihood sits in ``pyro.plate("data", size=N, subsample=...)`` gets
     a minibatch ELBO scaled to the full data set; pass ``N`` through ``model_kwargs``
     (e.g. ``{"num_data": N}`` for :class:`probgen.models.vae.VAE`).
@@ -445,5 +491,5 @@ def fit_svi(
         loss_fn, None, data, epochs=epochs, steps=steps, batch_size=batch_size, optim=optim,
         lr=lr, on_nan=on_nan, validate=validate, callbacks=callbacks, step_callback=step_callback,
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, start_epoch=start_epoch,
-        start_step=start_step, optim_state=optim_state, progress=progress,
+        start_step=start_step, optim_state=optim_state, progress=progress, seed=seed,
     )

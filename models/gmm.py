@@ -250,15 +250,21 @@ class GaussianMixture:
         return out
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y=None) -> GaussianMixture:
+    def fit(self, X, y=None, *, data_parallel: bool = False) -> GaussianMixture:
         """Fit by EM, ``n_init`` times, keeping the best lower bound; returns ``self``.
 
         Parameters
         ----------
         X : array-like or Tensor, shape (n_samples, n_features)
         y : ignored
+        data_parallel : bool
+            Across processes (``torchrun``, :mod:`probgen.distributed`): every process passes
+            the same full ``X``; the initialisation is computed from it (the same on all),
+            and each E-step runs on this process's share of the rows, with the sufficient
+            statistics summed over processes. The fit is that of one process, to rounding.
+            Ignored in a single process.
         """
-        self._fit(X, stacklevel=3)
+        self._fit(X, stacklevel=3, data_parallel=data_parallel)
         return self
 
     def fit_predict(self, X, y=None):
@@ -266,7 +272,7 @@ class GaussianMixture:
         self._fit(X, stacklevel=3)
         return self.predict(X)
 
-    def _fit(self, X, *, stacklevel: int) -> None:
+    def _fit(self, X, *, stacklevel: int, data_parallel: bool = False) -> None:
         self._validate_params()
         dtype = _resolve_dtype(self.dtype)
         dev = self._device(X)
@@ -278,11 +284,19 @@ class GaussianMixture:
                             "data or fewer components.")
         inits = self._check_inits(d, dev, dtype)
         gen = make_generator(self.random_state)
+        x_em, reduce = x, None
+        if data_parallel:
+            from probgen import distributed as pdist
+
+            dist = pdist.info()
+            if dist.distributed:
+                x_em = x.tensor_split(dist.world_size)[dist.rank]  # (about N / world, D)
+                reduce = pdist.all_reduce_stats
         best = None
         for _ in range(self.n_init):
             start = self._initial_params(x, inits, gen)
-            res = run_em(x, start, tol=self.tol, max_iter=self.max_iter,
-                         reg_covar=self.reg_covar)
+            res = run_em(x_em, start, tol=self.tol, max_iter=self.max_iter,
+                         reg_covar=self.reg_covar, reduce=reduce)
             lb = res.lower_bounds[-1] if res.lower_bounds else -math.inf
             if best is None or lb > best[0]:
                 best = (lb, res)

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--no-figures", action="store_true", help="skip the figures")
         mp.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="stop training (with a checkpoint) once this much time has passed")
+        if getattr(recipe, "DISTRIBUTED", False):
+            mp.add_argument("--nproc", type=int, default=None, metavar="N",
+                            help="train in N processes on this machine (launches torchrun; "
+                                 "--batch-size is per process)")
         _add_common_data_args(mp)
         recipe.add_arguments(mp)
 
@@ -165,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "train" and args.model is None:
         parser.parse_args(["train", "--help"])
+    args._argv = argv
     handler = _COMMANDS[args.command]
     try:
         return handler(args) or 0
@@ -213,41 +218,95 @@ def load_run_data(config: dict, *, device="cpu", data_root=None, download=False)
     )
 
 
+def _train_argv_without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def _cmd_train(args) -> int:
-    from probgen.runs import Run, resolve_device, seed_everything
+    import os
 
     recipe = get_recipe(args.model)
+    nproc = getattr(args, "nproc", None)
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if under_torchrun and not getattr(recipe, "DISTRIBUTED", False):
+        supported = [m for m in RECIPES if getattr(get_recipe(m), "DISTRIBUTED", False)]
+        raise ConfigError(f"`probgen train {args.model}` trains in one process only; under "
+                          f"torchrun use one of: {', '.join(supported)}.")
+    if nproc is not None and not under_torchrun:
+        if nproc < 1:
+            raise ConfigError(f"--nproc must be a positive number of processes; got {nproc}.")
+        if nproc > 1:
+            from probgen import distributed as pdist
+
+            return pdist.launch(_train_argv_without_nproc(args._argv), nproc)
+    if not under_torchrun:
+        return _train(args, recipe)
+    from probgen import distributed as pdist
+    from probgen.runs import resolve_device
+
     device = resolve_device(args.device)
+    if device.type == "cuda":  # one GPU per process
+        device = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    pdist.setup(device)
+    try:
+        return _train(args, recipe, device=device)
+    finally:
+        pdist.cleanup()
+
+
+def _train(args, recipe, device=None) -> int:
+    from probgen import distributed as pdist
+    from probgen.runs import Run, StopControl, resolve_device, seed_everything
+
+    device = device if device is not None else resolve_device(args.device)
     skip = {"command", "model", "out", "resume", "overwrite", "debug", "device", "no_figures",
-            "binarize", "value_range", "download", "_parser"}
+            "binarize", "value_range", "download", "_parser", "_argv", "nproc"}
+    dist = pdist.info()
     config = {
         "model": args.model,
         "data": args.data,
         "data_options": _data_config(args, recipe),
         **{k: v for k, v in vars(args).items() if k not in skip},
+        "world_size": dist.world_size,
         "probgen_version": __version__,
     }
-    run = Run.create(args.out, config, resume=args.resume, overwrite=args.overwrite)
+    # rank 0 creates (or checks) the folder; the others read it and write nothing
+    run = pdist.share_outcome(Run.create, args.out, config, resume=args.resume,
+                              overwrite=args.overwrite)
+    if run is None:
+        run = Run.open(args.out, writer=False)
     seed_everything(run.config["seed"])
     data = load_run_data(run.config, device=device, data_root=args.data_root,
                          download=args.download)
-    from probgen.runs import StopControl
 
     t0 = time.perf_counter()
     with StopControl(args.time_budget) as run.stop:
         model = recipe.train(run, data, run.config, device)
     seconds = time.perf_counter() - t0
     if run.stop.signal_name:
-        print(f"stopped cleanly on {run.stop.signal_name}; the checkpoint in {run.checkpoint_path} "
-              "holds the last step. Continue with --resume.", file=sys.stderr)
+        if dist.is_main:
+            print(f"stopped cleanly on {run.stop.signal_name}; the checkpoint in "
+                  f"{run.checkpoint_path} holds the last step. Continue with --resume.", file=sys.stderr)
         return 128 + 15 if run.stop.signal_name == "SIGTERM" else 130
+    if not dist.is_main:
+        return 0
     previous = run.path / "train.json"
     if args.resume and previous.exists():
         import json
 
         seconds += json.loads(previous.read_text()).get("seconds", 0.0)
-    run.write_json("train.json", {"seconds": seconds, "device": str(device)})
-    print(f"trained {args.model} on {args.data} in {seconds:.1f} s -> {run.path}")
+    run.write_json("train.json", {"seconds": seconds, "device": str(device),
+                                  "processes": dist.world_size})
+    where = f" in {dist.world_size} processes" if dist.distributed else ""
+    print(f"trained {args.model} on {args.data}{where} in {seconds:.1f} s -> {run.path}")
     if not args.no_figures and hasattr(recipe, "figures"):
         paths = recipe.figures(model, data, run)
         if paths:

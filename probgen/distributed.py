@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["DistInfo", "setup", "cleanup", "info", "is_main", "barrier", "all_reduce_sum",
-           "global_batches", "wrap_ddp"]
+           "all_reduce_mean", "any_true", "share_outcome", "global_batches", "dataset_batches",
+           "sync_gradients", "all_reduce_stats", "epoch_seed", "wrap_ddp", "launch"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,60 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Average ``t`` over processes, in place, and return it (identity for one process)."""
+    if _INFO.distributed:
+        all_reduce_sum(t).div_(_INFO.world_size)
+    return t
+
+
+def any_true(flag: bool) -> bool:
+    """True on every process when ``flag`` is true on any of them.
+
+    Decisions that end a loop (a non-finite loss, a signal, a time budget) must be taken by
+    all processes at the same step, or the ones that carry on wait for the others forever.
+    """
+    if not _INFO.distributed:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0])
+    return bool(all_reduce_sum(t).item() > 0)
+
+
+def share_outcome(fn, *args, **kwargs):
+    """Run ``fn`` on rank 0 only and raise its error on every process.
+
+    For the steps only rank 0 may take (creating or checking the run folder): when rank 0
+    fails, the other processes stop with the same message instead of waiting for it.
+    Returns ``fn``'s result on rank 0 and ``None`` elsewhere.
+    """
+    if not _INFO.distributed:
+        return fn(*args, **kwargs)
+    import torch.distributed as dist
+
+    result, box = None, [None]
+    if _INFO.is_main:
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+            box = [(type(e).__module__, type(e).__name__, str(e))]
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is not None and not _INFO.is_main:
+        from probgen import errors
+
+        module, name, message = box[0]
+        cls = getattr(errors, name, None) if module == errors.__name__ else None
+        raise (cls or errors.ProbgenError)(message)
+    return result
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one process's random draws in one epoch: a function of (seed, epoch, rank)
+    alone, so that a run resumed at an epoch boundary draws what an uninterrupted one would."""
+    return (int(seed) * 1_000_003 + int(epoch)) * 1009 + int(rank) + 1
+
+
 def global_batches(n: int, batch_size: int, *, seed: int, epoch: int, device=None,
                    dist_info: DistInfo | None = None, drop_last: bool = False):
     """Yield this process's index slice of each global batch of one epoch.
@@ -121,6 +176,83 @@ def global_batches(n: int, batch_size: int, *, seed: int, epoch: int, device=Non
             yield mine.to(device) if device is not None else mine
 
 
+def dataset_batches(data, batch_size: int, *, seed: int, epoch: int, dist_info: DistInfo | None = None):
+    """This process's part of each global batch of a probgen Dataset's train split.
+
+    Like :func:`global_batches`, with the Dataset's dynamic binarisation drawn for the whole
+    global batch from a generator seeded by ``(seed, epoch)`` and then sliced, so the pixels a
+    process sees do not depend on the number of processes.
+    """
+    d = dist_info or _INFO
+    x = data.train
+    n = int(x.shape[0])
+    if n == 0:
+        from probgen.errors import DataError
+
+        raise DataError(f"the train split of {data.name!r} is empty: nothing to train on.")
+    gen = None
+    if data.binarize == "dynamic":
+        gen = torch.Generator(device=x.device).manual_seed(epoch_seed(seed, epoch, rank=-1))
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    order = torch.randperm(n, generator=g).to(x.device)
+    gb = batch_size * d.world_size
+    if d.distributed and n < gb:
+        from probgen.errors import ConfigError
+
+        raise ConfigError(f"{n} training examples are fewer than one global batch of {gb} "
+                          f"({d.world_size} processes x --batch-size {batch_size}): lower "
+                          "--batch-size or use fewer processes.")
+    # across processes an incomplete last global batch is dropped: every process takes the
+    # same number of steps, and each averages over as many examples as the others
+    stop = n - (n % gb) if d.distributed else n
+    for start in range(0, stop, gb):
+        xb = x[order[start:start + gb]]  # (<= gb, *shape) the global batch
+        if gen is not None:
+            xb = torch.bernoulli(xb, generator=gen)
+        mine = xb.tensor_split(d.world_size)[d.rank]
+        if mine.shape[0]:
+            yield mine
+
+
+def sync_gradients(params) -> None:
+    """Average the gradients of ``params`` over processes (one flat all-reduce per step).
+
+    What ``DistributedDataParallel`` does for ``nn.Module`` forward passes, for parameters
+    that a Pyro model and guide touch through ``pyro.module``/``pyro.param`` inside a program,
+    where no single module call exists to wrap. A missing gradient counts as zero.
+    """
+    if not _INFO.distributed:
+        return
+    params = [p for p in params if p.requires_grad]
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                      for p in params])
+    all_reduce_mean(flat)
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        if p.grad is None:
+            p.grad = g.view_as(p).clone()
+        else:
+            p.grad.copy_(g.view_as(p))
+
+
+def all_reduce_stats(stats):
+    """Pool :class:`~probgen.inference.em.SufficientStats` of the data shards of all processes
+    (the data-parallel E-step: every sum is a sum over points)."""
+    if not _INFO.distributed:
+        return stats
+    import dataclasses
+
+    flat = torch.cat([stats.nk.reshape(-1), stats.sum_x.reshape(-1), stats.sum_xx.reshape(-1),
+                      stats.log_likelihood.reshape(1).to(stats.nk.dtype),
+                      torch.tensor([float(stats.n)], dtype=stats.nk.dtype, device=stats.nk.device)])
+    all_reduce_sum(flat)
+    sizes = [stats.nk.numel(), stats.sum_x.numel(), stats.sum_xx.numel(), 1, 1]
+    nk, sx, sxx, ll, n = flat.split(sizes)
+    return dataclasses.replace(stats, nk=nk.view_as(stats.nk), sum_x=sx.view_as(stats.sum_x),
+                               sum_xx=sxx.view_as(stats.sum_xx),
+                               log_likelihood=ll.reshape(()).to(stats.log_likelihood.dtype),
+                               n=int(round(float(n))))
+
+
 def wrap_ddp(module: torch.nn.Module, device: torch.device, **kwargs) -> torch.nn.Module:
     """``DistributedDataParallel(module)`` in a distributed run, the module itself otherwise.
 
@@ -139,3 +271,16 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device, **kwargs) -> torch.n
         # torch 2.14 renames the option but asks to keep broadcast_buffers=False for now
         warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated")
         return DDP(module, device_ids=ids, **kwargs)
+
+
+def launch(argv: list[str], nproc: int) -> int:
+    """Run ``probgen ARGV`` in ``nproc`` processes under torchrun on this machine and return
+    its exit status (what ``probgen train ... --nproc N`` does)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={int(nproc)}", "-m", "probgen", *argv]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default too; say it, not warn it
+    return subprocess.call(cmd, env=env)

@@ -215,14 +215,23 @@ class Run:
     read one back for evaluation or sampling.
     """
 
-    def __init__(self, path: str | os.PathLike, config: dict):
+    def __init__(self, path: str | os.PathLike, config: dict, *, writer: bool = True):
         self.path = Path(path)
         self.config = config
         self.stop: StopControl | None = None
+        # Across processes only rank 0 writes: the others hold a Run with writer=False, whose
+        # log, write_json and save_checkpoint do nothing (they read the same folder).
+        self.writer = writer
 
     def should_stop(self) -> bool:
-        """True once training should checkpoint and return (a signal, or the time budget)."""
-        return self.stop is not None and self.stop.reason is not None
+        """True once training should checkpoint and return (a signal, or the time budget).
+
+        Across processes the answer is the same on all of them (true when any process
+        says so), so that they stop at the same step.
+        """
+        from probgen import distributed as pdist
+
+        return pdist.any_true(self.stop is not None and self.stop.reason is not None)
 
     # -- locations
     @property
@@ -294,8 +303,9 @@ class Run:
         return cls(path, config)
 
     @classmethod
-    def open(cls, path) -> Run:
-        """Open an existing run folder for reading (evaluation, sampling)."""
+    def open(cls, path, *, writer: bool = True) -> Run:
+        """Open an existing run folder for reading (evaluation, sampling); ``writer=False``
+        makes every write a no-op (the processes other than rank 0 of a distributed run)."""
         path = Path(path)
         cfg_file = path / "config.json"
         if not cfg_file.exists():
@@ -303,11 +313,13 @@ class Run:
                 f"{path} is not a run folder (no config.json). Give the --out folder of a "
                 "`probgen train` run."
             )
-        return cls(path, _read_json(cfg_file, "run config"))
+        return cls(path, _read_json(cfg_file, "run config"), writer=writer)
 
     # -- metrics
     def log(self, step: int, **values) -> None:
         """Append one JSON line ``{"step": step, **values}`` to metrics.jsonl."""
+        if not self.writer:
+            return
         rec = {"step": int(step), **{k: _plain(v) for k, v in values.items()}}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -327,17 +339,23 @@ class Run:
 
     def truncate_metrics(self, step: int) -> None:
         """Drop logged lines past ``step`` (they were written after the checkpoint resumed from)."""
+        if not self.writer:
+            return
         kept = [m for m in self.metrics() if m.get("step", 0) <= step]
         atomic_write_bytes(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept).encode())
 
     def write_json(self, name: str, obj: Any) -> Path:
         p = self.path / name
+        if not self.writer:
+            return p
         atomic_write_json(p, obj)
         return p
 
     # -- checkpoints
     def save_checkpoint(self, state: dict, *, step: int, rng: bool = True) -> Path:
         """Atomically write ``state`` (tensors and plain containers) with the step and RNG state."""
+        if not self.writer:
+            return self.checkpoint_path
         import io
 
         import torch

@@ -77,11 +77,10 @@ def train(run, data, config, device):
     import time
 
     from probgen.inference.svi import fit_loss
-    from probgen.runs import atomic_write_json
 
     config = resolve(config, data)
     run.config = config
-    atomic_write_json(run.path / "config.json", config)
+    run.write_json("config.json", config)
     model = build(config, data).to(device)
     from probgen.recipes import resume_epochs
 

@@ -8,6 +8,7 @@ resolved values are written to the run's config.json.
 from __future__ import annotations
 
 HELP = "generative adversarial network (DCGAN for images, MLPs for toy data)"
+DISTRIBUTED = True  # trains under torchrun (probgen.distributed)
 
 # Defaults per data kind: "image" for 28x28/32x32 images (DCGAN pair), "toy" for the toy
 # densities, "vector" for the rest (MLPs: 8x8 digits, the user's arrays). The toy defaults are
@@ -129,11 +130,11 @@ def train(run, data, config, device):
     import torch
 
     from probgen.inference.adversarial import EpochSampler, fit_gan
-    from probgen.runs import atomic_write_bytes, atomic_write_json
+    from probgen.runs import atomic_write_bytes
 
     config = resolve_config(config, data)
     run.config = config
-    atomic_write_json(run.path / "config.json", config)
+    run.write_json("config.json", config)
     model, trainer = build(config, data, device)
 
     snap_path = run.path / "snapshots.pt"
@@ -146,21 +147,28 @@ def train(run, data, config, device):
         if snap_path.exists():
             snapshots = torch.load(snap_path, map_location="cpu", weights_only=True)
             snapshots = {k: v for k, v in snapshots.items() if k == "z" or int(k) <= trainer.step_count}
-    sampler = EpochSampler(data.train, config["batch_size"], seed=config["seed"])
+    from probgen import distributed as pdist
+
+    dist = pdist.info()
+    sampler = EpochSampler(data.train, config["batch_size"], seed=config["seed"], rank=dist.rank,
+                           world_size=dist.world_size)
     keep = set(snapshot_steps(config["steps"], config["log_every"]))
 
     def save(step):
         run.save_checkpoint(trainer.state_dict(), step=step)
+        if not run.writer:
+            return
         buf = io.BytesIO()
         torch.save(snapshots, buf)
         atomic_write_bytes(snap_path, buf.getvalue())
 
     def callback(step, rec):
         run.log(step, **{k: v for k, v in rec.items() if k != "step"})
-        if step in keep:
+        if step in keep and run.writer:
             snapshots[str(step)] = model.decode(snapshots["z"].to(device)).detach().cpu()
-        print(f"step {step:6d}  loss_d {rec['loss_d']:.4f}  loss_g {rec['loss_g']:.4f}  "
-              f"D(x) {rec['d_real']:.3f}  D(G(z)) {rec['d_fake']:.3f}", flush=True)
+        if run.writer:
+            print(f"step {step:6d}  loss_d {rec['loss_d']:.4f}  loss_g {rec['loss_g']:.4f}  "
+                  f"D(x) {rec['d_real']:.3f}  D(G(z)) {rec['d_fake']:.3f}", flush=True)
 
     def on_step(step):
         if step % config["checkpoint_every"] == 0 or step == config["steps"]:

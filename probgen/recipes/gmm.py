@@ -17,6 +17,7 @@ The checkpoint holds the parameters as tensors only.
 from __future__ import annotations
 
 HELP = "Gaussian mixture fitted by EM (k-means initialisation, exact log-likelihood)"
+DISTRIBUTED = True  # EM across processes under torchrun: sufficient statistics all-reduced
 
 COVARIANCE_CHOICES = ("full", "tied", "diag", "spherical")
 INIT_CHOICES = ("kmeans", "k-means++", "random", "random_from_data")
@@ -90,11 +91,10 @@ def train(run, data, config, device):
     import warnings
 
     from probgen.inference.em import ConvergenceWarning
-    from probgen.runs import atomic_write_json
 
     config = resolve_config(config, data)
     run.config = config
-    atomic_write_json(run.path / "config.json", config)
+    run.write_json("config.json", config)
     gm = build(config, device)
     ckpt = run.load_checkpoint(map_location=device)
     if ckpt is not None:  # --resume of a finished fit: EM runs in one go, nothing to continue
@@ -104,7 +104,9 @@ def train(run, data, config, device):
     x = data.train.reshape(data.train.shape[0], -1)            # (N, D): images flattened
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        gm.fit(x)
+        gm.fit(x, data_parallel=True)
+    if not run.writer:  # across processes: rank 0 scores, logs and saves the same fit
+        return gm.as_density(event_shape=data.shape)
     for it, lb in enumerate(gm.lower_bounds_, start=1):
         run.log(it, lower_bound=lb)
     val = data.val.reshape(data.val.shape[0], -1)

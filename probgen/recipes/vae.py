@@ -14,6 +14,7 @@ ELBO to metrics.jsonl and writes a checkpoint (model, optimiser, epoch, RNG stat
 from __future__ import annotations
 
 HELP = "variational autoencoder (Pyro model/guide, SVI on the ELBO)"
+DISTRIBUTED = True  # trains under torchrun (probgen.distributed)
 
 LIKELIHOOD_CHOICES = ("bernoulli", "continuous-bernoulli", "gaussian")
 
@@ -90,17 +91,23 @@ def build(config: dict, data):
 
 
 def validation_elbo(model, data, *, limit: int | None = None, batch_size: int = 1000) -> float | None:
-    """Mean single-sample ELBO per example on the validation split (None if it is empty)."""
+    """Mean single-sample ELBO per example on the validation split (None if it is empty).
+    Across processes each scores its share of the examples and the sums are pooled."""
     import torch
 
+    from probgen import distributed as pdist
+
     x = data.val if limit is None else data.val[:limit]
-    if x.shape[0] == 0:
+    n = x.shape[0]
+    if n == 0:
         return None
-    total = 0.0
+    dist = pdist.info()
+    x = x.tensor_split(dist.world_size)[dist.rank]  # (about n / world, *shape)
+    total = torch.zeros((), dtype=torch.float64)
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
-            total += float(model.elbo(x[start:start + batch_size], num_samples=1).total.sum())
-    return total / x.shape[0]
+            total += model.elbo(x[start:start + batch_size], num_samples=1).total.sum().double().cpu()
+    return float(pdist.all_reduce_sum(total)) / n
 
 
 def train(run, data, config, device):
@@ -123,8 +130,9 @@ def train(run, data, config, device):
         run.log(st.step, epoch=st.epoch, train_elbo=-st.epoch_loss / n, val_elbo=val,
                 seconds=time.perf_counter() - t0, skipped=len(st.result.skipped))
         val_text = f"{val:.2f}" if val is not None else "--"
-        print(f"epoch {st.epoch:4d}  train ELBO {-st.epoch_loss / n:9.2f}  val ELBO {val_text}  "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        if run.writer:
+            print(f"epoch {st.epoch:4d}  train ELBO {-st.epoch_loss / n:9.2f}  val ELBO {val_text}  "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
         return run.should_stop()
 
     def save(st) -> None:
@@ -137,7 +145,8 @@ def train(run, data, config, device):
                 epochs=config["epochs"], batch_size=config.get("batch_size", 100),
                 lr=config.get("lr", 1e-3), on_nan=config.get("on_nan", "skip"),
                 callbacks=[log_epoch], checkpoint=save, start_epoch=start_epoch,
-                start_step=start_step, optim_state=optim_state, progress=True)
+                start_step=start_step, optim_state=optim_state, progress=run.writer,
+                seed=config["seed"])
     model.eval()
     return model
 
