@@ -197,6 +197,27 @@ def test_no_gradients_reach_the_parameters_and_generator_repeats():
     assert c.log_px.shape == (2,)
 
 
+def test_default_batch_keeps_each_pass_under_the_memory_bound(monkeypatch):
+    """Without batch_size, a pass holds at most DEFAULT_MAX_ELEMENTS chain x data values, and the
+    estimate is the one an explicit batch of that size gives."""
+    import probgen.inference.ais as ais_module
+
+    model = LinearGaussian()  # D = 4 data values
+    x, _ = model.sample_joint(7)
+    monkeypatch.setattr(ais_module, "DEFAULT_MAX_ELEMENTS", 4 * 4 * 3)  # 4 chains x 3 examples
+    seen = []
+
+    class Recorder(LinearGaussian):
+        def log_likelihood(self, x, z):
+            seen.append(tuple(z.shape[:2]))
+            return super().log_likelihood(x, z)
+
+    a = ais(Recorder(), x, n_steps=5, n_chains=4, generator=_gen(3))
+    b = ais(model, x, n_steps=5, n_chains=4, batch_size=3, generator=_gen(3))
+    assert max(n for _, n in seen) == 3 and all(c * n * 4 <= 48 for c, n in seen)
+    torch.testing.assert_close(a.log_weights, b.log_weights)
+
+
 def test_reverse_accepts_one_code_per_chain():
     model = LinearGaussian()
     x, z = model.sample_joint(2)
