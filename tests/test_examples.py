@@ -26,6 +26,7 @@ EXAMPLES: dict[str, list[str]] = {
     "density_estimation.py": [],
     "kmeans_digits.py": [],
     "ais_ppca.py": [],
+    "ais_vae.py": [],
     "mixture_model_choice.py": [],
 }
 
