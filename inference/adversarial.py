@@ -131,7 +131,8 @@ class GANTrainer:
     betas : (float, float)
         Adam betas of both optimizers (DCGAN: (0.5, 0.999)).
     amp : bool
-        bfloat16 autocast on CUDA (the losses are computed in float32).
+        bfloat16 autocast of the networks' passes, on the networks' device (meant for CUDA;
+        it runs on the CPU too). The losses are computed in float32.
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, *, latent_dim: int,
@@ -169,8 +170,8 @@ class GANTrainer:
         return next(self.G.parameters()).device
 
     def _autocast(self):
-        if self.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.amp:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _noise(self, n: int) -> torch.Tensor:

@@ -305,6 +305,8 @@ def fit_loss(
     FitResult
     """
     _check_options(epochs, steps, batch_size, on_nan, validate)
+    if optim is None and not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"lr (--lr) must be a positive finite number; got {lr!r}.")
     from pyro import validation_enabled
     result = FitResult(steps=start_step, epochs=start_epoch)
     t0 = time.perf_counter()

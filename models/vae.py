@@ -29,6 +29,7 @@ Likelihoods (``likelihood=``):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -210,6 +211,16 @@ class VAE(nn.Module):
                            else LIKELIHOODS[likelihood]())
         self._event_dims = len(self.data_shape)
         self._likelihood_has_params = any(True for _ in self.likelihood.parameters())
+        # Mixed precision for the training program: with a dtype here (torch.bfloat16) the
+        # networks in model() and guide() run under torch.autocast and their outputs are cast
+        # back to float32 before any distribution sees them. elbo, iwae_bound,
+        # log_likelihood and decode never autocast: likelihoods are evaluated in float32.
+        self.autocast_dtype: torch.dtype | None = None
+
+    def _autocast(self, x: torch.Tensor):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(x.device.type, dtype=self.autocast_dtype)
 
     # -- the Pyro program
     def _plate(self, x: torch.Tensor, num_data: int | None):
@@ -241,15 +252,18 @@ class VAE(nn.Module):
         prior = dist.Normal(x.new_zeros(()), x.new_ones(())).expand((n, self.latent_dim))
         with self._plate(x, num_data):
             z = pyro.sample("z", prior.to_event(1))
-            raw = self.decoder(z)  # (N, *data_shape)
+            with self._autocast(x):
+                raw = self.decoder(z)  # (N, *data_shape)
+            raw = raw.to(x.dtype)
             pyro.sample("x", self.likelihood.dist(raw).to_event(self._event_dims), obs=x)
 
     def guide(self, x: torch.Tensor, num_data: int | None = None) -> None:
         """q(z|x) = Normal(encoder(x)) with the model's signature and site names."""
         pyro.module(self.param_prefix + "encoder", self.encoder)
         with self._plate(x, num_data):
-            loc, scale = self.encoder(x)  # (N, L) each
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            with self._autocast(x):
+                loc, scale = self.encoder(x)  # (N, L) each
+            pyro.sample("z", dist.Normal(loc.to(x.dtype), scale.to(x.dtype)).to_event(1))
 
     # -- the latent-variable protocol
     def encoder_distribution(self, x: torch.Tensor):

@@ -13,6 +13,7 @@ Errors reach the user as one message and a non-zero exit; ``--debug`` shows the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--no-figures", action="store_true", help="skip the figures")
         mp.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="stop training (with a checkpoint) once this much time has passed")
+        mp.add_argument("--deterministic", action="store_true",
+                        help="deterministic kernels only (torch.use_deterministic_algorithms; on "
+                             "CUDA slower, and an error where an operation has none)")
         if getattr(recipe, "DISTRIBUTED", False):
             mp.add_argument("--nproc", type=int, default=None, metavar="N",
                             help="train in N processes on this machine (launches torchrun; "
@@ -262,6 +266,34 @@ def _cmd_train(args) -> int:
         pdist.cleanup()
 
 
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool = True):
+    """Deterministic kernels only, inside the block (``probgen train --deterministic``).
+
+    On the CPU probgen's training is already bit-for-bit reproducible for a seed; on CUDA
+    some kernels (atomic adds in scatter/index and convolution backward passes, cuBLAS
+    workspaces) are not, and this trades their speed for reproducibility. The previous
+    settings come back on exit.
+    """
+    if not enabled:
+        yield
+        return
+    import os
+
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+              torch.backends.cudnn.deterministic)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1:]
+
+
 def _train(args, recipe, device=None) -> int:
     from probgen import distributed as pdist
     from probgen.runs import Run, StopControl, resolve_device, seed_everything
@@ -288,8 +320,18 @@ def _train(args, recipe, device=None) -> int:
                          download=args.download)
 
     t0 = time.perf_counter()
-    with StopControl(args.time_budget) as run.stop:
-        model = recipe.train(run, data, run.config, device)
+    from probgen.errors import DivergedError
+
+    with StopControl(args.time_budget) as run.stop, deterministic_algorithms(args.deterministic):
+        try:
+            model = recipe.train(run, data, run.config, device)
+        except DivergedError as e:
+            ckpt = run.checkpoint_path
+            last = (f"The last good checkpoint is {ckpt}: continue from it with --resume (and, "
+                    "say, a lower --lr)." if ckpt.exists() else
+                    "No checkpoint was written before it: start again with a lower --lr.")
+            raise DivergedError(f"{e} {last} On the command line, --on-nan skip skips such "
+                                "batches.") from e
     seconds = time.perf_counter() - t0
     if run.stop.signal_name:
         if dist.is_main:

@@ -321,9 +321,6 @@ def test_cuda_on_a_machine_without_it(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("flag", [["--lr", "nan"], ["--lr", "-1"], ["--epochs", "-1"]])
-@pytest.mark.xfail(reason="a non-positive or NaN --lr reaches torch.optim.Adam (a ValueError traceback), "
-                          "and --epochs -1 'trains' nothing and writes no checkpoint; proposed: "
-                          "ConfigError naming the flag in the recipes / fit_loss", strict=True)
 def test_invalid_numbers_are_refused_with_the_flag(capsys, tmp_path, flag):
     argv = ["train", "vae", "--data", "mnist-5k", "--limit", "64", "--out", str(tmp_path / "r"), *TINY_VAE, *flag]
     try:
@@ -429,9 +426,6 @@ def test_a_run_diverging_mid_way_keeps_its_last_good_checkpoint(capsys, monkeypa
     assert all(torch.equal(ckpt["state"]["model"][k], v) for k, v in want.items())
 
 
-@pytest.mark.xfail(reason="the DivergedError names the step but not the checkpoint to go back to, and "
-                          "says on_nan='skip' where the command line takes --on-nan skip; proposed: "
-                          "probgen/cli.py _train adds both", strict=True)
 def test_a_diverging_run_names_its_last_good_checkpoint(capsys, monkeypatch, tmp_path):
     out, err = _diverge_in_epoch_2(capsys, monkeypatch, tmp_path)
     assert "checkpoints/latest.pt" in err and "--on-nan skip" in err

@@ -36,7 +36,8 @@ from types import ModuleType
 
 from probgen.errors import ConfigError, suggest
 
-__all__ = ["RECIPES", "get_recipe", "load_model_state", "resume_epochs"]
+__all__ = ["RECIPES", "get_recipe", "load_model_state", "resume_epochs", "positive_int",
+           "positive_float"]
 
 # model name -> module that implements its recipe
 RECIPES: dict[str, str] = {
@@ -47,6 +48,33 @@ RECIPES: dict[str, str] = {
     "gan": "probgen.recipes.gan",
     "gmm": "probgen.recipes.gmm",
 }
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts (``--epochs``, ``--batch-size``): an integer >= 1."""
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """argparse type of rates (``--lr``): a finite number > 0."""
+    import argparse
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number; got {text!r}")
+    return v
 
 
 def get_recipe(name: str) -> ModuleType:

@@ -17,9 +17,10 @@ HELP = "autoencoder (ae) / denoising autoencoder (dae): reconstructions and a co
 
 
 def add_arguments(parser) -> None:
+    from probgen.recipes import positive_float, positive_int
     from probgen.recipes.vae import _ints
 
-    parser.add_argument("--epochs", type=int, default=10, help="passes over the training set (default 10)")
+    parser.add_argument("--epochs", type=positive_int, default=10, help="passes over the training set (default 10)")
     parser.add_argument("--latent-dim", type=int, default=2, help="code size (default 2: a planar embedding)")
     parser.add_argument("--hidden", type=_ints, default=None,
                         help="hidden widths, comma-separated (default: 400 for mlp, 256 for conv)")
@@ -32,8 +33,8 @@ def add_arguments(parser) -> None:
                         help="input corruption in training (default: none for ae, masking for dae)")
     parser.add_argument("--noise-level", type=float, default=0.3,
                         help="masking probability or Gaussian standard deviation (default 0.3)")
-    parser.add_argument("--batch-size", type=int, default=100, help="examples per step (default 100)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--batch-size", type=positive_int, default=100, help="examples per step (default 100)")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--on-nan", choices=["skip", "stop"], default="skip")
 
 

@@ -35,15 +35,17 @@ LOSS_NAMES = ("ns", "minimax", "hinge", "wgan-gp")
 
 
 def add_arguments(parser) -> None:
+    from probgen.recipes import positive_float, positive_int
+
     parser.add_argument("--loss", choices=list(LOSS_NAMES), default=None,
                         help="ns (non-saturating), minimax, hinge or wgan-gp "
                              "(default: minimax toy, ns otherwise)")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=positive_int, default=None,
                         help="generator steps (default: 6000 toy, 5000 otherwise)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="real (and generated) examples per step (default: 256 toy, else 64)")
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate of G (and D) (default: 1e-3 toy, else 2e-4)")
-    parser.add_argument("--lr-d", type=float, default=None, help="Adam learning rate of D (default --lr)")
+    parser.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate of G (and D) (default: 1e-3 toy, else 2e-4)")
+    parser.add_argument("--lr-d", type=positive_float, default=None, help="Adam learning rate of D (default --lr)")
     parser.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default 0.5)")
     parser.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default: 0.9 toy, else 0.999)")
     parser.add_argument("--latent-dim", type=int, default=None, help="size of z (default: 64 images, 2 toy, 16 other vectors)")
@@ -59,7 +61,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr-decay", choices=["none", "linear"], default=None,
                         help="learning rates constant, or linearly down to 0 over the second half "
                              "(default: linear toy, none otherwise)")
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    parser.add_argument("--amp", action="store_true",
+                        help="bfloat16 autocast while training (meant for CUDA; runs, slowly, on the CPU)")
     parser.add_argument("--log-every", type=int, default=100, help="steps between log lines")
     parser.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
 

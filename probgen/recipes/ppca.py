@@ -16,14 +16,16 @@ HELP = "probabilistic PCA (exact likelihood; closed form or SVI)"
 
 
 def add_arguments(parser) -> None:
+    from probgen.recipes import positive_float, positive_int
+
     parser.add_argument("--latent-dim", type=int, default=10, help="size of z (default 10)")
     parser.add_argument("--fit", choices=["closed-form", "svi"], default="closed-form",
                         help="maximum likelihood in closed form (default) or SVI on the ELBO")
     parser.add_argument("--guide", choices=["full", "diagonal"], default="full",
                         help="covariance of q(z|x) (default full: can equal the posterior)")
-    parser.add_argument("--epochs", type=int, default=20, help="SVI passes over the data (default 20)")
-    parser.add_argument("--batch-size", type=int, default=100, help="SVI examples per step (default 100)")
-    parser.add_argument("--lr", type=float, default=1e-2, help="SVI Adam learning rate (default 1e-2)")
+    parser.add_argument("--epochs", type=positive_int, default=20, help="SVI passes over the data (default 20)")
+    parser.add_argument("--batch-size", type=positive_int, default=100, help="SVI examples per step (default 100)")
+    parser.add_argument("--lr", type=positive_float, default=1e-2, help="SVI Adam learning rate (default 1e-2)")
 
 
 def data_options(args) -> dict:

@@ -46,7 +46,9 @@ def _scale(text: str):
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--epochs", type=int, default=20, help="passes over the training set (default 20)")
+    from probgen.recipes import positive_float, positive_int
+
+    parser.add_argument("--epochs", type=positive_int, default=20, help="passes over the training set (default 20)")
     parser.add_argument("--latent-dim", type=int, default=50, help="size of z (default 50)")
     parser.add_argument("--hidden", type=_ints, default=None,
                         help="hidden widths, comma-separated (default: 400 for mlp, 256 for conv)")
@@ -55,8 +57,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--activation", choices=["softplus", "relu", "elu", "tanh"], default=None,
                         help="hidden activation (default: softplus for mlp, relu for conv)")
     add_likelihood_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=100, help="examples per step (default 100)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--batch-size", type=positive_int, default=100, help="examples per step (default 100)")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--loss", choices=["trace", "mean-field"], default="trace",
                         help="Trace_ELBO (default) or TraceMeanField_ELBO (analytic KL)")
     parser.add_argument("--num-particles", type=int, default=1, help="samples per ELBO estimate (default 1)")
@@ -64,6 +66,9 @@ def add_arguments(parser) -> None:
                         help="a NaN/inf loss skips its batch (default) or stops training")
     parser.add_argument("--val-limit", type=int, default=None, metavar="N",
                         help="validation ELBO on the first N validation examples (default: all)")
+    parser.add_argument("--amp", action="store_true",
+                        help="bfloat16 autocast for the networks while training (meant for CUDA; "
+                             "runs, slowly, on the CPU); every likelihood is evaluated in float32")
 
 
 def add_likelihood_arguments(parser) -> None:
@@ -139,6 +144,10 @@ def train(run, data, config, device):
         run.save_checkpoint({"model": model.state_dict(), "optimizer": st.optimizer.state_dict(),
                              "epoch": st.epoch}, step=st.step)
 
+    if config.get("amp"):
+        import torch
+
+        model.autocast_dtype = torch.bfloat16
     if start_epoch < config["epochs"]:
         fit_svi(model.model, model.guide, data, loss=config.get("loss", "trace"),
                 num_particles=config.get("num_particles", 1), model_kwargs={"num_data": n},
@@ -147,6 +156,7 @@ def train(run, data, config, device):
                 callbacks=[log_epoch], checkpoint=save, start_epoch=start_epoch,
                 start_step=start_step, optim_state=optim_state, progress=run.writer,
                 seed=config["seed"])
+    model.autocast_dtype = None
     model.eval()
     return model
 
