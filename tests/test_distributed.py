@@ -202,3 +202,13 @@ def test_training_across_processes_refuses_what_it_cannot_do(tmp_path, capsys, m
     assert _cli_train("ppca", "--data", "digits", "--out", str(tmp_path / "p")) == 2
     assert "trains in one process only" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_dcgan_with_batchnorm_trains_across_processes(tmp_path):
+    """BatchNorm in both networks and two discriminator passes per step: no in-place error
+    from DDP's buffer broadcast (each process keeps its own running statistics)."""
+    out = tmp_path / "dc"
+    assert _cli_train("gan", "--data", "mnist-5k", "--limit", "256", "--steps", "4", "--batch-size", "8", "--width", "8",
+                      "--norm", "batch", "--log-every", "2", "--nproc", "2", "--out", str(out)) == 0
+    g = _state(out, "generator")
+    assert any("running_mean" in k for k in g) and all(torch.isfinite(v).all() for v in g.values())
