@@ -276,6 +276,7 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device, **kwargs) -> torch.n
 def launch(argv: list[str], nproc: int) -> int:
     """Run ``probgen ARGV`` in ``nproc`` processes under torchrun on this machine and return
     its exit status (what ``probgen train ... --nproc N`` does)."""
+    import signal
     import subprocess
     import sys
 
@@ -283,4 +284,25 @@ def launch(argv: list[str], nproc: int) -> int:
            f"--nproc-per-node={int(nproc)}", "-m", "probgen", *argv]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default too; say it, not warn it
-    return subprocess.call(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env)
+    got: list[int] = []
+
+    def forward(signum, frame):  # SIGTERM to this process: torchrun passes it to the workers
+        got.append(signum)
+        proc.send_signal(signum)
+
+    old = signal.signal(signal.SIGTERM, forward)
+    try:
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:
+                # Ctrl-C reached the whole process group: the workers write a checkpoint and
+                # stop; wait for them rather than kill them mid-write
+                got.append(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    if got and code != 0:
+        return 128 + int(got[0])
+    return code

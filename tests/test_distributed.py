@@ -212,3 +212,36 @@ def test_dcgan_with_batchnorm_trains_across_processes(tmp_path):
                       "--norm", "batch", "--log-every", "2", "--nproc", "2", "--out", str(out)) == 0
     g = _state(out, "generator")
     assert any("running_mean" in k for k in g) and all(torch.isfinite(v).all() for v in g.values())
+
+
+def test_sigterm_stops_every_process_after_one_checkpoint_and_resume_continues(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "probgen", "train", "vae", "--data", "digits", "--limit", "256",
+            "--batch-size", "32", "--hidden", "16", "--latent-dim", "2", "--likelihood", "gaussian",
+            "--out", str(out), "--device", "cpu", "--no-figures", "--nproc", "2"]
+    proc = subprocess.Popen([*argv, "--epochs", "100000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 2):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped cleanly on SIGTERM" in err
+    ckpt = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
+    epoch = ckpt["state"]["epoch"]
+    assert 2 <= epoch < 100000
+    # both processes stopped at the same epoch: the log ends with the checkpoint's epoch
+    logged = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, epoch + 1))
+    done = subprocess.run([*argv, "--epochs", str(epoch + 1), "--resume"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["state"]["epoch"] == epoch + 1
