@@ -228,3 +228,26 @@ def test_image_sample_metrics_separate_real_data_from_noise(digits, tmp_path, mo
     assert good["class_histogram"].extra["classes_generated"] == 10
     assert good["class_histogram"].value > 0.95
     assert sum(good["class_histogram"].extra["counts"]) == good["precision"].extra["n_generated"]
+
+
+def test_one_feature_network_and_one_scale_for_every_representation(tmp_path, monkeypatch):
+    """Grey [0, 1], grey [-1, 1] and binarised runs of one data set share one network, trained
+    on the same grey training pixels; the same images score the same in [0, 1] and [-1, 1]."""
+    from probgen.data import load_dataset
+    from probgen.eval.features import feature_network
+
+    monkeypatch.setenv("PROBGEN_CACHE", str(tmp_path))
+    grey = load_dataset("digits")
+    pm = load_dataset("digits", value_range=(-1.0, 1.0))
+    dyn = load_dataset("digits", binarize="dynamic")
+    nets = [feature_network(d, epochs=30) for d in (grey, pm, dyn)]
+    assert nets[0].path == nets[1].path == nets[2].path
+    assert len(list((tmp_path / "features").iterdir())) == 1
+    torch.testing.assert_close(nets[1].features(pm.test), nets[0].features(grey.test), rtol=0, atol=1e-5)
+    # the test split of the dynamic run is binarised (0/1), and scored as such
+    assert set(dyn.test.unique().tolist()) <= {0.0, 1.0}
+    unit = S.image_sample_metrics(_Replay(grey.val), grey, feature_net=nets[0])
+    signed = S.image_sample_metrics(_Replay(pm.val), pm, feature_net=nets[1])
+    for name in ("frechet_distance", "kernel_distance", "precision", "recall", "coverage"):
+        assert signed[name].value == pytest.approx(unit[name].value, rel=1e-6, abs=1e-9)
+    assert unit["frechet_distance"].value > 0  # held-out real data: small, not zero
