@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from probgen.errors import ConfigError
+from probgen.report import REFERENCE_ROW_NAME
 
 __all__ = ["compare", "COLUMNS", "CompareSpec"]
 
@@ -124,7 +125,7 @@ def compare(spec: CompareSpec) -> dict:
     return results
 
 
-REFERENCE_ROW = "validation data (reference)"
+REFERENCE_ROW = REFERENCE_ROW_NAME  # the row of real validation data, named in report.py
 
 
 class _HeldOut:

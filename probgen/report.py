@@ -13,10 +13,20 @@ from pathlib import Path
 
 __all__ = ["write_reports", "format_metric", "table_rows"]
 
+REFERENCE_ROW_NAME = "validation data (reference)"  # probgen.compare.REFERENCE_ROW
+
 PARZEN_NOTE = (
     "Parzen-window estimates are shown for comparison with the older literature only: Theis, "
     "van den Oord and Bethge (2016) show they can rank a k-means model above real data."
 )
+
+
+# why a column is blank when a model's evaluation has no entry for it at all
+MISSING_REASONS = {
+    "iwae": "the model has no importance-weighted bound (no iwae_bound)",
+    "ais": "AIS not requested (--ais)",
+    "parzen": "Parzen window not requested (--parzen)",
+}
 
 
 def _metric_for(metrics: dict, name: str) -> tuple[str, dict | None]:
@@ -24,6 +34,12 @@ def _metric_for(metrics: dict, name: str) -> tuple[str, dict | None]:
         keys = sorted((k for k in metrics if k.startswith("iwae_")), key=lambda k: int(k.split("_")[1]))
         return (keys[-1], metrics[keys[-1]]) if keys else ("iwae", None)
     return name, metrics.get(name)
+
+
+def _iwae_k(models: dict) -> str:
+    """The k of the IWAE column, from the models that have the bound ("" when none has)."""
+    ks = sorted({_metric_for(ev["metrics"], "iwae")[0][5:] for ev in models.values()} - {""}, key=int)
+    return "/".join(ks)
 
 
 def format_metric(m: dict | None) -> str:
@@ -44,8 +60,7 @@ def table_rows(results: dict, columns) -> tuple[list[str], list[list[str]], list
     """Header, rows (a cell per column) and footnotes (the reasons for blanks)."""
     models = results["models"]
     used = [c for c in columns if any(_metric_for(ev["metrics"], c[0])[1] is not None for ev in models.values())]
-    header = ["model"] + [c[1] + (" (k=" + _metric_for(next(iter(models.values()))["metrics"], "iwae")[0][5:] + ")"
-                                   if c[0] == "iwae" else "") for c in used]
+    header = ["model"] + [c[1] + (f" (k={_iwae_k(models)})" if c[0] == "iwae" else "") for c in used]
     rows, notes = [], []
     for name, ev in models.items():
         row = [name]
@@ -53,7 +68,10 @@ def table_rows(results: dict, columns) -> tuple[list[str], list[list[str]], list
             key, m = _metric_for(ev["metrics"], col)
             cell = format_metric(m)
             if not cell:
-                reason = (m or {}).get("reason") or "not computed for this model"
+                reason = (m or {}).get("reason")
+                if reason is None and name == REFERENCE_ROW_NAME:
+                    reason = "reference row: real validation examples, not a model"
+                reason = reason or MISSING_REASONS.get(col, "not computed for this model")
                 notes.append(f"{name} / {title}: {reason}")
                 cell = f"— [{len(notes)}]"
             row.append(cell)

@@ -75,6 +75,21 @@ def test_report_lists_table_reasons_and_warning(small_report):
     assert "<script" not in html and "http" not in html.split("<body>")[1]
 
 
+def test_table_names_k_and_the_reason_for_every_blank():
+    from probgen.compare import COLUMNS, REFERENCE_ROW
+    from probgen.report import table_rows
+
+    nats = lambda v: {"value": v, "stderr": 0.1, "unit": "nats"}  # noqa: E731
+    results = {"models": {"gmm": {"metrics": {"log_likelihood": nats(-1.0)}},
+                          "vae": {"metrics": {"iwae_500": nats(-2.0)}},
+                          REFERENCE_ROW: {"metrics": {"frechet_distance": {"value": 9.3, "stderr": None}}}}}
+    header, rows, notes = table_rows(results, COLUMNS)
+    assert header == ["model", "exact log-lik", "IWAE-k (k=500)", "Frechet"]  # k from the model that has it
+    assert rows[0] == ["gmm", "-1 ± 0.1", "— [1]", "— [2]"]
+    assert notes[0] == "gmm / IWAE-k: the model has no importance-weighted bound (no iwae_bound)"
+    assert f"{REFERENCE_ROW} / IWAE-k: reference row: real validation examples, not a model" in notes
+
+
 @pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed")
 def test_report_loads_in_headless_chromium(small_report, tmp_path):
     _, page = small_report
