@@ -103,9 +103,13 @@ def _reference_text(results: dict) -> str | None:
     ref = results.get("reference")
     if not ref or not any("frechet_distance" in ev["metrics"] for ev in results["models"].values()):
         return None
+    net = next((ev["metrics"] for ev in results["models"].values() if "frechet_distance" in ev["metrics"]), {})
+    name = net["frechet_distance"].get("extra", {}).get("feature_network", "a classifier")
+    acc = (net.get("feature_net_accuracy") or {}).get("value")
+    acc_text = f", test accuracy {acc:.2%}" if acc is not None else ""
     return (f"Sample metrics (Frechet, kernel, precision, recall, density, coverage) put "
             f"{ref['n']} samples of each model against as many test examples, in the feature "
-            "space of a classifier trained on the training split; each model is scored against "
+            f"space of {name} (a classifier trained on the training split{acc_text}); each model is scored against "
             "the test split in its own representation (binarised or grey), the one its samples "
             "are drawn in. The reference row puts as many real examples of the validation split "
             f"(in the representation of the {ref['representation_of']} run: "

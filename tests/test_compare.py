@@ -55,4 +55,5 @@ def test_compare_on_images_scores_reference_and_models_with_the_same_counts(tmp_
     # real held-out digits are closer to the test digits than PPCA's noisy samples are
     assert ref["frechet_distance"]["value"] < ppca["frechet_distance"]["value"]
     assert ref["precision"]["value"] > ppca["precision"]["value"]
-    assert "validation split" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "validation split" in md and "feature space of probgen-mlp-digits" in md
