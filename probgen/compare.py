@@ -166,13 +166,14 @@ def _evaluate_run(run_dir: Path, spec: CompareSpec) -> dict:
     from probgen.cli import load_run_data
     from probgen.eval import evaluate
     from probgen.recipes import get_recipe
-    from probgen.runs import Run, resolve_device
+    from probgen.runs import Run, resolve_device, seed_everything
 
     run = Run.open(run_dir)
     device = resolve_device(spec.device)
     data = load_run_data(run.config, device=device, data_root=spec.data_root)
     model = get_recipe(run.config["model"]).load(run, data, device)
     per_example: dict[str, torch.Tensor] = {}
+    seed_everything(spec.seed)  # the same samples and Monte Carlo draws on every rescoring
     t0 = time.perf_counter()
     ev = evaluate(model, data, "test", k=spec.k, limit=spec.eval_limit, ais=spec.ais,
                   ais_steps=spec.ais_steps, parzen=spec.parzen, model_name=run.config["model"],

@@ -227,7 +227,7 @@ def _html(results, header, body, notes, figs, md_lines, ref_text=None) -> str:
             if line.startswith("> "):
                 parts.append(f"<blockquote>{esc(line[2:])}</blockquote>")
             elif line.startswith("- "):
-                parts.append(f"<p>{esc(line[2:]).replace('**', '')}</p>")
+                parts.append(f"<p>{esc(line[2:]).replace('**', '').replace('`', '')}</p>")
             elif line:
                 parts.append(f"<p>{esc(line)}</p>")
     if in_table:

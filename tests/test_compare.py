@@ -32,6 +32,10 @@ def test_compare_on_a_toy_density_writes_table_and_report(tmp_path):
         compare(CompareSpec(data="ring8", models=["gmm"], out=out, runs={"gmm": run}))
     assert main(["compare", "--data", "ring8", "--models", "gmm", "--runs", f"gmm={run}",
                  "--out", str(out), "--overwrite", "--eval-limit", "200"]) == 0
+    # rescoring the same run gives the same sample metrics: evaluation is seeded with --seed
+    again = json.loads((out / "results.json").read_text())["models"]["gmm"]["metrics"]
+    assert again["reverse_kl"]["value"] == gmm["reverse_kl"]["value"]
+    assert again["high_quality_fraction"]["value"] == gmm["high_quality_fraction"]["value"]
 
 
 def test_compare_unknown_model_is_a_clear_error(tmp_path, capsys):
@@ -52,8 +56,10 @@ def test_compare_on_images_scores_reference_and_models_with_the_same_counts(tmp_
     for row in (ref, ppca):
         assert row["frechet_distance"]["extra"]["n_generated"] == 180
         assert row["frechet_distance"]["extra"]["n_real"] == 180
-    # real held-out digits are closer to the test digits than PPCA's noisy samples are
-    assert ref["frechet_distance"]["value"] < ppca["frechet_distance"]["value"]
-    assert ref["precision"]["value"] > ppca["precision"]["value"]
+    # real held-out digits lie on the test digits' manifold, PPCA's noisy samples less often
+    # (with 180 points the Frechet distance's sampling noise is as large as the gap, on seeds
+    # 0-2 either can be lower; precision and coverage differ by 0.35 or more on all three)
+    assert ref["precision"]["value"] > ppca["precision"]["value"] + 0.2
+    assert ref["coverage"]["value"] > ppca["coverage"]["value"] + 0.2
     md = (out / "report.md").read_text()
     assert "validation split" in md and "feature space of probgen-mlp-digits" in md
