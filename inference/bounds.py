@@ -29,10 +29,11 @@ from probgen.errors import ConfigError
 __all__ = ["ELBORecord", "IWAERecord", "elbo", "iwae_bound", "chunk_plan", "DEFAULT_MAX_ELEMENTS"]
 
 # Largest number of data-space values (samples x examples x data values) one chunk holds:
-# 2**23 float32 values = 32 MiB per tensor of decoder output. A chunk makes a few such tensors
-# (the decoder's output, the per-value log-likelihood, their gradients nowhere: no_grad), so
-# the working memory of elbo() and iwae_bound() stays near a small multiple of this, whatever
-# N and k are (measured in benchmarks/eval_memory.py).
+# 2**23 float32 values = 32 MiB per tensor of decoder output. A chunk makes several such
+# tensors (the decoder's output and the temporaries of the per-value log-likelihood), so the
+# working memory of elbo() and iwae_bound() is a fixed multiple of this whatever N and k are:
+# about 8x for the Bernoulli MNIST VAE, 235-257 MiB above the process's floor for IWAE-5000
+# on 500 or 2,000 test images (benchmarks/eval_memory.py).
 DEFAULT_MAX_ELEMENTS = 2**23
 
 
