@@ -81,6 +81,9 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
         out["elbo"] = unavailable("the model has no latent-variable bound (no elbo)", "nats")
     if callable(getattr(model, "iwae_bound", None)):
         kk = k or 100
+        # probgen's models chunk iwae_bound within a memory bound themselves
+        # (probgen.inference.bounds.chunk_plan); these batches of about 50,000 samples keep a
+        # model that scores all k samples at once within bounds too
         iw, _ = _batched(lambda xb: model.iwae_bound(xb, kk), x, max(1, min(batch_size, 50_000 // kk)))
         out[f"iwae_{kk}"] = summarize(iw, "nats")
         store["iwae"] = iw
