@@ -222,9 +222,6 @@ def test_metrics_that_need_labels_on_unlabelled_data(arrays):
         feature_network(ds, cache=False)
 
 
-@pytest.mark.xfail(reason="probgen/eval/evaluate.py skips the label-based sample metrics on unlabelled "
-                          "images without saying so; proposed: report them as unavailable with the reason",
-                   strict=True)
 def test_label_metrics_on_unlabelled_data_are_reported_unavailable(arrays):
     from probgen.eval import evaluate
 

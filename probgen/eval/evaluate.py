@@ -136,4 +136,10 @@ def _sample_metrics(model, data, split, *, n_samples=None) -> dict[str, Metric]:
         from probgen.eval import samples
 
         out.update(samples.image_sample_metrics(model, data, split, n_samples=n_samples))
+    elif data.kind == "image":
+        reason = (f"needs class labels: the feature network is a classifier trained on them, and "
+                  f"data set {data.name!r} has none for its train and {split} splits")
+        for name in ("frechet_distance", "kernel_distance", "precision", "recall", "density",
+                     "coverage", "class_histogram"):
+            out[name] = unavailable(reason)
     return out
