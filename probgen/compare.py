@@ -84,6 +84,10 @@ def compare(spec: CompareSpec) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
     per_model_s = 60.0 * spec.budget_minutes / max(1, len([m for m in spec.models if m not in spec.runs]))
+    # Neural models trained by epochs would stop at their default epoch count however much of
+    # the budget is left: give them epochs without end, so that their share of the budget is
+    # what stops them (as it stops the GAN). EM and PPCA converge well inside any share.
+    fill = {"vae", "ae", "dae"}
 
     rows: dict[str, dict] = {}
     for name in spec.models:
@@ -94,6 +98,8 @@ def compare(spec: CompareSpec) -> dict:
                     *(["--data-root", spec.data_root] if spec.data_root else []),
                     *(["--limit", str(spec.limit)] if spec.limit else []),
                     *spec.model_args.get(name, [])]
+            if name in fill and "--epochs" not in argv:
+                argv += ["--epochs", "1000000"]
             print(f"[compare] training {name} on {spec.data} (budget {per_model_s:.0f} s)", flush=True)
             code = cli_main(argv)
             if code:
