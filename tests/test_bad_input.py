@@ -308,6 +308,26 @@ def test_unwritable_parent_folder(capsys, tmp_path):
         locked.chmod(0o700)
 
 
+def test_unwritable_folder_refused_even_where_permissions_do_not_bind(capsys, tmp_path, monkeypatch):
+    """The same refusal where the test runs as root (who writes through 0o500): the file
+    system's answer is simulated, the command's handling of it is real."""
+    import errno
+    import pathlib
+
+    locked = tmp_path / "locked"
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if locked in self.parents or self == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    err = _refused(capsys, "train", "gmm", "--data", "bimodal1d", "--out", locked / "run", *CPU)
+    assert "cannot write to the run folder" in err and "Permission denied" in err
+    assert "Choose a folder you can write to with --out" in err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 def test_cuda_on_a_machine_without_it(capsys, tmp_path):
     err = _refused(capsys, "train", "gmm", "--data", "bimodal1d", "--out", tmp_path / "run",
