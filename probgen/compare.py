@@ -221,8 +221,15 @@ def _paired(rows: dict, out: Path) -> list[dict]:
             pairs.append({"a": a, "b": b, "a_estimate": best[a][0], "b_estimate": best[b][0],
                           "value": d.value, "stderr": d.stderr, "unit": "nats"})
     if best:
-        plot_per_example({f"{n} ({k})": v for n, (k, v) in best.items()},
-                         out / "figures" / "per_example_loglik.png")
+        # each model's values, then the differences of the comparable pairs only (a difference
+        # between a density of grey pixels and a probability of binary ones means nothing)
+        panels = {f"{n} ({k})": v for n, (k, v) in best.items()}
+        for p in pairs:
+            if p["value"] is not None:
+                va, vb = best[p["a"]][1], best[p["b"]][1]
+                n = min(len(va), len(vb))
+                panels[f"{p['a']} - {p['b']}"] = va[:n] - vb[:n]
+        plot_per_example(panels, out / "figures" / "per_example_loglik.png", differences=False)
     return pairs
 
 
