@@ -40,17 +40,33 @@ def _train(world: int, rank: int, batch: int, steps_epochs: int = 2) -> dict:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def _worker(rank, world, port, queue):
+def _worker(rank, world, port, queue, train):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     pdist.setup(torch.device("cpu"))
     try:
-        state = _train(world, rank, batch=8)
-        if rank == 0:  # plain arrays: shared-memory tensors die with the worker
-            queue.put({k: v.numpy() for k, v in state.items()})
+        state = train(world, rank, batch=8)
+        # plain arrays: shared-memory tensors die with the worker
+        queue.put((rank, {k: v.numpy() for k, v in state.items()}))
     finally:
         pdist.cleanup()
+
+
+def _in_gloo_processes(train, world: int = 2) -> dict[int, dict]:
+    """``train(world, rank, batch=8)`` in ``world`` spawned gloo processes; their final
+    states by rank."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, world, port, queue, train)) for r in range(world)]
+    for p in procs:
+        p.start()
+    states = dict(queue.get(timeout=120) for _ in range(world))
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return states
 
 
 def test_global_batches_partition_each_epoch():
@@ -67,17 +83,7 @@ def test_global_batches_partition_each_epoch():
 
 
 def test_two_gloo_processes_match_one_process():
-    world = 2
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, queue)) for r in range(world)]
-    for p in procs:
-        p.start()
-    state = queue.get(timeout=120)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    state = _in_gloo_processes(_train)[0]
     single = _train(world=1, rank=0, batch=16)
     for k in single:
         torch.testing.assert_close(torch.from_numpy(state[k]), single[k], rtol=1e-5, atol=1e-6)
@@ -109,30 +115,8 @@ def _pyro_regression(world: int, rank: int, batch: int) -> dict:
     return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 
 
-def _svi_worker(rank, world, port, queue):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    pdist.setup(torch.device("cpu"))
-    try:
-        state = _pyro_regression(world, rank, batch=8)
-        queue.put((rank, {k: v.numpy() for k, v in state.items()}))
-    finally:
-        pdist.cleanup()
-
-
 def test_fit_svi_in_two_gloo_processes_matches_one_process():
-    world = 2
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_svi_worker, args=(r, world, port, queue)) for r in range(world)]
-    for p in procs:
-        p.start()
-    states = dict(queue.get(timeout=120) for _ in range(world))
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    states = _in_gloo_processes(_pyro_regression)
     single = _pyro_regression(world=1, rank=0, batch=16)
     for k in single:  # the ranks agree with each other and with one process
         torch.testing.assert_close(torch.from_numpy(states[0][k]), single[k], rtol=1e-5, atol=1e-6)
