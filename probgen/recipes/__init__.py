@@ -36,8 +36,8 @@ from types import ModuleType
 
 from probgen.errors import ConfigError, suggest
 
-__all__ = ["RECIPES", "get_recipe", "load_model_state", "resume_epochs", "positive_int",
-           "positive_float"]
+__all__ = ["RECIPES", "get_recipe", "load_model_state", "resume_epochs", "epoch_checkpoint",
+           "positive_int", "positive_float"]
 
 # model name -> module that implements its recipe
 RECIPES: dict[str, str] = {
@@ -116,3 +116,14 @@ def resume_epochs(run, model, device) -> tuple[int, int, dict | None, bool]:
     start_step = int(ckpt["step"])
     run.truncate_metrics(start_step)
     return int(state["epoch"]), start_step, state["optimizer"], True
+
+
+def epoch_checkpoint(run, model):
+    """The ``checkpoint`` hook of :func:`~probgen.inference.svi.fit_loss` for an epoch-based
+    run: model, optimiser and epoch, in the layout :func:`resume_epochs` reads back."""
+
+    def save(st) -> None:
+        run.save_checkpoint({"model": model.state_dict(), "optimizer": st.optimizer.state_dict(),
+                             "epoch": st.epoch}, step=st.step)
+
+    return save

@@ -83,7 +83,7 @@ def train(run, data, config, device):
     run.config = config
     run.write_json("config.json", config)
     model = build(config, data).to(device)
-    from probgen.recipes import resume_epochs
+    from probgen.recipes import epoch_checkpoint, resume_epochs
 
     start_epoch, start_step, optim_state, _ = resume_epochs(run, model, device)
     t0 = time.perf_counter()
@@ -98,15 +98,11 @@ def train(run, data, config, device):
               f"{'--' if val is None else f'{val:.3f}'}  ({time.perf_counter() - t0:.0f} s)", flush=True)
         return run.should_stop()
 
-    def save(st) -> None:
-        run.save_checkpoint({"model": model.state_dict(), "optimizer": st.optimizer.state_dict(),
-                             "epoch": st.epoch}, step=st.step)
-
     model.train()
     if start_epoch < config["epochs"]:
         fit_loss(model.loss, list(model.parameters()), data, epochs=config["epochs"],
                  batch_size=config.get("batch_size", 100), lr=config.get("lr", 1e-3),
-                 on_nan=config.get("on_nan", "skip"), callbacks=[log_epoch], checkpoint=save,
+                 on_nan=config.get("on_nan", "skip"), callbacks=[log_epoch], checkpoint=epoch_checkpoint(run, model),
                  start_epoch=start_epoch, start_step=start_step, optim_state=optim_state,
                  progress=True)
     model.eval()

@@ -66,7 +66,7 @@ def train(run, data, config, device):
         return model
 
     n = int(data.train.shape[0])
-    from probgen.recipes import resume_epochs
+    from probgen.recipes import epoch_checkpoint, resume_epochs
 
     start_epoch, start_step, optim_state, resumed = resume_epochs(run, model, device)
     if not resumed:
@@ -86,14 +86,10 @@ def train(run, data, config, device):
               f"{'--' if val is None else f'{val:.3f}'}", flush=True)
         return run.should_stop()
 
-    def save(st) -> None:
-        run.save_checkpoint({"model": model.state_dict(), "optimizer": st.optimizer.state_dict(),
-                             "epoch": st.epoch}, step=st.step)
-
     if start_epoch < config["epochs"]:
         fit_svi(model.model, model.guide, data, model_kwargs={"num_data": n}, epochs=config["epochs"],
                 batch_size=config.get("batch_size", 100), lr=config.get("lr", 1e-2),
-                callbacks=[log_epoch], checkpoint=save, start_epoch=start_epoch,
+                callbacks=[log_epoch], checkpoint=epoch_checkpoint(run, model), start_epoch=start_epoch,
                 start_step=start_step, optim_state=optim_state, progress=True)
     model.fitted_ = True
     return model

@@ -124,7 +124,7 @@ def train(run, data, config, device):
 
     pyro.clear_param_store()
     model = build(config, data).to(device)
-    from probgen.recipes import resume_epochs
+    from probgen.recipes import epoch_checkpoint, resume_epochs
 
     start_epoch, start_step, optim_state, _ = resume_epochs(run, model, device)
     n = int(data.train.shape[0])
@@ -140,10 +140,6 @@ def train(run, data, config, device):
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
         return run.should_stop()
 
-    def save(st) -> None:
-        run.save_checkpoint({"model": model.state_dict(), "optimizer": st.optimizer.state_dict(),
-                             "epoch": st.epoch}, step=st.step)
-
     if config.get("amp"):
         import torch
 
@@ -153,7 +149,7 @@ def train(run, data, config, device):
                 num_particles=config.get("num_particles", 1), model_kwargs={"num_data": n},
                 epochs=config["epochs"], batch_size=config.get("batch_size", 100),
                 lr=config.get("lr", 1e-3), on_nan=config.get("on_nan", "skip"),
-                callbacks=[log_epoch], checkpoint=save, start_epoch=start_epoch,
+                callbacks=[log_epoch], checkpoint=epoch_checkpoint(run, model), start_epoch=start_epoch,
                 start_step=start_step, optim_state=optim_state, progress=run.writer,
                 seed=config["seed"])
     model.autocast_dtype = None
