@@ -2,12 +2,13 @@
 
     probgen datasets
     probgen train MODEL --data NAME --out RUN_DIR [--seed S] [--device cpu|cuda|auto] [--resume]
-    probgen eval RUN_DIR [--k 5000]
+    probgen eval RUN_DIR [--k 5000] [--seed S] [--out FILE] [--overwrite]
     probgen sample RUN_DIR -n N
     probgen kl-demo --out DIR
 
 Nothing heavy is imported until a command runs, so ``probgen --help`` answers at once.
 Errors reach the user as one message and a non-zero exit; ``--debug`` shows the traceback.
+Long jobs draw progress bars on a terminal (not in logs or CI); ``--quiet`` turns them off.
 """
 
 from __future__ import annotations
@@ -51,6 +52,31 @@ def _add_common_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
 
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars (they are drawn on a terminal only, never in logs or CI)")
+
+
+# options whose values may start with "-" (argparse reads "-1,1" as an option otherwise)
+_NEGATIVE_VALUED = ("--value-range",)
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--value-range -1,1`` as ``--value-range=-1,1``, which argparse reads as a value."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if a in _NEGATIVE_VALUED and nxt[:1] == "-" and nxt[1:2].isdigit():
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="probgen",
@@ -78,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--overwrite", action="store_true", help="replace the run in --out")
         mp.add_argument("--binarize", choices=["none", "fixed", "dynamic"], default=None,
                         help="binarise image pixels: never, once, or afresh every batch")
-        mp.add_argument("--value-range", choices=["0,1", "-1,1"], default=None,
-                        help="pixel range of image data")
+        mp.add_argument("--value-range", choices=["0,1", "-1,1"], default=None, metavar="RANGE",
+                        help="pixel range of image data: 0,1 or -1,1")
         mp.add_argument("--limit", type=int, default=None, metavar="N",
                         help="use at most N training examples")
         mp.add_argument("--no-figures", action="store_true", help="skip the figures")
@@ -92,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
             mp.add_argument("--nproc", type=int, default=None, metavar="N",
                             help="train in N processes on this machine (launches torchrun; "
                                  "--batch-size is per process)")
+        _add_quiet(mp)
         _add_common_data_args(mp)
         recipe.add_arguments(mp)
 
@@ -108,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ais", action="store_true", help="add annealed importance sampling")
     p.add_argument("--ais-steps", type=int, default=500)
     p.add_argument("--parzen", action="store_true", help="add the Parzen-window estimate")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the Monte Carlo estimates and samples (default 0)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="where to write the results (default RUN_DIR/eval.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results file if it exists (otherwise it is an error)")
+    _add_quiet(p)
     _add_common_data_args(p)
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
@@ -137,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int, default=None, metavar="N",
                    help="evaluate on the first N test examples")
     p.add_argument("--overwrite", action="store_true", help="replace a comparison in --out")
+    _add_quiet(p)
     _add_common_data_args(p)
 
     p = sub.add_parser("demo", help="the quick tour: a small comparison on bundled offline data")
@@ -147,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny settings (seconds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    _add_quiet(p)
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("kl-demo", help="forward vs reverse KL: mode covering and mode seeking")
@@ -159,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     if len(argv) >= 2 and argv[0] == "train" and not argv[1].startswith("-") and argv[1] not in RECIPES:
         print(f"probgen: error: unknown model {argv[1]!r}.{suggest(argv[1], RECIPES)} "
               f"Known models: {', '.join(RECIPES)}.", file=sys.stderr)
@@ -300,7 +336,7 @@ def _train(args, recipe, device=None) -> int:
 
     device = device if device is not None else resolve_device(args.device)
     skip = {"command", "model", "out", "resume", "overwrite", "debug", "device", "no_figures",
-            "binarize", "value_range", "download", "_parser", "_argv", "nproc"}
+            "binarize", "value_range", "download", "_parser", "_argv", "nproc", "quiet"}
     dist = pdist.info()
     config = {
         "model": args.model,
@@ -315,6 +351,7 @@ def _train(args, recipe, device=None) -> int:
                               overwrite=args.overwrite)
     if run is None:
         run = Run.open(args.out, writer=False)
+    run.progress = dist.is_main and not args.quiet  # the recipes' progress bars
     seed_everything(run.config["seed"])
     data = load_run_data(run.config, device=device, data_root=args.data_root,
                          download=args.download)
@@ -373,14 +410,23 @@ def _load_run(args):
 
 def _cmd_eval(args) -> int:
     from probgen.eval import evaluate
+    from probgen.runs import atomic_write_json, seed_everything
 
+    path = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
+    _check_eval_out(path, args.overwrite, explicit=args.out is not None)
     run, data, model = _load_run(args)
+    n = data.split(args.split).shape[0]
+    n = n if args.limit is None else min(n, args.limit)
+    print(f"evaluating {run.config['model']} ({run.path}) on {data.name}, {args.split} split, "
+          f"n={n}, seed {args.seed}", flush=True)
+    seed_everything(args.seed)  # the same Monte Carlo draws and samples on every evaluation
     result = evaluate(
         model, data, split=args.split, k=args.k, n_samples=args.n_samples, limit=args.limit,
         ais=args.ais, ais_steps=args.ais_steps, parzen=args.parzen,
-        model_name=run.config["model"],
+        model_name=run.config["model"], progress=not args.quiet,
     )
-    path = run.write_json("eval.json", result)
+    result["seed"] = args.seed
+    atomic_write_json(path, result)
     for name, m in result["metrics"].items():
         if m.get("value") is None:
             print(f"  {name:24s} -- ({m.get('reason', '')})")
@@ -390,6 +436,17 @@ def _cmd_eval(args) -> int:
             print(f"  {name:24s} {m['value']:.6g}{se} {m.get('unit', '')}")
     print(f"wrote {path}")
     return 0
+
+
+def _check_eval_out(path: Path, overwrite: bool, *, explicit: bool) -> None:
+    """Refuse, before any work, to replace an evaluation or to write where it cannot."""
+    if explicit and path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; give a file name, e.g. {path / 'eval.json'}.")
+    if explicit and not path.parent.is_dir():
+        raise ConfigError(f"the folder of --out {path} does not exist; create it first.")
+    if path.is_file() and not overwrite:
+        raise ConfigError(f"{path} already holds an evaluation; pass --overwrite to replace it, "
+                          "or --out FILE to write the new one elsewhere.")
 
 
 def _cmd_sample(args) -> int:
@@ -445,7 +502,7 @@ def _cmd_compare(args) -> int:
         out=Path(args.out), budget_minutes=args.budget, runs=runs, seed=args.seed,
         device=args.device, data_root=args.data_root, k=args.k, ais=args.ais,
         ais_steps=args.ais_steps, parzen=args.parzen, limit=args.limit,
-        eval_limit=args.eval_limit, overwrite=args.overwrite,
+        eval_limit=args.eval_limit, overwrite=args.overwrite, quiet=args.quiet,
     )
     compare(spec)
     print(f"report: {Path(args.out) / 'report.html'}")
@@ -456,7 +513,7 @@ def _cmd_demo(args) -> int:
     from probgen.demo import run_demo
 
     run_demo(Path(args.out), budget_minutes=args.budget, smoke=args.smoke, seed=args.seed,
-             device=args.device)
+             device=args.device, quiet=args.quiet)
     return 0
 
 

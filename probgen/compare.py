@@ -62,11 +62,14 @@ class CompareSpec:
     eval_limit: int | None = None
     model_args: dict[str, list[str]] = field(default_factory=dict)
     overwrite: bool = False
+    quiet: bool = False  # no progress bars (they are drawn on a terminal only)
 
 
 def compare(spec: CompareSpec) -> dict:
     """Train (or reuse), evaluate and report every model of ``spec``; returns results.json's dict."""
     from probgen.cli import main as cli_main
+    from probgen.progress import bar as progress_bar
+    from probgen.progress import write
     from probgen.recipes import RECIPES
 
     out = Path(spec.out)
@@ -90,6 +93,9 @@ def compare(spec: CompareSpec) -> dict:
     fill = {"vae", "ae", "dae"}
 
     rows: dict[str, dict] = {}
+    # one bar over the stages: each model's training and scoring, then the reference row
+    stages = progress_bar(len([m for m in spec.models if m not in spec.runs]) + len(spec.models) + 1,
+                          desc="compare", unit="stage", progress=not spec.quiet)
     for name in spec.models:
         run_dir = Path(spec.runs.get(name) or out / "runs" / name)
         if name not in spec.runs:
@@ -97,16 +103,19 @@ def compare(spec: CompareSpec) -> dict:
                     "--device", spec.device, "--time-budget", f"{per_model_s:.1f}", "--overwrite",
                     *(["--data-root", spec.data_root] if spec.data_root else []),
                     *(["--limit", str(spec.limit)] if spec.limit else []),
-                    *spec.model_args.get(name, [])]
+                    *spec.model_args.get(name, []), *(["--quiet"] if spec.quiet else [])]
             if name in fill and "--epochs" not in argv:
                 argv += ["--epochs", "1000000"]
-            print(f"[compare] training {name} on {spec.data} (budget {per_model_s:.0f} s)", flush=True)
+            write(f"[compare] training {name} on {spec.data} (budget {per_model_s:.0f} s)")
             code = cli_main(argv)
             if code:
+                stages.close()
                 raise ConfigError(f"training {name} failed (exit {code}); see the message above.")
-        print(f"[compare] scoring {name} ({run_dir})", flush=True)
+            stages.update(1)
+        write(f"[compare] scoring {name} ({run_dir})")
         rows[name] = _evaluate_run(run_dir, spec)
-        print(f"[compare] scored {name} in {rows[name]['eval']['eval_seconds']:.0f} s", flush=True)
+        stages.update(1)
+        write(f"[compare] scored {name} in {rows[name]['eval']['eval_seconds']:.0f} s")
 
     results = {
         "data": spec.data,
@@ -116,11 +125,13 @@ def compare(spec: CompareSpec) -> dict:
         "data_options": {n: r["data_options"] for n, r in rows.items()},
     }
     if rows:
-        print("[compare] scoring the reference row (validation data as samples)", flush=True)
+        write("[compare] scoring the reference row (validation data as samples)")
         first, row = next(iter(rows.items()))
         results["models"][REFERENCE_ROW] = _reference(row["data"], spec)
         results["reference"] = {"representation_of": first, "data_options": row["data_options"],
                                 "n": sample_count(row["data"])}
+    stages.update(1)
+    stages.close()
     results["paired_differences"] = _paired(rows, out)
     results["vae_vs_gan"] = _lecture_table(rows, spec)
     results["model_choice"] = _model_choice(rows, spec, out)
@@ -183,7 +194,7 @@ def _evaluate_run(run_dir: Path, spec: CompareSpec) -> dict:
     t0 = time.perf_counter()
     ev = evaluate(model, data, "test", k=spec.k, limit=spec.eval_limit, ais=spec.ais,
                   ais_steps=spec.ais_steps, parzen=spec.parzen, model_name=run.config["model"],
-                  per_example=per_example, n_samples=sample_count(data))
+                  per_example=per_example, n_samples=sample_count(data), progress=not spec.quiet)
     ev["eval_seconds"] = time.perf_counter() - t0
     train = run.path / "train.json"
     seconds = json.loads(train.read_text()).get("seconds") if train.exists() else None
