@@ -37,10 +37,10 @@ def _mnist_root():
 @pytest.fixture
 def fp32_matmul():
     """Full float32 matrix products for the comparisons with the CPU (no TF32)."""
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
     yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    torch.set_float32_matmul_precision(before)
 
 
 # ----------------------------------------------------------------------------- the VAE
