@@ -1,4 +1,4 @@
-"""Expectation-maximisation for Gaussian mixtures, in log space, on Cholesky factors.
+"""Expectation-maximisation for Gaussian and Bernoulli mixtures, in log space.
 
 The algorithm is the classic one (Dempster, Laird and Rubin, "Maximum likelihood from
 incomplete data via the EM algorithm", JRSS B 1977; Bishop, "Pattern Recognition and Machine
@@ -26,6 +26,15 @@ far-apart clusters). Diagonal and spherical covariances use raw moments (shift 0
 small matrix products, exactly as scikit-learn does; in float32 these lose accuracy when
 clusters are much narrower than their distance from the origin.
 
+The same loop fits a mixture of Bernoullis (binary data): each component family -- the four
+covariance types of a Gaussian and ``"bernoulli"`` -- is one object in :data:`FAMILIES` that
+gives the E-step its log-density terms and the M-step its parameters, and the statistics are
+the same sums (``sum_x = sum_i r_ik x_i``, no second moments). Its M-step is the MAP estimate
+under a Beta(1 + alpha, 1 + alpha) prior on every probability (``reg_covar`` carries
+``alpha``), and :func:`run_em`'s lower bound is then the penalised objective
+``(log p(X) + alpha * sum_kd log(mu_kd (1 - mu_kd))) / N``, the quantity that MAP-EM never
+decreases.
+
 Everything is written in torch, batched over components (no Python loop over ``K``), and
 processes the data in blocks of rows so that the ``(K, D, block)`` intermediates stay in
 cache; it runs unchanged on a CUDA device.
@@ -33,6 +42,8 @@ cache; it runs unchanged on a CUDA device.
 Shapes: ``N`` points, ``D`` features, ``K`` components. Covariance parameters by type::
 
     full       (K, D, D)      tied  (D, D)      diag  (K, D)      spherical  (K,)
+
+A Bernoulli mixture has no covariance: ``means`` (K, D) are the probabilities of a 1.
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ from probgen.progress import bar as progress_bar
 
 __all__ = [
     "COVARIANCE_TYPES",
+    "FAMILIES",
     "CovarianceError",
     "ConvergenceWarning",
     "MixtureParams",
@@ -114,7 +126,7 @@ class MixtureParams:
 
     @property
     def precisions(self) -> Tensor:
-        return COVARIANCE_TYPES[self.covariance_type].precisions(self.precisions_cholesky)
+        return FAMILIES[self.covariance_type].precisions(self.precisions_cholesky)
 
     def to(self, device=None, dtype=None) -> MixtureParams:
         mv = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
@@ -190,7 +202,7 @@ def _blocks(n: int, size: int):
 
 def _block_size(covariance_type: str, k: int, d: int) -> int:
     """Rows per block of the E-step (see the covariance types' ``rows_per_block``)."""
-    return max(256, COVARIANCE_TYPES[covariance_type].rows_per_block(k, d))
+    return max(256, FAMILIES[covariance_type].rows_per_block(k, d))
 
 
 # ============================================================================ covariance types
@@ -198,7 +210,27 @@ def _block_size(covariance_type: str, k: int, d: int) -> int:
 # Every method is batched over components.
 
 
-class _Full:
+class _Gaussian:
+    """What the Gaussian covariance types share: the log-density terms and the M-step."""
+
+    def terms(self, means: Tensor, prec_chol: Tensor):
+        """``(const, prep)``: ``log N(x | k) = const_k - 0.5 * whiten(x, prep)[0][k]``."""
+        d = means.shape[1]
+        return -0.5 * d * _LOG_2PI + self.log_det(prec_chol, d), self.prepare(means, prec_chol)
+
+    def maximise(self, stats: SufficientStats, nk: Tensor, reg: float):
+        """Means, covariances and precision Cholesky factors from the statistics."""
+        delta = stats.sum_x / nk[:, None]                       # new mean - shift, (K, D)
+        means = stats.shift + delta
+        cov = self.covariance(stats.sum_xx, delta, nk, reg)
+        return means, cov, self.precision_cholesky(cov)
+
+    def log_prior(self, params: MixtureParams, reg: float) -> float:
+        """The M-step's log prior, added to the lower bound (maximum likelihood: none)."""
+        return 0.0
+
+
+class _Full(_Gaussian):
     """One full covariance matrix per component: parameters (K, D, D)."""
 
     name = "full"
@@ -373,7 +405,7 @@ class _Tied(_Full):
         return z @ scale
 
 
-class _Diag:
+class _Diag(_Gaussian):
     """A diagonal covariance per component: parameters (K, D), the variances."""
 
     name = "diag"
@@ -481,6 +513,76 @@ COVARIANCE_TYPES = {
 }
 
 
+class _Bernoulli:
+    """Independent Bernoulli pixels per component: ``means`` (K, D) are the probabilities.
+
+    ``log p(x | k) = sum_d x_d logit(mu_kd) + sum_d log(1 - mu_kd)``: one matrix product per
+    block. The M-step is the MAP estimate under a Beta(1 + alpha, 1 + alpha) prior on each
+    probability, ``mu = (sum_i r_ik x_i + alpha) / (N_k + 2 alpha)``, which keeps every
+    probability in (0, 1) for ``alpha > 0``; with ``alpha = 0`` (maximum likelihood)
+    probabilities of exactly 0 or 1 are clamped to ``[eps, 1 - eps]`` of the dtype when
+    scoring, so that a pixel never seen on costs about 36 nats (float64) instead of infinity.
+    """
+
+    name = "bernoulli"
+
+    def shape(self, k, d):
+        return (k, d)
+
+    def moments_shape(self, k, d):
+        return (k, 0)                                           # no second moments
+
+    def rows_per_block(self, k, d):
+        return (1 << 19) // (k + d)
+
+    def n_parameters(self, k, d):
+        return 0                                                # the means are all there is
+
+    def precisions(self, prec_chol):
+        return None
+
+    def terms(self, means, prec_chol):
+        eps = torch.finfo(means.dtype).eps
+        mu = means.clamp(eps, 1.0 - eps)
+        log1m = torch.log1p(-mu)
+        return log1m.sum(1), mu.log() - log1m                   # (K,), logits (K, D)
+
+    def whiten(self, x, logits):
+        """``-2 sum_d x_d logit_kd`` (K, B), so that the E-step's ``const - 0.5 *`` it is the
+        log-pmf, and the points themselves for the statistics."""
+        return (logits @ x.T).mul_(-2.0), x
+
+    def init_acc(self, k, d, **kw):
+        return {"s": torch.zeros(k, d, **kw)}
+
+    def accumulate(self, acc, x, r, y):
+        acc["s"] += (r @ x).to(acc["s"].dtype)                 # sum r x, (K, D)
+
+    def finish(self, acc, means, prec_chol):
+        s = acc["s"]
+        return s, s.new_zeros(s.shape[0], 0), torch.zeros_like(s)
+
+    def centered_moments(self, diff, r):
+        return diff.new_zeros(diff.shape[0], 0)
+
+    def maximise(self, stats, nk, alpha):
+        ones = stats.shift * stats.nk[:, None] + stats.sum_x    # sum_i r_ik x_i, (K, D)
+        means = ((ones + alpha) / (nk[:, None] + 2.0 * alpha)).clamp_(0.0, 1.0)
+        return means, None, None
+
+    def log_prior(self, params, alpha):
+        """``alpha * sum_kd log(mu_kd (1 - mu_kd))``: the Beta prior's log density, less its
+        normalising constant."""
+        if alpha == 0:
+            return 0.0
+        mu = params.means.double()
+        return alpha * float((mu.log() + torch.log1p(-mu)).sum())
+
+
+#: Every component family: the Gaussian covariance types and the Bernoulli.
+FAMILIES = {**COVARIANCE_TYPES, "bernoulli": _Bernoulli()}
+
+
 def _which(bad: Tensor) -> str:
     return ", ".join(str(i) for i in torch.nonzero(bad.reshape(-1)).flatten().tolist())
 
@@ -505,13 +607,12 @@ def estimate_log_prob(x: Tensor, means: Tensor, precisions_cholesky: Tensor,
     means : Tensor, shape (K, D)
     precisions_cholesky : Tensor
         Shape by covariance type (module docstring).
-    covariance_type : {"full", "tied", "diag", "spherical"}
+    covariance_type : {"full", "tied", "diag", "spherical", "bernoulli"}
     """
-    ct = COVARIANCE_TYPES[covariance_type]
+    ct = FAMILIES[covariance_type]
     k, d = means.shape
-    const = -0.5 * d * _LOG_2PI + ct.log_det(precisions_cholesky, d)  # (K,) or scalar
+    const, prep = ct.terms(means, precisions_cholesky)                 # (K,) or scalar
     out = torch.empty(x.shape[0], k, dtype=x.dtype, device=x.device)
-    prep = ct.prepare(means, precisions_cholesky)
     for sl in _blocks(x.shape[0], _block_size(covariance_type, k, d)):
         maha, _ = ct.whiten(x[sl], prep)                                # (K, B)
         out[sl] = (const - 0.5 * maha.T)
@@ -519,7 +620,7 @@ def estimate_log_prob(x: Tensor, means: Tensor, precisions_cholesky: Tensor,
 
 
 def weighted_log_prob(x: Tensor, params: MixtureParams) -> Tensor:
-    """``log w_k + log N(x | mu_k, Sigma_k)``, (N, K); logsumexp over K gives log p(x)."""
+    """``log w_k + log p(x | k)``, (N, K); logsumexp over K gives log p(x)."""
     return estimate_log_prob(x, params.means, params.precisions_cholesky,
                              params.covariance_type) + params.weights.log()
 
@@ -540,21 +641,21 @@ def e_step(x: Tensor, params: MixtureParams, *, block_size: int | None = None,
     Returns
     -------
     SufficientStats
-        Moments about the current means (full, tied) or about zero (diag, spherical), and
-        the data log-likelihood ``sum_i log p(x_i)`` under ``params``.
+        Moments about the current means (full, tied) or about zero (diag, spherical,
+        bernoulli), and the data log-likelihood ``sum_i log p(x_i)`` under ``params``.
     """
-    ct = COVARIANCE_TYPES[params.covariance_type]
+    ct = FAMILIES[params.covariance_type]
     k, d = params.means.shape
     acc_dtype = accumulate_dtype or torch.float64
     kw = {"dtype": acc_dtype, "device": x.device}
     acc = {"ll": torch.zeros((), **kw), "nk": torch.zeros(k, **kw), **ct.init_acc(k, d, **kw)}
     means, prec_chol = params.means, params.precisions_cholesky
-    const = (params.weights.log() - 0.5 * d * _LOG_2PI + ct.log_det(prec_chol, d))  # (K,)
-    prep = ct.prepare(means, prec_chol)
+    const, prep = ct.terms(means, prec_chol)
+    const = params.weights.log() + const                        # (K,)
     for sl in _blocks(x.shape[0], block_size or _block_size(params.covariance_type, k, d)):
         xb = x[sl]
         maha, y = ct.whiten(xb, prep)                           # (K, B), type-specific
-        lp = torch.add(const.unsqueeze(1), maha, alpha=-0.5)    # (K, B) log w_k N(x_b | k)
+        lp = torch.add(const.unsqueeze(1), maha, alpha=-0.5)    # (K, B) log w_k p(x_b | k)
         top = lp.amax(0)                                        # (B,)
         r = lp.sub_(top).exp_()                                 # unnormalised, in place
         total = r.sum(0)                                        # (B,)
@@ -578,7 +679,7 @@ def stats_from_responsibilities(x: Tensor, resp: Tensor, covariance_type: str, *
     resp : Tensor, shape (N, K)
         Non-negative, rows summing to one (e.g. one-hot k-means labels).
     """
-    ct = COVARIANCE_TYPES[covariance_type]
+    ct = FAMILIES[covariance_type]
     n, d = x.shape
     k = resp.shape[1]
     acc_dtype = torch.float64
@@ -598,17 +699,15 @@ def stats_from_responsibilities(x: Tensor, resp: Tensor, covariance_type: str, *
 
 def m_step(stats: SufficientStats, covariance_type: str, reg_covar: float, *,
            dtype: torch.dtype | None = None) -> MixtureParams:
-    """Maximum-likelihood parameters from sufficient statistics.
+    """Maximum-likelihood parameters from sufficient statistics (Bernoulli: MAP, with
+    ``reg_covar`` the prior's ``alpha``).
 
     Computed in the statistics' dtype (float64) and returned in ``dtype`` (default: the
     same). Raises :class:`CovarianceError` when a covariance is not positive definite.
     """
-    ct = COVARIANCE_TYPES[covariance_type]
+    ct = FAMILIES[covariance_type]
     nk = stats.nk + 10 * torch.finfo(stats.nk.dtype).eps       # as scikit-learn
-    delta = stats.sum_x / nk[:, None]                           # new mean - shift, (K, D)
-    means = stats.shift + delta
-    cov = ct.covariance(stats.sum_xx, delta, nk, reg_covar)
-    prec_chol = ct.precision_cholesky(cov)
+    means, cov, prec_chol = ct.maximise(stats, nk, reg_covar)
     weights = nk / nk.sum()
     params = MixtureParams(weights, means, cov, prec_chol, covariance_type)
     return params.to(dtype=dtype) if dtype is not None else params
@@ -633,7 +732,9 @@ def run_em(x: Tensor, params: MixtureParams, *, tol: float = 1e-3, max_iter: int
 
     Each iteration is one :func:`e_step` (whose log-likelihood, divided by ``N``, is the
     lower bound of that iteration: the likelihood of the parameters it started from) and
-    one :func:`m_step`, the same bookkeeping as scikit-learn's ``GaussianMixture``.
+    one :func:`m_step`, the same bookkeeping as scikit-learn's ``GaussianMixture``. For a
+    Bernoulli mixture the lower bound adds the Beta prior's log density (``alpha * sum
+    log(mu (1 - mu))``, divided by ``N``): the MAP objective, which every iteration increases.
 
     Parameters
     ----------
@@ -641,6 +742,7 @@ def run_em(x: Tensor, params: MixtureParams, *, tol: float = 1e-3, max_iter: int
     params : MixtureParams
         Starting point, in the dtype and on the device of ``x``.
     tol, max_iter, reg_covar : as :class:`probgen.models.gmm.GaussianMixture`
+        (Bernoulli: ``reg_covar`` is ``alpha`` of :class:`probgen.models.bmm.BernoulliMixture`)
     callback : callable(iteration, lower_bound), optional
     reduce : callable(SufficientStats) -> SufficientStats, optional
         Pools the statistics of the data shards before the M-step: with ``x`` one process's
@@ -655,6 +757,7 @@ def run_em(x: Tensor, params: MixtureParams, *, tol: float = 1e-3, max_iter: int
     EMResult
     """
     result = EMResult(params=params)
+    family = FAMILIES[params.covariance_type]
     lower_bound = -math.inf
     bar = progress_bar(max_iter, desc=desc, unit="iter", progress=progress)
     for it in range(1, max_iter + 1):
@@ -662,7 +765,8 @@ def run_em(x: Tensor, params: MixtureParams, *, tol: float = 1e-3, max_iter: int
         stats = e_step(x, result.params, block_size=block_size)
         if reduce is not None:
             stats = reduce(stats)
-        lower_bound = float(stats.log_likelihood) / stats.n
+        lower_bound = (float(stats.log_likelihood)
+                       + family.log_prior(result.params, reg_covar)) / stats.n
         if not math.isfinite(lower_bound):
             bar.close()
             raise CovarianceError(

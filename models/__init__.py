@@ -9,6 +9,7 @@ module                 model
 ``autoencoder``        :class:`Autoencoder`: plain and denoising
 ``gan``                :class:`GAN`: an implicit model (generator + discriminator)
 ``gmm``                :class:`GaussianMixture`: EM with scikit-learn's semantics
+``bmm``                :class:`BernoulliMixture`: EM for binary data, the same estimator API
 ``mixture_program``    the same mixture as a Pyro program (assignments summed out)
 ``bayes_mixture``      a Bayesian mixture for NUTS and PSIS-LOO
 ``nets``               the shared encoders, decoders, generators and discriminators
@@ -21,7 +22,7 @@ import importlib
 
 _EXPORTS = {
     "VAE": "vae", "PPCA": "ppca", "Autoencoder": "autoencoder", "GAN": "gan",
-    "GaussianMixture": "gmm", "MixtureDensity": "gmm",
+    "GaussianMixture": "gmm", "MixtureDensity": "gmm", "BernoulliMixture": "bmm",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -81,32 +81,32 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 # ============================================================================ validation
-def _int_param(name, value, low):
+def _int_param(name, value, low, estimator="GaussianMixture"):
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"The {name!r} parameter of GaussianMixture must be an int in the "
+        raise ConfigError(f"The {name!r} parameter of {estimator} must be an int in the "
                           f"range [{low}, inf). Got {value!r} instead.")
 
 
-def _float_param(name, value, low):
+def _float_param(name, value, low, estimator="GaussianMixture"):
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= low:
-        raise ConfigError(f"The {name!r} parameter of GaussianMixture must be a float in the "
+        raise ConfigError(f"The {name!r} parameter of {estimator} must be a float in the "
                           f"range [{low:g}, inf). Got {value!r} instead.")
 
 
-def _choice_param(name, value, choices):
+def _choice_param(name, value, choices, estimator="GaussianMixture"):
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(
-            f"The {name!r} parameter of GaussianMixture must be a str among "
+            f"The {name!r} parameter of {estimator} must be a str among "
             f"{{{', '.join(repr(c) for c in choices)}}}. Got {value!r} instead."
             f"{suggest(value, choices) if isinstance(value, str) else ''}")
 
 
-def _resolve_dtype(dtype) -> torch.dtype:
+def _resolve_dtype(dtype, estimator="GaussianMixture") -> torch.dtype:
     if isinstance(dtype, str) and dtype in _DTYPES:
         return _DTYPES[dtype]
     if dtype in (torch.float32, torch.float64):
         return dtype
-    raise ConfigError("The 'dtype' parameter of GaussianMixture must be torch.float64 or "
+    raise ConfigError(f"The 'dtype' parameter of {estimator} must be torch.float64 or "
                       f"torch.float32 (or 'float64'/'float32'). Got {dtype!r} instead.")
 
 
@@ -280,10 +280,11 @@ class GaussianMixture:
         self._validate_params()
         dtype = _resolve_dtype(self.dtype)
         dev = self._device(X)
-        x = as_2d_tensor(X, dtype=dtype, device=dev, estimator="GaussianMixture")
+        x = as_2d_tensor(X, dtype=dtype, device=dev, estimator=type(self).__name__)
+        self._check_values(x)
         n, d = x.shape
         if n < max(2, self.n_components):
-            raise DataError(f"GaussianMixture needs n_samples >= max(2, n_components); got "
+            raise DataError(f"{type(self).__name__} needs n_samples >= max(2, n_components); got "
                             f"n_samples={n} with n_components={self.n_components}. Use more "
                             "data or fewer components.")
         inits = self._check_inits(d, dev, dtype)
@@ -300,7 +301,7 @@ class GaussianMixture:
         for i in range(self.n_init):
             start = self._initial_params(x, inits, gen)
             res = run_em(x_em, start, tol=self.tol, max_iter=self.max_iter,
-                         reg_covar=self.reg_covar, reduce=reduce, progress=progress,
+                         reg_covar=self._regularisation(), reduce=reduce, progress=progress,
                          desc=f"EM {i + 1}/{self.n_init}" if self.n_init > 1 else "EM")
             lb = res.lower_bounds[-1] if res.lower_bounds else -math.inf
             if best is None or lb > best[0]:
@@ -314,6 +315,13 @@ class GaussianMixture:
         self.n_features_in_ = d
         if not self.converged_ and self.max_iter > 0:
             warn_not_converged(self.n_init, self.max_iter, self.tol, stacklevel=stacklevel)
+
+    def _check_values(self, x: Tensor) -> None:
+        """Hook for a family's own check of the data values (any finite value fits here)."""
+
+    def _regularisation(self) -> float:
+        """What :func:`~probgen.inference.em.run_em` gets as ``reg_covar``."""
+        return self.reg_covar
 
     def _initial_params(self, x: Tensor, inits: dict, gen: torch.Generator) -> MixtureParams:
         ct = COVARIANCE_TYPES[self.covariance_type]
@@ -352,16 +360,17 @@ class GaussianMixture:
     # ------------------------------------------------------------------ scoring
     def _check_fitted(self, what: str) -> None:
         if not hasattr(self, "means_"):
-            raise NotFittedError(f"This GaussianMixture instance is not fitted yet: call "
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet: call "
                                  f"fit(X) before {what}.")
 
     def _input(self, X, what: str) -> Tensor:
         self._check_fitted(what)
         x = as_2d_tensor(X, dtype=self.means_.dtype, device=self.means_.device,
-                         estimator="GaussianMixture")
+                         estimator=type(self).__name__)
         if x.shape[1] != self.n_features_in_:
-            raise DataError(f"X has {x.shape[1]} features, but this GaussianMixture was "
+            raise DataError(f"X has {x.shape[1]} features, but this {type(self).__name__} was "
                             f"fitted with {self.n_features_in_}.")
+        self._check_values(x)
         return x
 
     @staticmethod
@@ -485,11 +494,12 @@ class GaussianMixture:
 
 
 class MixtureDensity:
-    """A fitted :class:`GaussianMixture` seen through the evaluation protocol.
+    """A fitted :class:`GaussianMixture` (or
+    :class:`~probgen.models.bmm.BernoulliMixture`) seen through the evaluation protocol.
 
     Parameters
     ----------
-    mixture : GaussianMixture
+    mixture : GaussianMixture or BernoulliMixture
         Fitted.
     event_shape : tuple of int, optional
         Per-example shape of the data (e.g. ``(1, 28, 28)``): ``log_prob`` flattens its
