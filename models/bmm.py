@@ -48,7 +48,7 @@ class BernoulliMixture(GaussianMixture):
     Parameters
     ----------
     n_components : int, default 1
-    alpha : float, default 0.01
+    alpha : float, default 0.1
         Smoothing: a Beta(1 + alpha, 1 + alpha) prior on every probability, whose MAP
         estimate is ``(sum_i r_ik x_id + alpha) / (N_k + 2 alpha)``; ``1`` is Laplace's rule,
         ``0`` maximum likelihood (probabilities of exactly 0 or 1 are then clamped to
@@ -81,7 +81,7 @@ class BernoulliMixture(GaussianMixture):
 
     covariance_type = "bernoulli"
 
-    def __init__(self, n_components: int = 1, *, alpha: float = 0.01, tol: float = 1e-3,
+    def __init__(self, n_components: int = 1, *, alpha: float = 0.1, tol: float = 1e-3,
                  max_iter: int = 100, n_init: int = 1, init_params: str = "kmeans",
                  weights_init=None, means_init=None, random_state=None, device=None,
                  dtype: torch.dtype = torch.float64):
