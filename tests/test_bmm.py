@@ -318,3 +318,15 @@ def test_recipe_on_binary_user_arrays_with_the_default_k(tmp_path):
     assert state["means"].shape == (n_train // 30, 16)
     # 0/1 data pass through the fixed binarisation unchanged
     assert set(load_run_data(cfg).train.unique().tolist()) == {0.0, 1.0}
+
+
+@pytest.mark.slow  # two gloo processes (about 20 s); the gmm twin in test_distributed runs by default
+def test_em_across_two_processes_gives_the_one_process_fit(tmp_path):
+    common = ["--data", "digits", "--limit", "400", "--components", "4", "--tol", "1e-8",
+              "--no-figures"]
+    assert _cli("train", "bmm", *common, "--nproc", "2", "--out", str(tmp_path / "two")) == 0
+    assert _cli("train", "bmm", *common, "--out", str(tmp_path / "one")) == 0
+    one, two = (torch.load(tmp_path / r / "checkpoints" / "latest.pt", weights_only=True)["state"]
+                for r in ("one", "two"))
+    for k in ("weights", "means", "lower_bounds"):
+        torch.testing.assert_close(two[k], one[k], rtol=1e-9, atol=1e-12)
