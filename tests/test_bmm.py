@@ -330,3 +330,15 @@ def test_em_across_two_processes_gives_the_one_process_fit(tmp_path):
                 for r in ("one", "two"))
     for k in ("weights", "means", "lower_bounds"):
         torch.testing.assert_close(two[k], one[k], rtol=1e-9, atol=1e-12)
+
+
+def test_fixed_and_dynamic_binarisation_share_the_test_images():
+    # what makes bmm (fixed) and the Bernoulli VAE (dynamic) likelihoods comparable
+    from probgen.data import load_dataset
+
+    fixed = load_dataset("digits", binarize="fixed", seed=3)
+    dynamic = load_dataset("digits", binarize="dynamic", seed=3)
+    assert torch.equal(fixed.test, dynamic.test) and torch.equal(fixed.val, dynamic.val)
+    assert set(fixed.test.unique().tolist()) == {0.0, 1.0}
+    assert set(fixed.train.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(fixed.train, dynamic.train)        # dynamic keeps grey values
