@@ -88,10 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--deterministic", action="store_true",
                         help="deterministic kernels only (torch.use_deterministic_algorithms; on "
                              "CUDA slower, and an error where an operation has none)")
+        mp.add_argument("--allow-changed-data", action="store_true",
+                        help="--resume even when the data differ from those the run trained on "
+                             "(recorded in the run)")
         if getattr(recipe, "DISTRIBUTED", False):
             mp.add_argument("--nproc", type=int, default=None, metavar="N",
                             help="train in N processes on this machine (launches torchrun; "
                                  "--batch-size is per process)")
+            mp.add_argument("--max-restarts", type=int, default=0, metavar="R",
+                            help="when a process dies, start the group again from the last "
+                                 "checkpoint, at most R times (torchrun's elastic agent)")
+            mp.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                            help="how long a process waits for the others before it fails "
+                                 "(default 300)")
         _add_common_data_args(mp)
         recipe.add_arguments(mp)
 
@@ -108,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ais", action="store_true", help="add annealed importance sampling")
     p.add_argument("--ais-steps", type=int, default=500)
     p.add_argument("--parzen", action="store_true", help="add the Parzen-window estimate")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write the results here instead of RUN_DIR/eval.json (then the run folder "
+                        "is only read, even while it trains)")
+    p.add_argument("--allow-changed-data", action="store_true",
+                   help="evaluate even when the data differ from those the run trained on")
     _add_common_data_args(p)
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
@@ -137,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int, default=None, metavar="N",
                    help="evaluate on the first N test examples")
     p.add_argument("--overwrite", action="store_true", help="replace a comparison in --out")
+    p.add_argument("--allow-changed-data", action="store_true",
+                   help="score --runs even when their data differ from those they trained on")
     _add_common_data_args(p)
 
     p = sub.add_parser("demo", help="the quick tour: a small comparison on bundled offline data")
@@ -239,7 +255,12 @@ def _cmd_train(args) -> int:
 
     recipe = get_recipe(args.model)
     nproc = getattr(args, "nproc", None)
+    restarts = getattr(args, "max_restarts", 0)
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not under_torchrun and "TORCHELASTIC_RUN_ID" not in os.environ:
+        from probgen.runs import check_unlocked
+
+        check_unlocked(args.out)  # another writer: say so now, before any process starts
     if under_torchrun and not getattr(recipe, "DISTRIBUTED", False):
         supported = [m for m in RECIPES if getattr(get_recipe(m), "DISTRIBUTED", False)]
         raise ConfigError(f"`probgen train {args.model}` trains in one process only; under "
@@ -247,10 +268,12 @@ def _cmd_train(args) -> int:
     if nproc is not None and not under_torchrun:
         if nproc < 1:
             raise ConfigError(f"--nproc must be a positive number of processes; got {nproc}.")
-        if nproc > 1:
+        if restarts < 0:
+            raise ConfigError(f"--max-restarts must be 0 or more; got {restarts}.")
+        if nproc > 1 or restarts:
             from probgen import distributed as pdist
 
-            return pdist.launch(_train_argv_without_nproc(args._argv), nproc)
+            return pdist.launch(_train_argv_without_nproc(args._argv), nproc, max_restarts=restarts)
     if not under_torchrun:
         return _train(args, recipe)
     from probgen import distributed as pdist
@@ -259,7 +282,7 @@ def _cmd_train(args) -> int:
     device = resolve_device(args.device)
     if device.type == "cuda":  # one GPU per process
         device = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    pdist.setup(device)
+    pdist.setup(device, timeout=args.dist_timeout)
     try:
         return _train(args, recipe, device=device)
     finally:
@@ -296,11 +319,12 @@ def deterministic_algorithms(enabled: bool = True):
 
 def _train(args, recipe, device=None) -> int:
     from probgen import distributed as pdist
-    from probgen.runs import Run, StopControl, resolve_device, seed_everything
+    from probgen.runs import Run, StopControl, elastic_restart, resolve_device, seed_everything
 
     device = device if device is not None else resolve_device(args.device)
     skip = {"command", "model", "out", "resume", "overwrite", "debug", "device", "no_figures",
-            "binarize", "value_range", "download", "_parser", "_argv", "nproc"}
+            "binarize", "value_range", "download", "_parser", "_argv", "nproc", "max_restarts",
+            "dist_timeout", "allow_changed_data"}
     dist = pdist.info()
     config = {
         "model": args.model,
@@ -309,7 +333,10 @@ def _train(args, recipe, device=None) -> int:
         **{k: v for k, v in vars(args).items() if k not in skip},
         "world_size": dist.world_size,
         "probgen_version": __version__,
+        "argv": list(args._argv),
     }
+    if elastic_restart(args.out):  # torchrun restarted the group: continue from the checkpoint
+        args.resume, args.overwrite = True, False
     # rank 0 creates (or checks) the folder; the others read it and write nothing
     run = pdist.share_outcome(Run.create, args.out, config, resume=args.resume,
                               overwrite=args.overwrite)
@@ -318,6 +345,7 @@ def _train(args, recipe, device=None) -> int:
     seed_everything(run.config["seed"])
     data = load_run_data(run.config, device=device, data_root=args.data_root,
                          download=args.download)
+    pdist.share_outcome(run.check_data, data, allow_changed=args.allow_changed_data, action="train")
 
     t0 = time.perf_counter()
     from probgen.errors import DivergedError
@@ -347,6 +375,8 @@ def _train(args, recipe, device=None) -> int:
         seconds += json.loads(previous.read_text()).get("seconds", 0.0)
     run.write_json("train.json", {"seconds": seconds, "device": str(device),
                                   "processes": dist.world_size})
+    run.mark_completed({k: run.config.get(k) for k in ("epochs", "steps", "max_iter", "time_budget")},
+                       stopped_by=run.stop.reason)
     where = f" in {dist.world_size} processes" if dist.distributed else ""
     print(f"trained {args.model} on {args.data}{where} in {seconds:.1f} s -> {run.path}")
     if not args.no_figures and hasattr(recipe, "figures"):
@@ -359,7 +389,8 @@ def _train(args, recipe, device=None) -> int:
 def _load_run(args):
     from probgen.runs import Run, resolve_device
 
-    run = Run.open(args.run_dir)
+    writes = args.command == "eval" and not args.out  # eval.json into the folder: the writer's lock
+    run = Run.open(args.run_dir, lock=writes)
     if run.config.get("model") not in RECIPES:
         raise ConfigError(f"{args.run_dir} holds a {run.config.get('model')!r} run, which this "
                           f"probgen does not know (known: {', '.join(RECIPES)}).")
@@ -367,6 +398,8 @@ def _load_run(args):
     device = resolve_device(args.device)
     data = load_run_data(run.config, device=device, data_root=args.data_root,
                          download=getattr(args, "download", False))
+    if args.command == "eval":
+        args.data_changes = run.check_data(data, allow_changed=args.allow_changed_data, action="eval")
     model = recipe.load(run, data, device)
     return run, data, model
 
@@ -380,7 +413,15 @@ def _cmd_eval(args) -> int:
         ais=args.ais, ais_steps=args.ais_steps, parzen=args.parzen,
         model_name=run.config["model"],
     )
-    path = run.write_json("eval.json", result)
+    if args.data_changes:
+        result["data_changes"] = args.data_changes
+    if args.out:
+        from probgen.runs import atomic_write_json
+
+        atomic_write_json(args.out, result)
+        path = args.out
+    else:
+        path = run.write_json("eval.json", result)
     for name, m in result["metrics"].items():
         if m.get("value") is None:
             print(f"  {name:24s} -- ({m.get('reason', '')})")
@@ -446,6 +487,7 @@ def _cmd_compare(args) -> int:
         device=args.device, data_root=args.data_root, k=args.k, ais=args.ais,
         ais_steps=args.ais_steps, parzen=args.parzen, limit=args.limit,
         eval_limit=args.eval_limit, overwrite=args.overwrite,
+        allow_changed_data=args.allow_changed_data,
     )
     compare(spec)
     print(f"report: {Path(args.out) / 'report.html'}")

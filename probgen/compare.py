@@ -62,11 +62,11 @@ class CompareSpec:
     eval_limit: int | None = None
     model_args: dict[str, list[str]] = field(default_factory=dict)
     overwrite: bool = False
+    allow_changed_data: bool = False
 
 
 def compare(spec: CompareSpec) -> dict:
     """Train (or reuse), evaluate and report every model of ``spec``; returns results.json's dict."""
-    from probgen.cli import main as cli_main
     from probgen.recipes import RECIPES
 
     out = Path(spec.out)
@@ -90,6 +90,7 @@ def compare(spec: CompareSpec) -> dict:
     fill = {"vae", "ae", "dae"}
 
     rows: dict[str, dict] = {}
+    done: dict[str, str] = {}  # model -> what was done to have its run: trained, reused, resumed
     for name in spec.models:
         run_dir = Path(spec.runs.get(name) or out / "runs" / name)
         if name not in spec.runs:
@@ -100,10 +101,9 @@ def compare(spec: CompareSpec) -> dict:
                     *spec.model_args.get(name, [])]
             if name in fill and "--epochs" not in argv:
                 argv += ["--epochs", "1000000"]
-            print(f"[compare] training {name} on {spec.data} (budget {per_model_s:.0f} s)", flush=True)
-            code = cli_main(argv)
-            if code:
-                raise ConfigError(f"training {name} failed (exit {code}); see the message above.")
+            done[name] = _train_or_reuse(name, run_dir, argv, spec, per_model_s)
+        else:
+            done[name] = _train_or_reuse(name, run_dir, None, spec, per_model_s)
         print(f"[compare] scoring {name} ({run_dir})", flush=True)
         rows[name] = _evaluate_run(run_dir, spec)
         print(f"[compare] scored {name} in {rows[name]['eval']['eval_seconds']:.0f} s", flush=True)
@@ -114,6 +114,7 @@ def compare(spec: CompareSpec) -> dict:
         "models": {n: r["eval"] for n, r in rows.items()},
         "runs": {n: str(r["run"]) for n, r in rows.items()},
         "data_options": {n: r["data_options"] for n, r in rows.items()},
+        "training": done,
     }
     if rows:
         print("[compare] scoring the reference row (validation data as samples)", flush=True)
@@ -166,6 +167,33 @@ def _reference(data, spec: CompareSpec) -> dict:
     return ev
 
 
+def _train_or_reuse(name: str, run_dir: Path, argv: list[str] | None, spec: CompareSpec,
+                    seconds: float) -> str:
+    """Give ``name`` a completed run in ``run_dir`` and say how: a completed run is reused;
+    an unfinished one is retrained (``argv``: a run of this comparison, whose time budget
+    cannot be split) or resumed (a run given by --runs, ``argv=None``). Returns what was done."""
+    from probgen.cli import main as cli_main
+    from probgen.runs import Run, reuse_decision
+
+    action, why = ("train", "--overwrite") if spec.overwrite and argv else reuse_decision(run_dir, argv)
+    if action == "reuse":
+        print(f"[compare] reusing {name}: {why}", flush=True)
+        return f"reused: {why}"
+    if action == "train" and argv is None:  # not a run to finish: opening it says what is missing
+        return "given"
+    if argv is None:
+        print(f"[compare] resuming {name}: {why}", flush=True)
+        argv, done = Run.open(run_dir).resume_argv(), f"resumed: {why}"
+    else:
+        note = f"; retraining it: {why}" if action == "resume" else ""
+        print(f"[compare] training {name} on {spec.data} (budget {seconds:.0f} s{note})", flush=True)
+        done = f"trained{note}"
+    code = cli_main(argv)
+    if code:
+        raise ConfigError(f"training {name} failed (exit {code}); see the message above.")
+    return done
+
+
 def _evaluate_run(run_dir: Path, spec: CompareSpec) -> dict:
     import torch
 
@@ -174,9 +202,10 @@ def _evaluate_run(run_dir: Path, spec: CompareSpec) -> dict:
     from probgen.recipes import get_recipe
     from probgen.runs import Run, resolve_device, seed_everything
 
-    run = Run.open(run_dir)
+    run = Run.open(run_dir, lock=True)  # it writes eval.json there
     device = resolve_device(spec.device)
     data = load_run_data(run.config, device=device, data_root=spec.data_root)
+    run.check_data(data, allow_changed=spec.allow_changed_data, action="compare")
     model = get_recipe(run.config["model"]).load(run, data, device)
     per_example: dict[str, torch.Tensor] = {}
     seed_everything(spec.seed)  # the same samples and Monte Carlo draws on every rescoring
