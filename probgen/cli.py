@@ -191,8 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(["train", "--help"])
     args._argv = argv
     handler = _COMMANDS[args.command]
+    from probgen.runs import locks_released_after
+
     try:
-        return handler(args) or 0
+        with locks_released_after():  # the run folders a command writes are free once it ends
+            return handler(args) or 0
     except ProbgenError as e:
         if getattr(args, "debug", False):
             raise
@@ -405,6 +408,10 @@ def _load_run(args):
 
 
 def _cmd_eval(args) -> int:
+    from probgen.runs import check_unlocked
+
+    if not args.out:
+        check_unlocked(args.run_dir)  # another writer: say so before the slow imports
     from probgen.eval import evaluate
 
     run, data, model = _load_run(args)

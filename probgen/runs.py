@@ -67,6 +67,7 @@ __all__ = [
     "acquire_lock",
     "release_lock",
     "check_unlocked",
+    "locks_released_after",
     "reuse_decision",
     "elastic_restart",
 ]
@@ -95,7 +96,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     :class:`~probgen.errors.WriteError` (an ``OSError``) says which file and why.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes it 0600
@@ -266,7 +270,7 @@ class StopControl:
 
 
 # ----------------------------------------------------------------------------- locks
-# real path of a run folder -> [fd of its lock file, holders in this process, lock file path]
+# real path of a run folder -> [fd of its lock file, the holds taken in this process, lock file]
 _HELD: dict[str, list] = {}
 
 
@@ -340,21 +344,22 @@ def _locked_error(folder: Path, info: dict) -> RunLockedError:
     )
 
 
-def acquire_lock(folder: str | os.PathLike) -> None:
+def acquire_lock(folder: str | os.PathLike) -> object:
     """Take the write lock of the run folder ``folder`` (which must exist), or raise
     :class:`~probgen.errors.RunLockedError` at once, naming the process that holds it.
 
     The lock is an advisory ``flock`` on ``folder/.lock``, which also records the holder's pid,
     host, command and start time for that message. The kernel drops it when the holder's
     process ends, however it ends (SIGKILL included), so a lock file left by a dead process is
-    taken over. Within one process the lock is re-entrant: every :func:`acquire_lock` is
-    matched by one :func:`release_lock`.
+    taken over. Within one process the lock is re-entrant: each :func:`acquire_lock` returns
+    a hold, given back by :func:`release_lock`; the last one given back unlocks.
     """
     folder = Path(folder)
     key = os.path.realpath(folder)
+    hold = object()
     if key in _HELD:
-        _HELD[key][1] += 1
-        return
+        _HELD[key][1].add(hold)
+        return hold
     lock = folder / LOCK_NAME
     while True:
         try:
@@ -380,27 +385,50 @@ def acquire_lock(folder: str | os.PathLike) -> None:
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-    _HELD[key] = [fd, 1, lock]
+    _HELD[key] = [fd, {hold}, lock]
+    return hold
 
 
-def release_lock(folder: str | os.PathLike) -> None:
-    """Give back one hold of the lock taken by :func:`acquire_lock`; the last one removes
-    the lock file and unlocks it."""
+def release_lock(folder: str | os.PathLike, hold: object | None = None) -> None:
+    """Give back ``hold`` (any one hold when ``None``) of the lock of ``folder`` taken by
+    :func:`acquire_lock`; the last one removes the lock file and unlocks it. A hold given
+    back already is ignored."""
     key = os.path.realpath(folder)
     entry = _HELD.get(key)
-    if entry is None:
+    if entry is None or (hold is not None and hold not in entry[1]):
         return
-    entry[1] -= 1
-    if entry[1] > 0:
+    if hold is None:
+        entry[1].pop()
+    else:
+        entry[1].discard(hold)
+    if entry[1]:
         return
-    del _HELD[key]
-    fd, _, lock = entry
+    _unlock(key)
+
+
+def _unlock(key: str) -> None:
+    fd, _, lock = _HELD.pop(key)
     try:
         with contextlib.suppress(OSError):
             if os.fstat(fd).st_ino == os.stat(lock).st_ino:
                 os.unlink(lock)  # still locked: whoever opened it meanwhile sees it vanish
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def locks_released_after():
+    """Give back, when the block ends however it ends, every lock first taken inside it.
+
+    A command's locks must not outlive it, and an error's traceback can keep the
+    :class:`Run` that holds one alive until the garbage collector runs (in a process that goes
+    on, such as a comparison that trains several models)."""
+    before = set(_HELD)
+    try:
+        yield
+    finally:
+        for key in [k for k in _HELD if k not in before]:
+            _unlock(key)
 
 
 def check_unlocked(folder: str | os.PathLike) -> None:
@@ -439,6 +467,9 @@ class Run:
         self.writer = writer
         self._lock: weakref.finalize | None = None
         self._checkpoint_step: int | None = None  # the step of the last checkpoint written here
+        # a resumed run's config.json is rewritten with its first write, so that a resume
+        # refused after Run.create (other data, say) leaves the folder as it was
+        self._config_pending = False
 
     def should_stop(self) -> bool:
         """True once training should checkpoint and return (a signal, or the time budget).
@@ -480,7 +511,7 @@ class Run:
             raise ConfigError(f"--out {path} is a file, not a folder. Choose a folder for the run.")
         try:
             path.mkdir(parents=True, exist_ok=True)
-            acquire_lock(path)  # before anything in the folder is read or changed
+            hold = acquire_lock(path)  # before anything in the folder is read or changed
         except OSError as e:
             raise ConfigError(
                 f"cannot write to the run folder {path}: {e.strerror or e}. "
@@ -489,9 +520,9 @@ class Run:
         try:
             run = cls._create_locked(path, config, resume=resume, overwrite=overwrite)
         except BaseException:
-            release_lock(path)
+            release_lock(path, hold)
             raise
-        run._lock = weakref.finalize(run, release_lock, str(path))
+        run._lock = weakref.finalize(run, release_lock, str(path), hold)
         return run
 
     @classmethod
@@ -512,7 +543,7 @@ class Run:
                 merged = {**old, **{k: v for k, v in config.items() if k in _RESUME_UPDATES}}
                 merged.pop("completed", None)
                 run = cls(path, merged)
-                run._write_config()
+                run._config_pending = True
                 return run
             if not overwrite and not _never_started(path):
                 raise ConfigError(
@@ -555,13 +586,13 @@ class Run:
                 "`probgen train` run."
             )
         if lock:
-            acquire_lock(path)
+            hold = acquire_lock(path)
             try:
                 run = cls(path, _read_json(cfg_file, "run config"), writer=writer)
             except BaseException:
-                release_lock(path)
+                release_lock(path, hold)
                 raise
-            run._lock = weakref.finalize(run, release_lock, str(path))
+            run._lock = weakref.finalize(run, release_lock, str(path), hold)
             return run
         return cls(path, _read_json(cfg_file, "run config"), writer=writer)
 
@@ -571,8 +602,8 @@ class Run:
         this object is garbage-collected, or until the process ends; returns ``self``.
         Raises :class:`~probgen.errors.RunLockedError` when another process holds it."""
         if not self.locked:
-            acquire_lock(self.path)
-            self._lock = weakref.finalize(self, release_lock, str(self.path))
+            hold = acquire_lock(self.path)
+            self._lock = weakref.finalize(self, release_lock, str(self.path), hold)
         return self
 
     def unlock(self) -> None:
@@ -582,21 +613,30 @@ class Run:
     @property
     def locked(self) -> bool:
         """Whether this object holds the folder's write lock."""
-        return self._lock is not None and self._lock.alive
+        if self._lock is None or not self._lock.alive:
+            return False
+        entry = _HELD.get(os.path.realpath(self.path))
+        return entry is not None and self._lock.peek()[2][1] in entry[1]  # (obj, fn, (path, hold), {})
 
     def _write_config(self) -> None:
         if self.writer:
             self._write(self.path / "config.json", (json.dumps(self.config, indent=2) + "\n").encode(),
-                        "run again once there is space (the run folder is unchanged)")
+                        "free some space (or make the folder writable) and run the command again.")
 
     def _write(self, path: Path, data: bytes, advice: str | None = None) -> None:
         """Atomically write a file of the run; a failed write is a clear
         :class:`~probgen.errors.WriteError` that leaves the previous file intact."""
+        self._flush_config()
         try:
             atomic_write_bytes(path, data)
         except WriteError as e:
             cause = e.__cause__ if isinstance(e.__cause__, OSError) else e
             raise self._write_failed(path, cause, advice) from cause
+
+    def _flush_config(self) -> None:
+        if self._config_pending and self.writer:
+            self._config_pending = False
+            self._write_config()
 
     def _write_failed(self, path: Path, e: OSError, advice: str | None = None) -> WriteError:
         if advice is None:
@@ -617,6 +657,7 @@ class Run:
         if not self.writer:
             return
         rec = {"step": int(step), **{k: _plain(v) for k, v in values.items()}}
+        self._flush_config()
         try:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
@@ -650,7 +691,7 @@ class Run:
         if not self.writer:
             return p
         self._write(p, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(),
-                    f"the previous {name} (if any) is still there; run again once there is space"
+                    "free some space (or make the folder writable) and run the command again."
                     if name != "train.json" else None)
         return p
 

@@ -60,17 +60,6 @@ def fingerprint_changes(old: dict, new: dict) -> list[str]:
     out = []
     if old.get("name") != new.get("name"):
         out.append(f"the data set was {old.get('name')!r} and is now {new.get('name')!r}")
-    for key, what in (("kind", "kind"), ("shape", "shape of one example")):
-        if old.get(key) != new.get(key):
-            out.append(f"the {what} was {_show(old.get(key))} and is now {_show(new.get(key))}")
-    for split in SPLITS:
-        a, b = old.get("splits", {}).get(split), new.get("splits", {}).get(split)
-        if a != b:
-            out.append(f"the {split} split had {_count(a)} examples and has {_count(b)}")
-    pa, pb = old.get("preprocessing", {}), new.get("preprocessing", {})
-    for key in sorted(set(pa) | set(pb)):
-        if pa.get(key) != pb.get(key):
-            out.append(f"{key} was {_show(pa.get(key))} and is now {_show(pb.get(key))}")
     if "files" in old and "files" in new:
         out += _file_changes(old["files"], new["files"])
     elif "arrays" in old and "arrays" in new:
@@ -82,6 +71,17 @@ def fingerprint_changes(old: dict, new: dict) -> list[str]:
         was = ", ".join(f["path"] for f in old.get("files", [])) or "arrays, not files"
         now = ", ".join(f["path"] for f in new.get("files", [])) or "arrays, not files"
         out.append(f"the data came from {was} and now come from {now}")
+    for key, what in (("kind", "kind"), ("shape", "shape of one example")):
+        if old.get(key) != new.get(key):
+            out.append(f"the {what} was {_show(old.get(key))} and is now {_show(new.get(key))}")
+    for split in SPLITS:
+        a, b = old.get("splits", {}).get(split), new.get("splits", {}).get(split)
+        if a != b:
+            out.append(f"the {split} split had {_count(a)} examples and has {_count(b)}")
+    pa, pb = old.get("preprocessing", {}), new.get("preprocessing", {})
+    for key in sorted(set(pa) | set(pb)):
+        if pa.get(key) != pb.get(key):
+            out.append(f"{key} was {_show(pa.get(key))} and is now {_show(pb.get(key))}")
     return out
 
 
