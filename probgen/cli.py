@@ -20,7 +20,7 @@ from pathlib import Path
 
 from probgen import __version__
 from probgen.errors import ConfigError, ProbgenError, suggest
-from probgen.recipes import RECIPES, get_recipe
+from probgen.recipes import RECIPES, get_recipe, positive_float
 
 __all__ = ["main", "build_parser"]
 
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
             mp.add_argument("--max-restarts", type=int, default=0, metavar="R",
                             help="when a process dies, start the group again from the last "
                                  "checkpoint, at most R times (torchrun's elastic agent)")
-            mp.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+            mp.add_argument("--dist-timeout", type=positive_float, default=None, metavar="SECONDS",
                             help="how long a process waits for the others before it fails "
                                  "(default 300)")
         _add_common_data_args(mp)
@@ -268,7 +268,8 @@ def _cmd_train(args) -> int:
         supported = [m for m in RECIPES if getattr(get_recipe(m), "DISTRIBUTED", False)]
         raise ConfigError(f"`probgen train {args.model}` trains in one process only; under "
                           f"torchrun use one of: {', '.join(supported)}.")
-    if nproc is not None and not under_torchrun:
+    if (nproc is not None or restarts) and not under_torchrun and "TORCHELASTIC_RUN_ID" not in os.environ:
+        nproc = 1 if nproc is None else nproc
         if nproc < 1:
             raise ConfigError(f"--nproc must be a positive number of processes; got {nproc}.")
         if restarts < 0:
@@ -344,7 +345,7 @@ def _train(args, recipe, device=None) -> int:
     run = pdist.share_outcome(Run.create, args.out, config, resume=args.resume,
                               overwrite=args.overwrite)
     if run is None:
-        run = Run.open(args.out, writer=False)
+        run = Run.open(args.out, writer=False, resumed_with=config if args.resume else None)
     seed_everything(run.config["seed"])
     data = load_run_data(run.config, device=device, data_root=args.data_root,
                          download=args.download)

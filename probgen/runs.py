@@ -539,10 +539,7 @@ class Run:
                             f"but {key}={config.get(key)!r} was asked for. Resume with the "
                             "same options, or choose another --out."
                         )
-                # the latest command's budget and launch; the run is no longer complete
-                merged = {**old, **{k: v for k, v in config.items() if k in _RESUME_UPDATES}}
-                merged.pop("completed", None)
-                run = cls(path, merged)
+                run = cls(path, _resumed_config(old, config))
                 run._config_pending = True
                 return run
             if not overwrite and not _never_started(path):
@@ -573,11 +570,14 @@ class Run:
         return run
 
     @classmethod
-    def open(cls, path, *, writer: bool = True, lock: bool = False) -> Run:
+    def open(cls, path, *, writer: bool = True, lock: bool = False,
+             resumed_with: dict | None = None) -> Run:
         """Open an existing run folder for reading (evaluation, sampling); ``writer=False``
         makes every write a no-op (the processes other than rank 0 of a distributed run).
         ``lock=True`` takes the folder's write lock first (see :meth:`lock`): for a command
-        that writes into the folder, such as ``probgen eval``."""
+        that writes into the folder, such as ``probgen eval``. ``resumed_with``: the config
+        of a command that resumes the run, as :meth:`create` merges it (for the processes
+        that read a run which rank 0 resumes)."""
         path = Path(path)
         cfg_file = path / "config.json"
         if not cfg_file.exists():
@@ -594,7 +594,10 @@ class Run:
                 raise
             run._lock = weakref.finalize(run, release_lock, str(path), hold)
             return run
-        return cls(path, _read_json(cfg_file, "run config"), writer=writer)
+        config = _read_json(cfg_file, "run config")
+        if resumed_with is not None:
+            config = _resumed_config(config, resumed_with)
+        return cls(path, config, writer=writer)
 
     # -- the write lock
     def lock(self) -> Run:
@@ -875,6 +878,14 @@ def reuse_decision(path, argv: list[str] | None = None) -> tuple[str, str]:
     if (path / "checkpoints" / "latest.pt").exists():
         return "resume", f"the run in {path} did not complete (it was stopped, failed or killed)"
     return "train", f"the run in {path} did not complete and has no checkpoint"
+
+
+def _resumed_config(old: dict, new: dict) -> dict:
+    """The config of a resumed run: its own, with the latest command's budget and launch,
+    and no longer complete."""
+    merged = {**old, **{k: v for k, v in {**new, **_elastic_record()}.items() if k in _RESUME_UPDATES}}
+    merged.pop("completed", None)
+    return merged
 
 
 def _command_key(argv) -> list[str] | None:
