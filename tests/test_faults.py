@@ -408,6 +408,16 @@ def test_a_collective_times_out_instead_of_hanging(monkeypatch):
     assert message != "no error" and 2.5 < seconds < 20, (message, seconds)
 
 
+def test_bad_restart_options_are_refused(tmp_path, capsys):
+    vae = ["train", "vae", "--data", "digits", "--out", str(tmp_path / "r"), *CPU]
+    assert main([*vae, "--nproc", "2", "--max-restarts", "-1"]) == 2
+    assert "--max-restarts must be 0 or more; got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*vae, "--nproc", "2", "--dist-timeout", "0"])
+    assert "--dist-timeout: must be a positive finite number" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 # Loaded into every Python process of the job (PYTHONPATH): in the first attempt, the worker
 # of rank KILL_RANK kills itself with SIGKILL at its KILL_AT-th all-reduce, in the middle of an
 # epoch, as the OOM killer would.
