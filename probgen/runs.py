@@ -82,6 +82,15 @@ _RESUME_UPDATES = ("epochs", "steps", "time_budget", "argv", "elastic_run_id")
 
 # ----------------------------------------------------------------------------- files
 def _umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux), since
+    setting and restoring it races with other threads creating files."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     old = os.umask(0o022)
     os.umask(old)
     return old
