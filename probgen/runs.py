@@ -511,13 +511,18 @@ class Run:
         """Start a run in ``path``, or continue the one there with ``resume=True``.
 
         A folder that already holds a run is refused unless ``resume`` (continue it; the
-        model and data must match) or ``overwrite`` (delete its files first) is given.
+        model and data must match) or ``overwrite`` (delete its files first) is given. The
+        returned run holds the folder's write lock (see :meth:`lock`); a folder another
+        process writes is refused with :class:`~probgen.errors.RunLockedError` before
+        anything in it is read or changed.
         """
         path = Path(path)
         if resume and overwrite:
             raise ConfigError("--resume and --overwrite exclude each other: pick one.")
         if path.exists() and not path.is_dir():
             raise ConfigError(f"--out {path} is a file, not a folder. Choose a folder for the run.")
+        if resume and not (path / "config.json").exists():
+            raise ConfigError(f"--resume was given, but {path} holds no run (no config.json).")
         try:
             path.mkdir(parents=True, exist_ok=True)
             hold = acquire_lock(path)  # before anything in the folder is read or changed
