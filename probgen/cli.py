@@ -21,7 +21,7 @@ from pathlib import Path
 
 from probgen import __version__
 from probgen.errors import ConfigError, ProbgenError, suggest
-from probgen.recipes import RECIPES, get_recipe
+from probgen.recipes import RECIPES, get_recipe, positive_float
 
 __all__ = ["main", "build_parser"]
 
@@ -114,10 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--deterministic", action="store_true",
                         help="deterministic kernels only (torch.use_deterministic_algorithms; on "
                              "CUDA slower, and an error where an operation has none)")
+        mp.add_argument("--allow-changed-data", action="store_true",
+                        help="--resume even when the data differ from those the run trained on "
+                             "(recorded in the run)")
         if getattr(recipe, "DISTRIBUTED", False):
             mp.add_argument("--nproc", type=int, default=None, metavar="N",
                             help="train in N processes on this machine (launches torchrun; "
                                  "--batch-size is per process)")
+            mp.add_argument("--max-restarts", type=int, default=0, metavar="R",
+                            help="when a process dies, start the group again from the last "
+                                 "checkpoint, at most R times (torchrun's elastic agent)")
+            mp.add_argument("--dist-timeout", type=positive_float, default=None, metavar="SECONDS",
+                            help="how long a process waits for the others before it fails "
+                                 "(default 300)")
         _add_quiet(mp)
         _add_common_data_args(mp)
         recipe.add_arguments(mp)
@@ -138,10 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the Monte Carlo estimates and samples (default 0)")
     p.add_argument("--out", default=None, metavar="FILE",
-                   help="where to write the results (default RUN_DIR/eval.json)")
+                   help="where to write the results (default RUN_DIR/eval.json; elsewhere, the run "
+                        "folder is only read, even while it trains)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results file if it exists (otherwise it is an error)")
     _add_quiet(p)
+    p.add_argument("--allow-changed-data", action="store_true",
+                   help="evaluate even when the data differ from those the run trained on")
     _add_common_data_args(p)
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
@@ -172,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate on the first N test examples")
     p.add_argument("--overwrite", action="store_true", help="replace a comparison in --out")
     _add_quiet(p)
+    p.add_argument("--allow-changed-data", action="store_true",
+                   help="score --runs even when their data differ from those they trained on")
     _add_common_data_args(p)
 
     p = sub.add_parser("demo", help="the quick tour: a small comparison on bundled offline data")
@@ -211,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(["train", "--help"])
     args._argv = argv
     handler = _COMMANDS[args.command]
+    from probgen.runs import locks_released_after
+
     try:
-        return handler(args) or 0
+        with locks_released_after():  # the run folders a command writes are free once it ends
+            return handler(args) or 0
     except ProbgenError as e:
         if getattr(args, "debug", False):
             raise
@@ -275,18 +292,26 @@ def _cmd_train(args) -> int:
 
     recipe = get_recipe(args.model)
     nproc = getattr(args, "nproc", None)
+    restarts = getattr(args, "max_restarts", 0)
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not under_torchrun and "TORCHELASTIC_RUN_ID" not in os.environ:
+        from probgen.runs import check_unlocked
+
+        check_unlocked(args.out)  # another writer: say so now, before any process starts
     if under_torchrun and not getattr(recipe, "DISTRIBUTED", False):
         supported = [m for m in RECIPES if getattr(get_recipe(m), "DISTRIBUTED", False)]
         raise ConfigError(f"`probgen train {args.model}` trains in one process only; under "
                           f"torchrun use one of: {', '.join(supported)}.")
-    if nproc is not None and not under_torchrun:
+    if (nproc is not None or restarts) and not under_torchrun and "TORCHELASTIC_RUN_ID" not in os.environ:
+        nproc = 1 if nproc is None else nproc
         if nproc < 1:
             raise ConfigError(f"--nproc must be a positive number of processes; got {nproc}.")
-        if nproc > 1:
+        if restarts < 0:
+            raise ConfigError(f"--max-restarts must be 0 or more; got {restarts}.")
+        if nproc > 1 or restarts:
             from probgen import distributed as pdist
 
-            return pdist.launch(_train_argv_without_nproc(args._argv), nproc)
+            return pdist.launch(_train_argv_without_nproc(args._argv), nproc, max_restarts=restarts)
     if not under_torchrun:
         return _train(args, recipe)
     from probgen import distributed as pdist
@@ -295,7 +320,7 @@ def _cmd_train(args) -> int:
     device = resolve_device(args.device)
     if device.type == "cuda":  # one GPU per process
         device = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    pdist.setup(device)
+    pdist.setup(device, timeout=args.dist_timeout)
     try:
         return _train(args, recipe, device=device)
     finally:
@@ -332,11 +357,12 @@ def deterministic_algorithms(enabled: bool = True):
 
 def _train(args, recipe, device=None) -> int:
     from probgen import distributed as pdist
-    from probgen.runs import Run, StopControl, resolve_device, seed_everything
+    from probgen.runs import Run, StopControl, elastic_restart, resolve_device, seed_everything
 
     device = device if device is not None else resolve_device(args.device)
     skip = {"command", "model", "out", "resume", "overwrite", "debug", "device", "no_figures",
-            "binarize", "value_range", "download", "_parser", "_argv", "nproc", "quiet"}
+            "binarize", "value_range", "download", "_parser", "_argv", "nproc", "quiet",
+            "max_restarts", "dist_timeout", "allow_changed_data"}
     dist = pdist.info()
     config = {
         "model": args.model,
@@ -345,16 +371,20 @@ def _train(args, recipe, device=None) -> int:
         **{k: v for k, v in vars(args).items() if k not in skip},
         "world_size": dist.world_size,
         "probgen_version": __version__,
+        "argv": list(args._argv),
     }
+    if elastic_restart(args.out):  # torchrun restarted the group: continue from the checkpoint
+        args.resume, args.overwrite = True, False
     # rank 0 creates (or checks) the folder; the others read it and write nothing
     run = pdist.share_outcome(Run.create, args.out, config, resume=args.resume,
                               overwrite=args.overwrite)
     if run is None:
-        run = Run.open(args.out, writer=False)
+        run = Run.open(args.out, writer=False, resumed_with=config if args.resume else None)
     run.progress = dist.is_main and not args.quiet  # the recipes' progress bars
     seed_everything(run.config["seed"])
     data = load_run_data(run.config, device=device, data_root=args.data_root,
                          download=args.download)
+    pdist.share_outcome(run.check_data, data, allow_changed=args.allow_changed_data, action="train")
 
     t0 = time.perf_counter()
     from probgen.errors import DivergedError
@@ -384,6 +414,8 @@ def _train(args, recipe, device=None) -> int:
         seconds += json.loads(previous.read_text()).get("seconds", 0.0)
     run.write_json("train.json", {"seconds": seconds, "device": str(device),
                                   "processes": dist.world_size})
+    run.mark_completed({k: run.config.get(k) for k in ("epochs", "steps", "max_iter", "time_budget")},
+                       stopped_by=run.stop.reason)
     where = f" in {dist.world_size} processes" if dist.distributed else ""
     print(f"trained {args.model} on {args.data}{where} in {seconds:.1f} s -> {run.path}")
     if not args.no_figures and hasattr(recipe, "figures"):
@@ -396,7 +428,8 @@ def _train(args, recipe, device=None) -> int:
 def _load_run(args):
     from probgen.runs import Run, resolve_device
 
-    run = Run.open(args.run_dir)
+    writes = args.command == "eval" and not args.out  # eval.json into the folder: the writer's lock
+    run = Run.open(args.run_dir, lock=writes)
     if run.config.get("model") not in RECIPES:
         raise ConfigError(f"{args.run_dir} holds a {run.config.get('model')!r} run, which this "
                           f"probgen does not know (known: {', '.join(RECIPES)}).")
@@ -404,11 +437,17 @@ def _load_run(args):
     device = resolve_device(args.device)
     data = load_run_data(run.config, device=device, data_root=args.data_root,
                          download=getattr(args, "download", False))
+    if args.command == "eval":
+        args.data_changes = run.check_data(data, allow_changed=args.allow_changed_data, action="eval")
     model = recipe.load(run, data, device)
     return run, data, model
 
 
 def _cmd_eval(args) -> int:
+    from probgen.runs import check_unlocked
+
+    if not args.out:
+        check_unlocked(args.run_dir)  # another writer: say so before the slow imports
     from probgen.eval import evaluate
     from probgen.runs import atomic_write_json, seed_everything
 
@@ -426,7 +465,12 @@ def _cmd_eval(args) -> int:
         model_name=run.config["model"], progress=not args.quiet,
     )
     result["seed"] = args.seed
-    atomic_write_json(path, result)
+    if args.data_changes:
+        result["data_changes"] = args.data_changes
+    if args.out:
+        atomic_write_json(path, result)  # elsewhere: the run folder is only read
+    else:
+        path = run.write_json("eval.json", result)
     for name, m in result["metrics"].items():
         if m.get("value") is None:
             print(f"  {name:24s} -- ({m.get('reason', '')})")
@@ -503,6 +547,7 @@ def _cmd_compare(args) -> int:
         device=args.device, data_root=args.data_root, k=args.k, ais=args.ais,
         ais_steps=args.ais_steps, parzen=args.parzen, limit=args.limit,
         eval_limit=args.eval_limit, overwrite=args.overwrite, quiet=args.quiet,
+        allow_changed_data=args.allow_changed_data,
     )
     compare(spec)
     print(f"report: {Path(args.out) / 'report.html'}")

@@ -63,11 +63,11 @@ class CompareSpec:
     model_args: dict[str, list[str]] = field(default_factory=dict)
     overwrite: bool = False
     quiet: bool = False  # no progress bars (they are drawn on a terminal only)
+    allow_changed_data: bool = False
 
 
 def compare(spec: CompareSpec) -> dict:
     """Train (or reuse), evaluate and report every model of ``spec``; returns results.json's dict."""
-    from probgen.cli import main as cli_main
     from probgen.progress import bar as progress_bar
     from probgen.progress import write
     from probgen.recipes import RECIPES
@@ -96,6 +96,7 @@ def compare(spec: CompareSpec) -> dict:
     # one bar over the stages: each model's training and scoring, then the reference row
     stages = progress_bar(len([m for m in spec.models if m not in spec.runs]) + len(spec.models) + 1,
                           desc="compare", unit="stage", progress=not spec.quiet)
+    done: dict[str, str] = {}  # model -> what was done to have its run: trained, reused, resumed
     for name in spec.models:
         run_dir = Path(spec.runs.get(name) or out / "runs" / name)
         if name not in spec.runs:
@@ -106,12 +107,14 @@ def compare(spec: CompareSpec) -> dict:
                     *spec.model_args.get(name, []), *(["--quiet"] if spec.quiet else [])]
             if name in fill and "--epochs" not in argv:
                 argv += ["--epochs", "1000000"]
-            write(f"[compare] training {name} on {spec.data} (budget {per_model_s:.0f} s)")
-            code = cli_main(argv)
-            if code:
+            try:
+                done[name] = _train_or_reuse(name, run_dir, argv, spec, per_model_s)
+            except BaseException:
                 stages.close()
-                raise ConfigError(f"training {name} failed (exit {code}); see the message above.")
+                raise
             stages.update(1)
+        else:
+            done[name] = _train_or_reuse(name, run_dir, None, spec, per_model_s)
         write(f"[compare] scoring {name} ({run_dir})")
         rows[name] = _evaluate_run(run_dir, spec)
         stages.update(1)
@@ -123,6 +126,7 @@ def compare(spec: CompareSpec) -> dict:
         "models": {n: r["eval"] for n, r in rows.items()},
         "runs": {n: str(r["run"]) for n, r in rows.items()},
         "data_options": {n: r["data_options"] for n, r in rows.items()},
+        "training": done,
     }
     if rows:
         write("[compare] scoring the reference row (validation data as samples)")
@@ -177,6 +181,34 @@ def _reference(data, spec: CompareSpec) -> dict:
     return ev
 
 
+def _train_or_reuse(name: str, run_dir: Path, argv: list[str] | None, spec: CompareSpec,
+                    seconds: float) -> str:
+    """Give ``name`` a completed run in ``run_dir`` and say how: a completed run is reused;
+    an unfinished one is retrained (``argv``: a run of this comparison, whose time budget
+    cannot be split) or resumed (a run given by --runs, ``argv=None``). Returns what was done."""
+    from probgen.cli import main as cli_main
+    from probgen.progress import write
+    from probgen.runs import Run, reuse_decision
+
+    action, why = ("train", "--overwrite") if spec.overwrite and argv else reuse_decision(run_dir, argv)
+    if action == "reuse":
+        write(f"[compare] reusing {name}: {why}")
+        return f"reused: {why}"
+    if action == "train" and argv is None:  # not a run to finish: opening it says what is missing
+        return "given"
+    if argv is None:
+        write(f"[compare] resuming {name}: {why}")
+        argv, done = Run.open(run_dir).resume_argv(), f"resumed: {why}"
+    else:
+        note = f"; retraining it: {why}" if action == "resume" else ""
+        write(f"[compare] training {name} on {spec.data} (budget {seconds:.0f} s{note})")
+        done = f"trained{note}"
+    code = cli_main(argv)
+    if code:
+        raise ConfigError(f"training {name} failed (exit {code}); see the message above.")
+    return done
+
+
 def _evaluate_run(run_dir: Path, spec: CompareSpec) -> dict:
     import torch
 
@@ -185,9 +217,10 @@ def _evaluate_run(run_dir: Path, spec: CompareSpec) -> dict:
     from probgen.recipes import get_recipe
     from probgen.runs import Run, resolve_device, seed_everything
 
-    run = Run.open(run_dir)
+    run = Run.open(run_dir, lock=True)  # it writes eval.json there
     device = resolve_device(spec.device)
     data = load_run_data(run.config, device=device, data_root=spec.data_root)
+    run.check_data(data, allow_changed=spec.allow_changed_data, action="compare")
     model = get_recipe(run.config["model"]).load(run, data, device)
     per_example: dict[str, torch.Tensor] = {}
     seed_everything(spec.seed)  # the same samples and Monte Carlo draws on every rescoring

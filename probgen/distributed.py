@@ -10,6 +10,13 @@ slice of each. With ``B`` examples per process, one step of ``N`` processes sees
 global batch that one process with ``N * B`` examples would see, so that, with gradients
 averaged by ``DistributedDataParallel``, the parameters follow the single-process run.
 Only rank 0 writes checkpoints, logs and figures.
+
+Faults: every collective operation has a timeout (:data:`DEFAULT_TIMEOUT_S`, ``--dist-timeout``),
+so a process whose peer died or hangs fails after that long instead of waiting forever; and a
+process that fails leaves at once, without the closing barrier. With ``--max-restarts R``,
+torchrun's elastic agent then stops the group and starts it again (at most ``R`` times), and
+every process of the new group continues from the run's last complete checkpoint
+(:func:`probgen.runs.elastic_restart`), as ``--resume`` would.
 """
 
 from __future__ import annotations
@@ -21,7 +28,12 @@ import torch
 
 __all__ = ["DistInfo", "setup", "cleanup", "info", "is_main", "barrier", "all_reduce_sum",
            "all_reduce_mean", "any_true", "share_outcome", "global_batches", "dataset_batches",
-           "sync_gradients", "all_reduce_stats", "epoch_seed", "wrap_ddp", "launch"]
+           "sync_gradients", "all_reduce_stats", "epoch_seed", "wrap_ddp", "launch",
+           "DEFAULT_TIMEOUT_S"]
+
+# seconds a collective operation waits for the other processes before it fails (torch's own
+# defaults are 30 min for gloo and 10 min for NCCL: a long hang after a peer dies)
+DEFAULT_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -42,8 +54,13 @@ class DistInfo:
 _INFO = DistInfo()
 
 
-def setup(device: torch.device | None = None) -> DistInfo:
-    """Join the process group that torchrun describes (a no-op for a single process)."""
+def setup(device: torch.device | None = None, timeout: float | None = None) -> DistInfo:
+    """Join the process group that torchrun describes (a no-op for a single process).
+
+    ``timeout``: seconds any collective operation may wait for the other processes
+    (default ``$PROBGEN_DIST_TIMEOUT``, else :data:`DEFAULT_TIMEOUT_S`); past it the operation
+    raises instead of hanging.
+    """
     global _INFO
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -56,18 +73,43 @@ def setup(device: torch.device | None = None) -> DistInfo:
     if use_nccl:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_nccl else "gloo")
+        import datetime
+
+        if use_nccl:  # NCCL's watchdog turns a timed-out collective into an error
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        seconds = float(timeout if timeout is not None else
+                        os.environ.get("PROBGEN_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+        kwargs = {}
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is not None:
+            # the elastic agent's store outlives a restart: keys under a prefix of their own,
+            # or a restarted process reads the address of a dead peer from the last attempt
+            from torch.distributed.rendezvous import rendezvous
+
+            store, _, _ = next(rendezvous("env://", rank, world,
+                                          timeout=datetime.timedelta(seconds=seconds)))
+            kwargs = dict(store=dist.PrefixStore(f"probgen/attempt-{attempt}", store), rank=rank,
+                          world_size=world)
+        dist.init_process_group(backend="nccl" if use_nccl else "gloo",
+                                timeout=datetime.timedelta(seconds=seconds), **kwargs)
     _INFO = DistInfo(rank=rank, world_size=world, local_rank=local)
     return _INFO
 
 
 def cleanup() -> None:
+    """Leave the process group. Called while an error propagates (from a ``finally``), it
+    skips the closing barrier: the peers may be inside another collective, or dead, and
+    waiting for them would only delay the failure that stops (or restarts) the group."""
+    import sys
+
     global _INFO
     if _INFO.distributed:
         import torch.distributed as dist
 
         if dist.is_initialized():
-            dist.barrier()  # no process tears the group down while a peer still talks to it
+            failing = sys.exc_info()[0] is not None
+            if not failing:
+                dist.barrier()  # no process tears the group down while a peer still talks to it
             dist.destroy_process_group()
     _INFO = DistInfo()
 
@@ -273,15 +315,21 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device, **kwargs) -> torch.n
         return DDP(module, device_ids=ids, **kwargs)
 
 
-def launch(argv: list[str], nproc: int) -> int:
+def launch(argv: list[str], nproc: int, max_restarts: int = 0) -> int:
     """Run ``probgen ARGV`` in ``nproc`` processes under torchrun on this machine and return
-    its exit status (what ``probgen train ... --nproc N`` does)."""
+    its exit status (what ``probgen train ... --nproc N`` does).
+
+    With ``max_restarts`` > 0 torchrun's elastic agent starts the whole group again when a
+    process fails (a kill, an out-of-memory error), up to that many times; the new processes
+    continue the run from its last checkpoint.
+    """
     import signal
     import subprocess
     import sys
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={int(nproc)}", "-m", "probgen", *argv]
+           f"--nproc-per-node={int(nproc)}", f"--max-restarts={int(max_restarts)}",
+           "-m", "probgen", *argv]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default too; say it, not warn it
     proc = subprocess.Popen(cmd, env=env)

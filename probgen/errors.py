@@ -19,6 +19,9 @@ __all__ = [
     "CheckpointError",
     "NotFittedError",
     "DivergedError",
+    "RunLockedError",
+    "DataChangedError",
+    "WriteError",
     "suggest",
 ]
 
@@ -57,6 +60,19 @@ class NotFittedError(ProbgenError, ValueError, AttributeError):
 
 class DivergedError(ProbgenError, FloatingPointError):
     """Training produced a NaN or infinite loss; the parameters were not updated with it."""
+
+
+class RunLockedError(ConfigError):
+    """Another process is writing into the run folder (it holds the folder's lock)."""
+
+
+class DataChangedError(DataError):
+    """The data behind a run differ from the data it was trained on."""
+
+
+class WriteError(ProbgenError, OSError):
+    """A file of a run could not be written (disk full, I/O error, read-only file system);
+    the file it would have replaced is intact."""
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:

@@ -135,6 +135,7 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path):
 def test_resume_without_a_run_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="holds no run"):
         Run.create(tmp_path / "nothing", {"model": "gmm", "data": "x"}, resume=True)
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_unwritable_folder_is_a_clear_error(tmp_path):

@@ -10,6 +10,7 @@ an array file (``.npy``, ``.npz``, ``.pt``) or to a folder of images in torchvis
 """
 
 from probgen.data.base import BINARIZE_MODES, SPLITS, Dataset, DatasetInfo
+from probgen.data.fingerprint import data_fingerprint, fingerprint_changes
 from probgen.data.registry import list_datasets, load_dataset, register
 
 __all__ = [
@@ -20,4 +21,6 @@ __all__ = [
     "load_dataset",
     "list_datasets",
     "register",
+    "data_fingerprint",
+    "fingerprint_changes",
 ]
