@@ -493,6 +493,10 @@ def fit_svi(
     if objective == "elbo":
         elbo = losses[loss](num_particles=num_particles, vectorize_particles=num_particles > 1)
     else:
+        if loss != "trace":
+            raise ConfigError(f"loss={loss!r} (--loss) picks an estimator of the ELBO; objective "
+                              f"{objective!r} estimates its own bound: leave loss at 'trace', or "
+                              "use objective='elbo'.")
         from probgen.inference.objectives import make_objective
 
         elbo = make_objective(objective, num_particles)

@@ -170,6 +170,8 @@ def test_objective_errors_name_the_problem():
         DReG(2).differentiable_loss(model2, guide2, torch.zeros(3))
     with pytest.raises(ConfigError, match="objective must be one of"):
         fit_svi(model2, guide2, torch.zeros(3), steps=1, objective="renyi")
+    with pytest.raises(ConfigError, match="estimator of the ELBO"):
+        fit_svi(model2, guide2, torch.zeros(3), steps=1, objective="iwae", loss="mean-field")
 
 
 def test_two_layer_vae_program_and_protocol_agree_and_elbo_below_iwae():
