@@ -7,6 +7,7 @@ One algorithm per module; this table of contents imports them lazily, so that
 module             what it does
 =================  ==========================================================================
 ``svi``            :func:`fit_svi` trains any Pyro model/guide pair on ``Trace_ELBO`` (NaN-safe)
+``objectives``     :class:`IWAE` and :class:`DReG`: importance-weighted training objectives
 ``bounds``         :func:`elbo` and :func:`iwae_bound` per example, chunked over samples
 ``ais``            annealed importance sampling with HMC, and the BDMC sandwich
 ``parzen``         the Parzen-window estimate (with the warning it must carry)
@@ -21,6 +22,7 @@ import importlib
 
 _EXPORTS = {
     "fit_svi": "svi", "fit_loss": "svi", "FitResult": "svi",
+    "IWAE": "objectives", "DReG": "objectives", "make_objective": "objectives",
     "elbo": "bounds", "iwae_bound": "bounds", "ELBORecord": "bounds", "IWAERecord": "bounds",
     "ais": "ais", "bdmc": "ais", "reverse_ais": "ais", "select_sigma": "ais",
     "gaussian_observation": "ais", "AISResult": "ais", "BDMCResult": "ais",

@@ -432,6 +432,7 @@ def fit_svi(
     *,
     loss: str = "trace",
     num_particles: int = 1,
+    objective: str = "elbo",
     model_kwargs: dict | None = None,
     epochs: int | None = None,
     steps: int | None = None,
@@ -466,12 +467,18 @@ def fit_svi(
         ``Trace_ELBO``, or ``TraceMeanField_ELBO`` (analytic KL where registered; needs a
         guide with no dependencies between latent sites beyond the model's).
     num_particles : int
-        Samples per ELBO estimate (vectorised).
+        Samples per ELBO estimate (vectorised); the K of the importance-weighted objectives.
+    objective : {"elbo", "iwae", "dreg"}
+        ``"elbo"`` (default): Pyro's ELBO named by ``loss``. ``"iwae"``: the importance-weighted
+        bound with ``num_particles`` samples per example (Burda et al. 2016); ``"dreg"``: the
+        same bound with the doubly-reparametrised gradient (Tucker et al. 2019). Both need a
+        reparametrised guide and per-example sites in ``pyro.plate("data")``
+        (:mod:`probgen.inference.objectives`).
 
     Returns
     -------
     FitResult
-        ``losses`` are negative ELBO estimates.
+        ``losses`` are negative ELBO (or IWAE-K) estimates.
 
     Examples
     --------
@@ -483,7 +490,16 @@ def fit_svi(
         raise ConfigError(f"loss must be one of {', '.join(losses)}; got {loss!r}.")
     if not isinstance(num_particles, int) or num_particles < 1:
         raise ConfigError(f"num_particles must be a positive integer; got {num_particles!r}.")
-    elbo = losses[loss](num_particles=num_particles, vectorize_particles=num_particles > 1)
+    if objective == "elbo":
+        elbo = losses[loss](num_particles=num_particles, vectorize_particles=num_particles > 1)
+    else:
+        if loss != "trace":
+            raise ConfigError(f"loss={loss!r} (--loss) picks an estimator of the ELBO; objective "
+                              f"{objective!r} estimates its own bound: leave loss at 'trace', or "
+                              "use objective='elbo'.")
+        from probgen.inference.objectives import make_objective
+
+        elbo = make_objective(objective, num_particles)
     kwargs = dict(model_kwargs or {})
 
     def loss_fn(*batch):

@@ -5,6 +5,8 @@ module                 model
 =====================  ======================================================================
 ``vae``                :class:`VAE`: a Pyro model/guide pair (Bernoulli, continuous Bernoulli
                        or Gaussian pixels), trained with SVI on ``Trace_ELBO``
+``two_layer_vae``      :class:`TwoLayerVAE`: two stochastic layers (Burda et al. 2016), same
+                       conventions as ``vae``
 ``ppca``               :class:`PPCA`: linear-Gaussian latent model with an exact ``log_prob``
 ``autoencoder``        :class:`Autoencoder`: plain and denoising
 ``gan``                :class:`GAN`: an implicit model (generator + discriminator)
@@ -23,6 +25,7 @@ import importlib
 _EXPORTS = {
     "VAE": "vae", "PPCA": "ppca", "Autoencoder": "autoencoder", "GAN": "gan",
     "GaussianMixture": "gmm", "MixtureDensity": "gmm", "BernoulliMixture": "bmm",
+    "TwoLayerVAE": "two_layer_vae",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -232,6 +232,8 @@ def dataset_batches(data, batch_size: int, *, seed: int, epoch: int, dist_info: 
         from probgen.errors import DataError
 
         raise DataError(f"the train split of {data.name!r} is empty: nothing to train on.")
+    from probgen.data.transforms import bernoulli_pixels
+
     gen = None
     if data.binarize == "dynamic":
         gen = torch.Generator(device=x.device).manual_seed(epoch_seed(seed, epoch, rank=-1))
@@ -250,7 +252,7 @@ def dataset_batches(data, batch_size: int, *, seed: int, epoch: int, dist_info: 
     for start in range(0, stop, gb):
         xb = x[order[start:start + gb]]  # (<= gb, *shape) the global batch
         if gen is not None:
-            xb = torch.bernoulli(xb, generator=gen)
+            xb = bernoulli_pixels(xb, gen)
         mine = xb.tensor_split(d.world_size)[d.rank]
         if mine.shape[0]:
             yield mine

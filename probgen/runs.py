@@ -5,6 +5,7 @@ A run folder holds everything one training run leaves behind::
     RUN_DIR/
       config.json        the options the run was started with (model, data, seed, ...)
       metrics.jsonl      one JSON object per logged step (losses, bounds, timings)
+      progress.json      epochs and steps completed (written with each checkpoint)
       checkpoints/
         latest.pt        state dicts, optimizer state, step and RNG state -- nothing else
       figures/           PNG figures
@@ -74,7 +75,7 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "probgen-checkpoint"
 CHECKPOINT_VERSION = 1
-_RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "figures", "eval.json")
+_RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "figures", "eval.json", "progress.json")
 LOCK_NAME = ".lock"
 # what a resumed run takes from the new command; everything else comes from its config.json
 _RESUME_UPDATES = ("epochs", "steps", "time_budget", "argv", "elastic_run_id")

@@ -150,14 +150,16 @@ class Dataset:
         else:
             order = torch.arange(n, device=x.device)
         stop = n - (n % batch_size) if drop_last else n
+        from probgen.data.transforms import bernoulli_pixels
+
         for start in range(0, stop, batch_size):
             idx = order[start:start + batch_size]
             xb = x[idx]
             if self.binarize == "dynamic" and split == "train":
                 if generator is not None and generator.device == xb.device:
-                    xb = torch.bernoulli(xb, generator=generator)
+                    xb = bernoulli_pixels(xb, generator)
                 else:
-                    xb = torch.bernoulli(xb)
+                    xb = bernoulli_pixels(xb)
             yield (xb, y[idx]) if with_labels else xb
 
     def _check_split(self, name: str) -> str:

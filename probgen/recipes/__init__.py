@@ -37,7 +37,7 @@ from types import ModuleType
 from probgen.errors import ConfigError, suggest
 
 __all__ = ["RECIPES", "get_recipe", "load_model_state", "resume_epochs", "epoch_checkpoint",
-           "positive_int", "positive_float"]
+           "record_progress", "positive_int", "positive_float"]
 
 # model name -> module that implements its recipe
 RECIPES: dict[str, str] = {
@@ -121,10 +121,28 @@ def resume_epochs(run, model, device) -> tuple[int, int, dict | None, bool]:
 
 def epoch_checkpoint(run, model):
     """The ``checkpoint`` hook of :func:`~probgen.inference.svi.fit_loss` for an epoch-based
-    run: model, optimiser and epoch, in the layout :func:`resume_epochs` reads back."""
+    run: model, optimiser and epoch, in the layout :func:`resume_epochs` reads back; and,
+    beside it, the run's progress record (:func:`record_progress`)."""
 
     def save(st) -> None:
         run.save_checkpoint({"model": model.state_dict(), "optimizer": st.optimizer.state_dict(),
                              "epoch": st.epoch}, step=st.step)
+        record_progress(run, epochs=st.epoch, steps=st.step)
 
     return save
+
+
+def record_progress(run, *, epochs: int, steps: int, requested: int | None = None) -> None:
+    """Write ``progress.json``: the epochs and steps the run has really completed (those of
+    its checkpoint), beside the ``epochs`` asked for in config.json, and why training stopped
+    short of them when it did (a time budget or a signal). A run trained to a time budget
+    asks for more epochs than it runs; this record says how many it ran. ``requested``
+    replaces config.json's ``epochs`` where the fit has its own count (a closed form: 1)."""
+    asked = requested if requested is not None else run.config.get("epochs")
+    stop = getattr(run, "stop", None)
+    reason = stop.reason if stop is not None else None
+    done = asked is not None and epochs >= asked
+    run.write_json("progress.json", {
+        "epochs_run": int(epochs), "steps_run": int(steps), "epochs_requested": asked,
+        "finished": bool(done), "stopped_by": None if done else reason,
+    })

@@ -63,6 +63,9 @@ def train(run, data, config, device):
         run.log(1, epoch=1, train_log_likelihood=_mean_log_prob(model, data.train),
                 val_log_likelihood=_mean_log_prob(model, data.val), seconds=time.perf_counter() - t0)
         run.save_checkpoint({"model": model.state_dict(), "epoch": 1}, step=1)
+        from probgen.recipes import record_progress
+
+        record_progress(run, epochs=1, steps=1, requested=1)
         return model
 
     n = int(data.train.shape[0])

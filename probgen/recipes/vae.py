@@ -1,8 +1,19 @@
-"""``probgen train vae``: a variational autoencoder fitted by SVI on the ELBO.
+"""``probgen train vae``: a variational autoencoder fitted by SVI on the ELBO or a tighter bound.
 
     probgen train vae --data mnist --epochs 50 [--latent-dim 50] [--hidden 400]
         [--likelihood bernoulli|continuous-bernoulli|gaussian] [--arch mlp|conv]
-        [--batch-size 100] [--lr 1e-3]
+        [--batch-size 100] [--lr 1e-3] [--objective elbo|iwae|dreg] [--particles K]
+        [--stochastic-layers 1|2] [--preset iwae-paper]
+
+``--objective`` picks what SVI maximises: the ELBO (Pyro's ``Trace_ELBO``, default), the
+importance-weighted bound IWAE-K (Burda et al. 2016) or the same bound with the
+doubly-reparametrised gradient DReG (Tucker et al. 2019), K = ``--particles``
+(:mod:`probgen.inference.objectives`). ``--stochastic-layers 2`` trains the two-layer VAE of
+:mod:`probgen.models.two_layer_vae` (Bernoulli pixels). ``--preset iwae-paper`` is the set-up
+of Burda et al.'s Table 1: two tanh hidden layers of 200, 50 latents (with two stochastic
+layers: 200-200-100 and 100-100-50), batch 20, Adam with epsilon 1e-4, and 3280 epochs in
+eight stages of 3^i epochs at learning rate 1e-3 * 10^(-i/7); options given after it
+override it.
 
 A Bernoulli likelihood gets binarised pixels, resampled every batch (``--binarize dynamic``,
 Burda et al. 2016's protocol); the validation split is binarised once with a fixed seed.
@@ -13,10 +24,46 @@ ELBO to metrics.jsonl and writes a checkpoint (model, optimiser, epoch, RNG stat
 
 from __future__ import annotations
 
-HELP = "variational autoencoder (Pyro model/guide, SVI on the ELBO)"
+HELP = "variational autoencoder (Pyro model/guide, SVI on the ELBO, IWAE or DReG)"
 DISTRIBUTED = True  # trains under torchrun (probgen.distributed)
 
 LIKELIHOOD_CHOICES = ("bernoulli", "continuous-bernoulli", "gaussian")
+OBJECTIVE_CHOICES = ("elbo", "iwae", "dreg")
+
+# Burda, Grosse & Salakhutdinov (ICLR 2016), section 5: the set-up of their Table 1
+IWAE_PAPER_STAGES = 8  # stage i: 3^i epochs at lr 1e-3 * 10^(-i/7)
+PRESETS = {
+    "iwae-paper": {"hidden": [200, 200], "latent_dim": 50, "activation": "tanh", "batch_size": 20,
+                   "lr": 1e-3, "adam_eps": 1e-4, "lr_schedule": "iwae",
+                   "epochs": sum(3**i for i in range(IWAE_PAPER_STAGES))},
+}
+
+
+def iwae_schedule_lr(epoch: int, base_lr: float = 1e-3) -> float:
+    """Learning rate of (0-based) ``epoch`` in Burda et al.'s schedule: stage i (3^i epochs,
+    starting at epoch (3^i - 1) / 2) runs at ``base_lr * 10^(-i/7)``; after the eighth stage
+    the last rate stays."""
+    i, start = 0, 0
+    while i < IWAE_PAPER_STAGES - 1 and epoch >= start + 3**i:
+        start += 3**i
+        i += 1
+    return base_lr * 10 ** (-i / 7)
+
+
+def _preset_action():
+    import argparse
+
+    class PresetAction(argparse.Action):
+        """Sets the preset's values on the options still at their defaults; options that come
+        after --preset on the command line override it."""
+
+        def __call__(self, parser, namespace, value, option_string=None):
+            setattr(namespace, self.dest, value)
+            for key, v in PRESETS[value].items():
+                if getattr(namespace, key, None) == parser.get_default(key):
+                    setattr(namespace, key, list(v) if isinstance(v, list) else v)
+
+    return PresetAction
 
 
 def _ints(text: str) -> list[int]:
@@ -60,8 +107,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=100, help="examples per step (default 100)")
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--loss", choices=["trace", "mean-field"], default="trace",
-                        help="Trace_ELBO (default) or TraceMeanField_ELBO (analytic KL)")
-    parser.add_argument("--num-particles", type=int, default=1, help="samples per ELBO estimate (default 1)")
+                        help="the ELBO objective's estimator: Trace_ELBO (default) or "
+                             "TraceMeanField_ELBO (analytic KL)")
+    parser.add_argument("--objective", choices=OBJECTIVE_CHOICES, default="elbo",
+                        help="what SVI maximises: elbo (default), iwae (the importance-weighted "
+                             "bound IWAE-K) or dreg (the same bound, doubly-reparametrised "
+                             "gradient); K = --particles")
+    parser.add_argument("--particles", "--num-particles", dest="particles", type=positive_int,
+                        default=1, metavar="K",
+                        help="samples per example per step: of the ELBO estimate, or the K of "
+                             "IWAE-K (default 1)")
+    parser.add_argument("--stochastic-layers", type=int, choices=[1, 2], default=1,
+                        help="1: the VAE (default); 2: z1 and z2 as in Burda et al. 2016 "
+                             "(mlp, bernoulli only; --hidden gives the x-z1 widths)")
+    parser.add_argument("--lr-schedule", choices=["constant", "iwae"], default="constant",
+                        help="constant (default) or iwae: stages of 3^i epochs at lr * 10^(-i/7)")
+    parser.add_argument("--adam-eps", type=positive_float, default=1e-8,
+                        help="Adam's epsilon (default 1e-8; the IWAE paper used 1e-4)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, action=_preset_action(),
+                        help="iwae-paper: Burda et al. 2016's set-up (200-200 tanh, 50 latents, "
+                             "batch 20, Adam eps 1e-4, 3280 epochs on the 3^i schedule)")
     parser.add_argument("--on-nan", choices=["skip", "stop"], default="skip",
                         help="a NaN/inf loss skips its batch (default) or stops training")
     parser.add_argument("--val-limit", type=int, default=None, metavar="N",
@@ -88,6 +153,21 @@ def data_options(args) -> dict:
 
 
 def build(config: dict, data):
+    from probgen.errors import ConfigError
+
+    if config.get("stochastic_layers", 1) == 2:
+        from probgen.models.two_layer_vae import TwoLayerVAE
+
+        if config.get("arch", "mlp") != "mlp" or config.get("likelihood", "bernoulli") != "bernoulli":
+            raise ConfigError("--stochastic-layers 2 is an MLP with Bernoulli pixels: use --arch mlp "
+                              "and --likelihood bernoulli (the defaults).")
+        if config.get("amp"):
+            raise ConfigError("--amp is not offered with --stochastic-layers 2: drop --amp.")
+        hidden = config.get("hidden") or [200, 200]
+        upper = [100, 100] if list(hidden) == [200, 200] else [max(1, h // 2) for h in hidden]
+        latent = config.get("latent_dim", 50)
+        return TwoLayerVAE(data.shape, (2 * latent, latent), (hidden, upper),
+                           activation=config.get("activation") or "tanh")
     from probgen.models.vae import VAE
 
     return VAE(data.shape, config.get("latent_dim", 50), config.get("hidden"),
@@ -130,26 +210,51 @@ def train(run, data, config, device):
     n = int(data.train.shape[0])
     t0 = time.perf_counter()
 
+    objective = config.get("objective", "elbo")
+    particles = config.get("particles", config.get("num_particles", 1))
+    # the training loss is the negative objective: the ELBO, or IWAE-K for iwae and dreg
+    train_key, train_label = (("train_elbo", "train ELBO") if objective == "elbo"
+                              else ("train_iwae", f"train IWAE-{particles}"))
+
     def log_epoch(st) -> bool:
         val = validation_elbo(model, data, limit=config.get("val_limit"))
-        run.log(st.step, epoch=st.epoch, train_elbo=-st.epoch_loss / n, val_elbo=val,
+        run.log(st.step, epoch=st.epoch, **{train_key: -st.epoch_loss / n}, val_elbo=val,
                 seconds=time.perf_counter() - t0, skipped=len(st.result.skipped))
         val_text = f"{val:.2f}" if val is not None else "--"
         if run.writer:
-            print(f"epoch {st.epoch:4d}  train ELBO {-st.epoch_loss / n:9.2f}  val ELBO {val_text}  "
+            print(f"epoch {st.epoch:4d}  {train_label} {-st.epoch_loss / n:9.2f}  val ELBO {val_text}  "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
         return run.should_stop()
 
-    if config.get("amp"):
-        import torch
+    import torch
 
+    if config.get("amp"):
         model.autocast_dtype = torch.bfloat16
+    lr = config.get("lr", 1e-3)
+    callbacks = [log_epoch]
+    if config.get("lr_schedule", "constant") == "iwae":
+        def set_stage_lr(st) -> None:  # the rate of the next epoch, saved with the optimiser
+            for group in st.optimizer.param_groups:
+                group["lr"] = iwae_schedule_lr(st.epoch, lr)
+
+        callbacks.insert(0, set_stage_lr)
+    eps = config.get("adam_eps", 1e-8)
+
+    def adam(params):
+        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.Adam(params, lr=iwae_schedule_lr(start_epoch, lr)
+                                if config.get("lr_schedule") == "iwae" else lr, eps=eps,
+                                fused=fused or None)
+
     if start_epoch < config["epochs"]:
         fit_svi(model.model, model.guide, data, loss=config.get("loss", "trace"),
-                num_particles=config.get("num_particles", 1), model_kwargs={"num_data": n},
-                epochs=config["epochs"], batch_size=config.get("batch_size", 100),
-                lr=config.get("lr", 1e-3), on_nan=config.get("on_nan", "skip"),
-                callbacks=[log_epoch], checkpoint=epoch_checkpoint(run, model), start_epoch=start_epoch,
+                objective=config.get("objective", "elbo"),
+                num_particles=config.get("particles", config.get("num_particles", 1)),
+                model_kwargs={"num_data": n}, epochs=config["epochs"],
+                batch_size=config.get("batch_size", 100), lr=lr,
+                optim=adam if eps != 1e-8 or config.get("lr_schedule", "constant") != "constant" else None,
+                on_nan=config.get("on_nan", "skip"), callbacks=callbacks,
+                checkpoint=epoch_checkpoint(run, model), start_epoch=start_epoch,
                 start_step=start_step, optim_state=optim_state, progress=getattr(run, "progress", run.writer),
                 seed=config["seed"])
     model.autocast_dtype = None
@@ -167,7 +272,8 @@ def load(run, data, device):
 
 
 def figures(model, data, run) -> list:
-    return latent_model_figures(model, data, run, curves={"ELBO (nats per example)": ["train_elbo", "val_elbo"]})
+    return latent_model_figures(model, data, run, curves={
+        "bound (nats per example)": ["train_elbo", "train_iwae", "val_elbo"]})
 
 
 def latent_model_figures(model, data, run, *, curves: dict[str, list[str]]) -> list:
