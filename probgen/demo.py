@@ -22,11 +22,20 @@ from probgen.errors import ConfigError
 
 __all__ = ["run_demo", "DEMO_PARTS", "write_kl_page", "write_index"]
 
-# (folder, data set, models, share of the budget, extra model args)
+# (folder, data set, models, share of the budget, per-model training options). The GANs get
+# what they need to train in their share on a CPU: on ring8 a step count that the toy
+# schedule (constant, then linear decay to 0) completes within the share; on mnist-5k a
+# DCGAN pair 16 channels wide (1/16 of the default's convolution work per step, so a few
+# thousand steps instead of about a hundred) judging pairs of images (PacGAN), which keeps
+# its samples spread over the ten digits.
 DEMO_PARTS = [
-    ("toy-ring8", "ring8", ["gmm", "gan"], 0.35),
-    ("mnist-5k", "mnist-5k", ["vae", "ppca", "gmm", "gan"], 0.65),
+    ("toy-ring8", "ring8", ["gmm", "gan"], 0.35, {"gan": ["--steps", "2500"]}),
+    ("mnist-5k", "mnist-5k", ["vae", "ppca", "gmm", "gan"], 0.65,
+     {"gan": ["--arch", "dcgan", "--width", "16", "--pack", "2"]}),
 ]
+
+# --smoke trains on 500 examples for seconds: batches that fit, a few steps
+SMOKE_ARGS = {"gan": ["--batch-size", "100", "--steps", "200"]}
 
 
 def run_demo(out: Path, *, budget_minutes: float = 3.0, smoke: bool = False, seed: int = 0,
@@ -42,14 +51,15 @@ def run_demo(out: Path, *, budget_minutes: float = 3.0, smoke: bool = False, see
     kl = run_kl_demo(out / "kl", seed=seed, smoke=smoke)
     sections = [("Forward against reverse KL: mode covering and mode seeking",
                  write_kl_page(kl, out / "kl"))]
-    for i, (folder, data, models, share) in enumerate(DEMO_PARTS, start=2):
+    for i, (folder, data, models, share, model_args) in enumerate(DEMO_PARTS, start=2):
         models = [m for m in models if m in RECIPES]
         print(f"[demo] {i}/3 compare {','.join(models)} on {data}", flush=True)
         spec = CompareSpec(
             data=data, models=models, out=out / folder, budget_minutes=budget_minutes * share,
             seed=seed, device=device, overwrite=True,
             limit=500 if smoke else None, eval_limit=200 if smoke else 1000,
-            k=20 if smoke else 200,
+            k=20 if smoke else 200, model_args={m: list(a) + (SMOKE_ARGS.get(m, []) if smoke else [])
+                                                for m, a in model_args.items() if m in models},
         )
         compare(spec)
         sections.append((f"Explicit against implicit on {data}", out / folder / "report.html"))
@@ -62,7 +72,8 @@ def run_demo(out: Path, *, budget_minutes: float = 3.0, smoke: bool = False, see
 _STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;"
           "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#eee}"
-          "figure{display:inline-block;margin:8px;vertical-align:top}img{max-width:520px}</style>")
+          "figure{display:inline-block;margin:8px;vertical-align:top}img{max-width:520px}"
+          "figure.thumb img{width:240px}figure.thumb figcaption{font-size:small}</style>")
 
 
 def _page(title: str, body: list[str]) -> str:
@@ -102,17 +113,58 @@ def write_kl_page(result: dict, folder: Path) -> Path:
     return path
 
 
+def _headline(page: Path) -> list[str]:
+    """The headline numbers and figure thumbnails of one part, from the files beside its page:
+    a comparison's ``results.json`` and ``figures/``, or the KL demo's ``kl.json``."""
+    import json
+
+    from probgen.report import headline_rows, thumbnail_uri
+
+    esc = html.escape
+    folder = page.parent
+    header, rows, figures = [], [], []
+    if (folder / "results.json").is_file():
+        from probgen.compare import COLUMNS
+
+        results = json.loads((folder / "results.json").read_text())
+        header, rows = headline_rows(results, COLUMNS)
+        figures = sorted((folder / "figures").glob("*.png"))
+    elif (folder / "kl.json").is_file():
+        kl = json.loads((folder / "kl.json").read_text())
+        header = ["problem", "forward-KL fit: KL(p||q)", "reverse-KL fit: KL(p||q)",
+                  "forward-KL fit: KL(q||p)", "reverse-KL fit: KL(q||p)"]
+        for name, prob in kl["problems"].items():
+            f, r = prob["forward"], prob["reverse"]
+            rows.append([name, f"{f['kl_p_q']:.3f}", f"{r['kl_p_q']:.3f}", f"{f['kl_q_p']:.3f}",
+                         f"{r['kl_q_p']:.3f}"])
+            figures.append(folder / prob["figure"])
+    out = []
+    if rows:
+        out.append("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"
+                   + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+                   + "</tbody></table>")
+    thumbs = [f"<figure class='thumb'><img alt='{esc(p.stem)}' src='{thumbnail_uri(p)}'>"
+              f"<figcaption>{esc(p.stem.replace('_', ' '))}</figcaption></figure>"
+              for p in figures if p.is_file()]
+    if thumbs:
+        out.append("<div>" + "".join(thumbs) + "</div>")
+    return out
+
+
 def write_index(out: Path, sections: list[tuple[str, Path]]) -> Path:
-    """``out/index.html`` linking each section's page (a path inside ``out`` that must exist)."""
+    """``out/index.html``: for each section, a link to its page (a path inside ``out`` that
+    must exist), its headline numbers and thumbnails of its figures."""
     out = Path(out)
-    items = []
+    body = ["<p>Each part below links its full report; the tables show the headline numbers "
+            "(the reports give every metric, its standard error and the reason for each blank).</p>"]
     for title, page in sections:
         page = Path(page)
         if not page.is_file():
             raise ConfigError(f"the demo index would link {page}, which was not written; "
                               "rerun `probgen demo` into an empty --out folder.")
         rel = page.resolve().relative_to(out.resolve()).as_posix()
-        items.append(f"<li><a href='{html.escape(rel)}'>{html.escape(title)}</a></li>")
+        body.append(f"<h2><a href='{html.escape(rel)}'>{html.escape(title)}</a></h2>")
+        body += _headline(page)
     index = out / "index.html"
-    index.write_text(_page("probgen demo", ["<ul>" + "".join(items) + "</ul>"]))
+    index.write_text(_page("probgen demo", body))
     return index

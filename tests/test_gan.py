@@ -318,3 +318,22 @@ def test_recipe_loss_names_match_the_loss_table():
     from probgen.recipes.gan import LOSS_NAMES
 
     assert set(LOSS_NAMES) == set(LOSSES)
+
+
+def test_recipe_arch_mlp_on_images_and_dcgan_only_on_images():
+    from probgen.data import load_dataset
+    from probgen.models.nets import DCGANDiscriminator, MLPDiscriminator
+    from probgen.recipes import gan as recipe
+
+    digits = load_dataset("mnist-5k", limit=64, value_range=[-1.0, 1.0], binarize="none")
+    cfg = recipe.resolve_config(_config(data="mnist-5k", width=None, depth=None, arch="mlp"), digits)
+    assert (cfg["arch"], cfg["norm"]) == ("mlp", "none")  # the MLP defaults, not the DCGAN's BatchNorm
+    model, _ = recipe.build(cfg, digits, "cpu")
+    assert isinstance(model.discriminator.net, MLPDiscriminator)
+    x = model.sample(3)
+    assert x.shape == (3, 1, 28, 28) and x.abs().max() <= 1  # tanh: the data's [-1, 1]
+    dc = recipe.resolve_config(_config(data="mnist-5k", width=8, arch=None), digits)
+    assert dc["arch"] == "dcgan"
+    assert isinstance(recipe.build(dc, digits, "cpu")[0].discriminator, DCGANDiscriminator)
+    with pytest.raises(ConfigError, match=r"--arch dcgan needs 28x28 or 32x32 images; ring8 has shape \(2,\). Use --arch mlp"):
+        recipe.resolve_config(_config(arch="dcgan"), load_dataset("ring8"))
