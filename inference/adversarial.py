@@ -6,8 +6,12 @@ normalization for generative adversarial networks" (2018) for the hinge loss; Gu
 al., "Improved training of Wasserstein GANs" (2017) for WGAN-GP.
 
 One training step is a discriminator step on a minibatch of real data and a minibatch of
-generated data, then a generator step on the same generated minibatch (as pytorch/examples'
-DCGAN: the generator runs once per step). The discriminator step runs ONE forward pass over
+generated data, then a generator step. When the discriminator holds BatchNorm the generator
+step judges the same generated minibatch, the one whose statistics the discriminator step
+normalised (as pytorch/examples' DCGAN: the generator runs once per step); otherwise it
+judges fresh samples, not those the discriminator has just been fitted to (on the toy
+mixtures reusing them also made two-process and one-process runs drift apart, the
+trajectories being sensitive to rounding). The discriminator step runs ONE forward pass over
 real and generated data concatenated (and, for WGAN-GP, the interpolates too): with
 BatchNorm in the discriminator this keeps the pass that is differentiated in one place (the
 known DistributedDataParallel + BatchNorm in-place error of two passes does not arise).
@@ -278,11 +282,20 @@ class GANTrainer:
 
     def step(self, real: torch.Tensor, *, d_steps_reals: list[torch.Tensor] | None = None) -> dict:
         """A discriminator step (or several, one per batch in ``d_steps_reals``) then a
-        generator step on the samples of the last discriminator step. Returns the step's
-        record of detached scalars."""
+        generator step: on the samples of the last discriminator step when the
+        discriminator holds BatchNorm, on fresh samples otherwise. Returns the step's record
+        of detached scalars."""
         self.G.train()
         self.D.train()
         reals = d_steps_reals or [real]
+        if not self.batch_stats:
+            # no batch statistics: the generator step judges fresh samples, not those the
+            # discriminator has just been fitted to
+            for r in reals:
+                rec = self.d_step(r)
+            rec.update(self.g_step(real))
+            self.step_count += 1
+            return rec
         for r in reals[:-1]:
             self.d_step(r)
         last = reals[-1]

@@ -21,7 +21,7 @@ DEFAULTS = {
     "image": dict(arch="dcgan", loss="ns", batch_size=64, lr=2e-4, lr_d=None, beta1=0.5, beta2=0.999,
                   latent_dim=64, pack=1, width=64, depth=3, norm="batch", d_steps=1,
                   lr_decay="none", steps=5000),
-    "toy": dict(arch="mlp", loss="minimax", batch_size=512, lr=1e-3, lr_d=None, beta1=0.5, beta2=0.9,
+    "toy": dict(arch="mlp", loss="minimax", batch_size=256, lr=1e-3, lr_d=None, beta1=0.5, beta2=0.9,
                 latent_dim=2, pack=1, width=128, depth=3, norm="none", d_steps=1,
                 lr_decay="linear", steps=6000),
     # 28x28/32x32 images with --arch mlp: MLPs on flattened pixels
@@ -50,7 +50,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=positive_int, default=None,
                         help="generator steps (default: 6000 toy, 5000 otherwise)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="real (and generated) examples per step (default: 512 toy, else 64)")
+                        help="real (and generated) examples per step (default: 256 toy, else 64)")
     parser.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate of G (and D) (default: 1e-3 toy, else 2e-4)")
     parser.add_argument("--lr-d", type=positive_float, default=None, help="Adam learning rate of D (default --lr)")
     parser.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default 0.5)")
