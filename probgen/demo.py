@@ -14,6 +14,7 @@ Every page is standalone: figures are embedded as data URIs, no script, no outsi
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import time
 from pathlib import Path
@@ -22,16 +23,20 @@ from probgen.errors import ConfigError
 
 __all__ = ["run_demo", "DEMO_PARTS", "write_kl_page", "write_index"]
 
-# (folder, data set, models, share of the budget, per-model training options). The GANs get
+# (folder, data set, models, share of the budget, per-model training options, torch threads
+# or None for torch's default). The toy part runs on one thread: its 2-D networks gain
+# nothing from a second one, and on a loaded 2-core machine two threads made a toy GAN step
+# 20-30 times slower than one (1.8-2.2 s against 70-100 ms), so that its share ran out after
+# 14 steps. The GANs get
 # what they need to train in their share on a CPU: on ring8 a step count that the toy
 # schedule (constant, then linear decay to 0) completes within the share; on mnist-5k a
 # DCGAN pair 16 channels wide (1/16 of the default's convolution work per step, so a few
 # thousand steps instead of about a hundred) judging pairs of images (PacGAN), which keeps
 # its samples spread over the ten digits.
 DEMO_PARTS = [
-    ("toy-ring8", "ring8", ["gmm", "gan"], 0.35, {"gan": ["--steps", "2500"]}),
+    ("toy-ring8", "ring8", ["gmm", "gan"], 0.35, {"gan": ["--steps", "2500"]}, 1),
     ("mnist-5k", "mnist-5k", ["vae", "ppca", "gmm", "gan"], 0.65,
-     {"gan": ["--arch", "dcgan", "--width", "16", "--pack", "2"]}),
+     {"gan": ["--arch", "dcgan", "--width", "16", "--pack", "2"]}, None),
 ]
 
 # --smoke trains on 500 examples for seconds: batches that fit, a few steps
@@ -51,7 +56,7 @@ def run_demo(out: Path, *, budget_minutes: float = 3.0, smoke: bool = False, see
     kl = run_kl_demo(out / "kl", seed=seed, smoke=smoke)
     sections = [("Forward against reverse KL: mode covering and mode seeking",
                  write_kl_page(kl, out / "kl"))]
-    for i, (folder, data, models, share, model_args) in enumerate(DEMO_PARTS, start=2):
+    for i, (folder, data, models, share, model_args, threads) in enumerate(DEMO_PARTS, start=2):
         models = [m for m in models if m in RECIPES]
         print(f"[demo] {i}/3 compare {','.join(models)} on {data}", flush=True)
         spec = CompareSpec(
@@ -61,12 +66,27 @@ def run_demo(out: Path, *, budget_minutes: float = 3.0, smoke: bool = False, see
             k=20 if smoke else 200, model_args={m: list(a) + (SMOKE_ARGS.get(m, []) if smoke else [])
                                                 for m, a in model_args.items() if m in models},
         )
-        compare(spec)
+        with _torch_threads(threads):
+            compare(spec)
         sections.append((f"Explicit against implicit on {data}", out / folder / "report.html"))
     index = write_index(out, sections)
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s. Open {index} ; figures and reports are "
           f"in {out}/*/ (report.md, report.html, results.json; kl/kl.json).")
     return index
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """torch's intra-op thread count set to ``n`` inside the block (unchanged for None)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 _STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
