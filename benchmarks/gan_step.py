@@ -4,8 +4,11 @@ The reference is the training step of pytorch/examples ``dcgan/main.py``, writte
 BCELoss on sigmoid outputs, the discriminator run SEPARATELY on a real and on a fake batch
 (``errD_real.backward(); ... errD_fake.backward()``), then the generator step on the fake
 batch. probgen's step (:class:`probgen.inference.adversarial.GANTrainer`, non-saturating loss)
-runs the discriminator ONCE on real and fake concatenated, and, since the discriminator holds
-BatchNorm, judges the generator's batch beside the real one. Both use the same 28x28 DCGAN
+runs the discriminator ONCE on real and fake concatenated, its BatchNorm layers taking their
+statistics per half (probgen.models.nets.batch_groups), which normalises and updates the
+running statistics exactly as the two passes do, then the generator step on the same fake
+batch alone (tests/test_gan.py checks parameters and running statistics against this
+reference step). Both use the same 28x28 DCGAN
 networks (probgen.models.nets), the same batch, Adam(2e-4, (0.5, 0.999)); the two are timed
 in one process, interleaved, after a warm-up.
 

@@ -20,7 +20,9 @@ It draws the mode-collapse figure for seed 0 of each setting: real data (grey) a
 
 With --smoke it trains 200 steps on ring8 with one seed and checks only that training moves
 samples towards the modes. The full sweep prints, per data set, on how many seeds the
-defaults met the target: every mode, >= 90% high-quality samples, reverse KL <= 0.05.
+defaults met the per-seed target (every mode, >= 90% high-quality samples, reverse KL <=
+0.05), and their means beside the best published ones (PacGAN4 on grid25: 24.8 modes, 93.6%
+high quality, reverse KL 0.04; PacGAN2 on ring8: 7.9 modes, 95.6%, 0.07; 10 trials each).
 """
 
 from __future__ import annotations
@@ -147,6 +149,14 @@ def _check(results, *, smoke: bool):
         if rows:
             met = sum(_meets(r) for r in rows)
             print(f"{data}: default settings met the target on {met} of {len(rows)} seeds")
+            if data in PUBLISHED:
+                modes, hq, rkl, who = PUBLISHED[data]
+                print(f"{data}: defaults' means modes {_mean(rows, 'modes'):.2f}, HQ {100 * _mean(rows, 'hq'):.1f}%, "
+                      f"reverse KL {_mean(rows, 'reverse_kl'):.3f}; {who}: {modes}, {hq}%, {rkl}")
+
+
+# the best published results (mean over 10 trials): PacGAN, Lin et al. 2018, Table 1
+PUBLISHED = {"grid25": (24.8, 93.6, 0.04, "PacGAN4"), "ring8": (7.9, 95.6, 0.07, "PacGAN2")}
 
 
 if __name__ == "__main__":

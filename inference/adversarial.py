@@ -6,13 +6,23 @@ normalization for generative adversarial networks" (2018) for the hinge loss; Gu
 al., "Improved training of Wasserstein GANs" (2017) for WGAN-GP.
 
 One training step is a discriminator step on a minibatch of real data and a minibatch of
-generated data, then a generator step. The discriminator step runs ONE forward pass over
+generated data, then a generator step. When the discriminator holds BatchNorm the generator
+step judges the same generated minibatch, the one whose statistics the discriminator step
+normalised (as pytorch/examples' DCGAN: the generator runs once per step); otherwise it
+judges fresh samples, not those the discriminator has just been fitted to (on the toy
+mixtures reusing them also made two-process and one-process runs drift apart, the
+trajectories being sensitive to rounding). The discriminator step runs ONE forward pass over
 real and generated data concatenated (and, for WGAN-GP, the interpolates too): with
-BatchNorm in the discriminator this keeps the statistics of the pass that is differentiated
-in one place (the known DistributedDataParallel + BatchNorm in-place error of two passes
-does not arise). When the discriminator holds BatchNorm, the generator step also judges
-its samples in a batch with the real ones, so that the discriminator the generator is
-trained against normalises the way it did in its own step.
+BatchNorm in the discriminator this keeps the pass that is differentiated in one place (the
+known DistributedDataParallel + BatchNorm in-place error of two passes does not arise).
+BatchNorm layers built by :mod:`probgen.models.nets` take their statistics per group in that
+pass (:func:`probgen.models.nets.batch_groups`): the real and the generated half are each
+normalised by their own mean and variance, exactly as in two separate passes (pytorch/examples'
+DCGAN; "construct different mini-batches for real and fake", ganhacks), so the generator step
+judges the generated batch alone and gets the same normalisation the discriminator step gave
+it. A discriminator with BatchNorm layers of its own (plain ``nn.BatchNorm*d``) normalises
+the two halves jointly instead; the generator step then judges its samples beside the real
+batch, so that the discriminator normalises the way it did in its own step.
 
 >>> trainer = GANTrainer(G, D, latent_dim=2, loss="ns", lr=2e-4)
 >>> for step in range(1000):
@@ -30,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from probgen.errors import ConfigError, DivergedError, suggest
-from probgen.models.nets import gan_uses_batch_statistics
+from probgen.models.nets import batch_groups, gan_uses_batch_statistics, has_grouped_batch_norm
 
 __all__ = ["GANLoss", "LOSSES", "get_loss", "GANTrainer", "EpochSampler", "fit_gan", "GANFitResult",
            "LR_SCHEDULES", "linear_decay"]
@@ -150,6 +160,11 @@ class GANTrainer:
             )
         self.pack = int(getattr(discriminator, "pack", 1))
         self.batch_stats = gan_uses_batch_statistics(discriminator)
+        # BatchNorm with per-group statistics: real and generated halves normalised apart, and
+        # the generator's samples judged alone; plain BatchNorm: both jointly, and the samples
+        # judged beside real data
+        self._grouped = batch_groups(discriminator, 2) if has_grouped_batch_norm(discriminator) else None
+        self._beside_real = self.batch_stats and self._grouped is None
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=tuple(betas))
         self.opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d or lr, betas=tuple(betas))
         self.amp = bool(amp)
@@ -204,23 +219,25 @@ class GANTrainer:
                 "last checkpoint."
             )
 
-    def d_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One discriminator update on ``real`` (B, *shape) and B generated samples.
+    def d_step(self, real: torch.Tensor, fake: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One discriminator update on ``real`` (B, *shape) and B generated samples (``fake``,
+        or fresh ones drawn here).
 
         Returns detached scalars ``loss_d``, ``d_real``, ``d_fake`` (mean D(x) and D(G(z)):
         probabilities for the sigmoid losses, raw critic values otherwise).
         """
         self._check_batch(real)
         b = real.shape[0]
-        with torch.no_grad(), self._autocast():
-            fake = self.G(self._noise(b))
-        parts = [real, fake.to(real.dtype)]
+        if fake is None:
+            with torch.no_grad(), self._autocast():
+                fake = self.G(self._noise(b))
+        parts = [real, fake.detach().to(real.dtype)]
         if self.loss.gradient_penalty:
             eps = self._uniform(b // self.pack, *([1] * (real.dim() - 1))).to(real.device)
             eps = eps.repeat_interleave(self.pack, dim=0)  # one mixing weight per packed group
             parts.append((eps * real + (1 - eps) * parts[1]).requires_grad_(True))
         x = torch.cat(parts)  # (2B or 3B, *shape)
-        with self._autocast():
+        with self._autocast(), (self._grouped or contextlib.nullcontext()):
             logits = self._D_sync(x).float()
         m = b // self.pack
         real_l, fake_l = logits[:m], logits[m:2 * m]
@@ -236,15 +253,22 @@ class GANTrainer:
         return {"loss_d": loss.detach(), "d_real": self._readout(real_l), "d_fake": self._readout(fake_l)}
 
     def g_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One generator update with B fresh samples (``real`` is judged beside them only
-        when the discriminator uses batch statistics). Returns ``loss_g``."""
-        b = real.shape[0]
+        """One generator update with B fresh samples, judged beside ``real`` when the
+        discriminator holds BatchNorm (in their own group with per-group statistics, so the
+        samples' logits are those of the samples alone). Returns ``loss_g``."""
+        with self._autocast():
+            fake = self._G_sync(self._noise(real.shape[0]))
+        return self._g_update(fake, real if self.batch_stats else None)
+
+    def _g_update(self, fake: torch.Tensor, beside: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The generator update on ``fake`` (generated with gradient), judged alone or after
+        the real batch ``beside``."""
         _set_requires_grad(self.D, False)
         try:
             with self._autocast():
-                fake = self._G_sync(self._noise(b))
-                if self.batch_stats:
-                    logits = self.D(torch.cat([real, fake.to(real.dtype)]))[b // self.pack:]
+                if beside is not None:
+                    with self._grouped or contextlib.nullcontext():
+                        logits = self.D(torch.cat([beside, fake.to(beside.dtype)]))[beside.shape[0] // self.pack:]
                 else:
                     logits = self.D(fake)
             loss = self.loss.g_loss(logits.float())
@@ -258,13 +282,28 @@ class GANTrainer:
 
     def step(self, real: torch.Tensor, *, d_steps_reals: list[torch.Tensor] | None = None) -> dict:
         """A discriminator step (or several, one per batch in ``d_steps_reals``) then a
-        generator step. Returns the step's record of detached scalars."""
+        generator step: on the samples of the last discriminator step when the
+        discriminator holds BatchNorm, on fresh samples otherwise. Returns the step's record
+        of detached scalars."""
         self.G.train()
         self.D.train()
-        rec = {}
-        for r in (d_steps_reals or [real]):
-            rec = self.d_step(r)
-        rec.update(self.g_step(real))
+        reals = d_steps_reals or [real]
+        if not self.batch_stats:
+            # no batch statistics: the generator step judges fresh samples, not those the
+            # discriminator has just been fitted to
+            for r in reals:
+                rec = self.d_step(r)
+            rec.update(self.g_step(real))
+            self.step_count += 1
+            return rec
+        for r in reals[:-1]:
+            self.d_step(r)
+        last = reals[-1]
+        self._check_batch(last)
+        with self._autocast():
+            fake = self._G_sync(self._noise(last.shape[0]))  # with gradient: the G step reuses it
+        rec = self.d_step(last, fake)
+        rec.update(self._g_update(fake, real if self._beside_real else None))
         self.step_count += 1
         return rec
 

@@ -14,6 +14,7 @@ Every page is standalone: figures are embedded as data URIs, no script, no outsi
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import time
 from pathlib import Path
@@ -22,11 +23,25 @@ from probgen.errors import ConfigError
 
 __all__ = ["run_demo", "DEMO_PARTS", "write_kl_page", "write_index"]
 
-# (folder, data set, models, share of the budget, extra model args)
+# (folder, data set, models, share of the budget, per-model training options, torch threads
+# or None for torch's default). Both parts train on one thread: on a loaded 2-core machine
+# two threads made a step 20-30 times slower than one (a toy GAN step 1.8-2.2 s against
+# 70-100 ms), so that the GANs' shares ran out after 13-14 steps; on a quiet machine a second
+# thread saves at most about 40% on the convolutions and nothing on the 2-D networks.
+# The GANs get what they need to train in their share on a CPU: on ring8 1,000 steps, which
+# its schedule (constant, then linear decay to 0) completes within the share with every mode
+# covered (8/8 on seeds 0-2, 75-80% high-quality samples; 2,500 steps: 94%); on mnist-5k a
+# DCGAN pair 16 channels wide (1/16 of the default's convolution work per step, so
+# thousands of steps instead of about a hundred) judging pairs of images (PacGAN).
 DEMO_PARTS = [
-    ("toy-ring8", "ring8", ["gmm", "gan"], 0.35),
-    ("mnist-5k", "mnist-5k", ["vae", "ppca", "gmm", "gan"], 0.65),
+    ("toy-ring8", "ring8", ["gmm", "gan"], 0.35, {"gan": ["--steps", "1000"]}, 1),
+    ("mnist-5k", "mnist-5k", ["vae", "ppca", "gmm", "gan"], 0.65,
+     {"gan": ["--arch", "dcgan", "--width", "16", "--pack", "2"]}, 1),
 ]
+
+
+# --smoke trains on 500 examples for seconds: batches that fit, a few steps
+SMOKE_ARGS = {"gan": ["--batch-size", "100", "--steps", "200"]}
 
 
 def run_demo(out: Path, *, budget_minutes: float = 3.0, smoke: bool = False, seed: int = 0,
@@ -42,7 +57,7 @@ def run_demo(out: Path, *, budget_minutes: float = 3.0, smoke: bool = False, see
     kl = run_kl_demo(out / "kl", seed=seed, smoke=smoke)
     sections = [("Forward against reverse KL: mode covering and mode seeking",
                  write_kl_page(kl, out / "kl"))]
-    for i, (folder, data, models, share) in enumerate(DEMO_PARTS, start=2):
+    for i, (folder, data, models, share, model_args, threads) in enumerate(DEMO_PARTS, start=2):
         models = [m for m in models if m in RECIPES]
         print(f"[demo] {i}/3 compare {','.join(models)} on {data}", flush=True)
         spec = CompareSpec(
@@ -50,8 +65,11 @@ def run_demo(out: Path, *, budget_minutes: float = 3.0, smoke: bool = False, see
             seed=seed, device=device, overwrite=True,
             limit=500 if smoke else None, eval_limit=200 if smoke else 1000,
             k=20 if smoke else 200, quiet=quiet,
+            model_args={m: list(a) + (SMOKE_ARGS.get(m, []) if smoke else [])
+                        for m, a in model_args.items() if m in models},
         )
-        compare(spec)
+        with _torch_threads(threads):
+            compare(spec)
         sections.append((f"Explicit against implicit on {data}", out / folder / "report.html"))
     index = write_index(out, sections)
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s. Open {index} ; figures and reports are "
@@ -59,10 +77,25 @@ def run_demo(out: Path, *, budget_minutes: float = 3.0, smoke: bool = False, see
     return index
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """torch's intra-op thread count set to ``n`` inside the block (unchanged for None)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 _STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;"
           "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#eee}"
-          "figure{display:inline-block;margin:8px;vertical-align:top}img{max-width:520px}</style>")
+          "figure{display:inline-block;margin:8px;vertical-align:top}img{max-width:520px}"
+          "figure.thumb img{width:240px}figure.thumb figcaption{font-size:small}</style>")
 
 
 def _page(title: str, body: list[str]) -> str:
@@ -102,17 +135,58 @@ def write_kl_page(result: dict, folder: Path) -> Path:
     return path
 
 
+def _headline(page: Path) -> list[str]:
+    """The headline numbers and figure thumbnails of one part, from the files beside its page:
+    a comparison's ``results.json`` and ``figures/``, or the KL demo's ``kl.json``."""
+    import json
+
+    from probgen.report import headline_rows, thumbnail_uri
+
+    esc = html.escape
+    folder = page.parent
+    header, rows, figures = [], [], []
+    if (folder / "results.json").is_file():
+        from probgen.compare import COLUMNS
+
+        results = json.loads((folder / "results.json").read_text())
+        header, rows = headline_rows(results, COLUMNS)
+        figures = sorted((folder / "figures").glob("*.png"))
+    elif (folder / "kl.json").is_file():
+        kl = json.loads((folder / "kl.json").read_text())
+        header = ["problem", "forward-KL fit: KL(p||q)", "reverse-KL fit: KL(p||q)",
+                  "forward-KL fit: KL(q||p)", "reverse-KL fit: KL(q||p)"]
+        for name, prob in kl["problems"].items():
+            f, r = prob["forward"], prob["reverse"]
+            rows.append([name, f"{f['kl_p_q']:.3f}", f"{r['kl_p_q']:.3f}", f"{f['kl_q_p']:.3f}",
+                         f"{r['kl_q_p']:.3f}"])
+            figures.append(folder / prob["figure"])
+    out = []
+    if rows:
+        out.append("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"
+                   + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+                   + "</tbody></table>")
+    thumbs = [f"<figure class='thumb'><img alt='{esc(p.stem)}' src='{thumbnail_uri(p)}'>"
+              f"<figcaption>{esc(p.stem.replace('_', ' '))}</figcaption></figure>"
+              for p in figures if p.is_file()]
+    if thumbs:
+        out.append("<div>" + "".join(thumbs) + "</div>")
+    return out
+
+
 def write_index(out: Path, sections: list[tuple[str, Path]]) -> Path:
-    """``out/index.html`` linking each section's page (a path inside ``out`` that must exist)."""
+    """``out/index.html``: for each section, a link to its page (a path inside ``out`` that
+    must exist), its headline numbers and thumbnails of its figures."""
     out = Path(out)
-    items = []
+    body = ["<p>Each part below links its full report; the tables show the headline numbers "
+            "(the reports give every metric, its standard error and the reason for each blank).</p>"]
     for title, page in sections:
         page = Path(page)
         if not page.is_file():
             raise ConfigError(f"the demo index would link {page}, which was not written; "
                               "rerun `probgen demo` into an empty --out folder.")
         rel = page.resolve().relative_to(out.resolve()).as_posix()
-        items.append(f"<li><a href='{html.escape(rel)}'>{html.escape(title)}</a></li>")
+        body.append(f"<h2><a href='{html.escape(rel)}'>{html.escape(title)}</a></h2>")
+        body += _headline(page)
     index = out / "index.html"
-    index.write_text(_page("probgen demo", ["<ul>" + "".join(items) + "</ul>"]))
+    index.write_text(_page("probgen demo", body))
     return index

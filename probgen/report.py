@@ -11,7 +11,8 @@ import html
 import math
 from pathlib import Path
 
-__all__ = ["write_reports", "format_metric", "table_rows"]
+__all__ = ["write_reports", "format_metric", "table_rows", "headline_rows", "HEADLINE_METRICS",
+           "thumbnail_uri"]
 
 REFERENCE_ROW_NAME = "validation data (reference)"  # probgen.compare.REFERENCE_ROW
 
@@ -77,6 +78,35 @@ def table_rows(results: dict, columns) -> tuple[list[str], list[list[str]], list
             row.append(cell)
         rows.append(row)
     return header, rows, notes
+
+
+# the columns a summary (the demo's index) shows for each comparison, when a model has them
+HEADLINE_METRICS = ("log_likelihood", "elbo", "iwae", "true_log_likelihood", "modes_covered",
+                    "high_quality_fraction", "reverse_kl", "frechet_distance", "precision", "recall",
+                    "class_histogram")
+
+
+def headline_rows(results: dict, columns) -> tuple[list[str], list[list[str]]]:
+    """The headline columns of a comparison's table (those of :data:`HEADLINE_METRICS` that
+    some model has): header and rows, blanks as "—" (the report gives their reasons)."""
+    cols = [c for c in columns if c[0] in HEADLINE_METRICS]
+    header, rows, _ = table_rows(results, cols)
+    return header, [[c if not c.startswith("— [") else "—" for c in r] for r in rows]
+
+
+def thumbnail_uri(path, width: int = 240) -> str:
+    """A PNG data URI of the figure at ``path``, scaled down to ``width`` pixels wide."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.width > width:
+            im = im.resize((width, max(1, round(im.height * width / im.width))), Image.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _figures(results: dict, rows: dict, out: Path) -> list[tuple[str, Path]]:

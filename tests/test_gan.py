@@ -75,6 +75,81 @@ def test_dcgan_step_on_28x28_with_batchnorm_changes_weights_and_runs_d_once_per_
     assert any(not torch.equal(a, b) for a, b in zip(before, g.parameters()))
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_grouped_batch_norm_is_batch_norm_run_on_each_group_in_turn(momentum):
+    from probgen.models.nets import GroupedBatchNorm2d, batch_groups
+
+    torch.manual_seed(0)
+    grouped = GroupedBatchNorm2d(3, momentum=momentum)
+    plain = nn.BatchNorm2d(3, momentum=momentum)  # the oracle: torch's BatchNorm, one pass per group
+    with torch.no_grad():
+        grouped.weight.uniform_(0.5, 2)
+        grouped.bias.normal_()
+    plain.load_state_dict(grouped.state_dict())
+    x = (torch.randn(10, 3, 4, 4) * torch.tensor([1.0, 3.0])[torch.arange(10) // 5].reshape(10, 1, 1, 1)).requires_grad_(True)
+    w = torch.randn(10, 3, 4, 4)
+    with batch_groups(grouped, 2):
+        y = grouped(x)
+    x2 = x.detach().clone().requires_grad_(True)
+    y2 = torch.cat([plain(x2[:5]), plain(x2[5:])])
+    torch.testing.assert_close(y, y2)
+    (y * w).sum().backward()
+    (y2 * w).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(grouped.weight.grad, plain.weight.grad)
+    torch.testing.assert_close(grouped.bias.grad, plain.bias.grad)
+    for k, v in plain.state_dict().items():
+        torch.testing.assert_close(grouped.state_dict()[k], v)
+    assert grouped.groups == 1  # restored on exit
+    torch.testing.assert_close(grouped(x.detach()), plain(x.detach()))  # one group: plain BatchNorm
+    grouped.eval(), plain.eval()
+    with batch_groups(grouped, 2):
+        torch.testing.assert_close(grouped(x.detach()), plain(x.detach()))  # eval: running statistics
+
+
+def _reference_dcgan_step(g, d, opt_g, opt_d, real, nz):
+    """pytorch/examples dcgan/main.py, one iteration: D on the real batch and on the fake batch
+    in two passes, then G on the same fake batch (BCE on D's probabilities)."""
+    bce = nn.BCEWithLogitsLoss()
+    b = real.shape[0]
+    d.zero_grad()
+    err_real = bce(d(real), torch.ones(b))
+    err_real.backward()
+    fake = g(torch.randn(b, nz))
+    err_fake = bce(d(fake.detach()), torch.zeros(b))
+    err_fake.backward()
+    opt_d.step()
+    g.zero_grad()
+    bce(d(fake), torch.ones(b)).backward()
+    opt_g.step()
+
+
+def test_dcgan_step_with_batchnorm_is_the_pytorch_examples_step():
+    torch.manual_seed(0)
+    g = DCGANGenerator(8, (1, 28, 28), width=8, value_range=(-1, 1))
+    d = DCGANDiscriminator((1, 28, 28), width=8, norm="batch")
+    g_ref = DCGANGenerator(8, (1, 28, 28), width=8, value_range=(-1, 1))
+    d_ref = DCGANDiscriminator((1, 28, 28), width=8, norm="batch")
+    # the oracle's discriminator holds torch's own BatchNorm2d
+    d_ref.conv = nn.Sequential(*[nn.BatchNorm2d(m.num_features) if isinstance(m, nn.BatchNorm2d) else m
+                                 for m in d_ref.conv])
+    g_ref.load_state_dict(g.state_dict())
+    d_ref.load_state_dict(d.state_dict())
+    tr = GANTrainer(g, d, latent_dim=8, loss="ns", lr=2e-4)
+    opt_g = torch.optim.Adam(g_ref.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d_ref.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    reals = torch.rand(3, 6, 1, 28, 28) * 2 - 1
+    for i, real in enumerate(reals):
+        torch.manual_seed(100 + i)
+        tr.step(real)
+        torch.manual_seed(100 + i)
+        _reference_dcgan_step(g_ref, d_ref, opt_g, opt_d, real, 8)
+    # weights, and BatchNorm running statistics (three updates of D's per step, one of G's)
+    for ours, ref in ((g, g_ref), (d, d_ref)):
+        for (k, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
+
+
 def test_gradient_penalty_refuses_batchnorm_and_batches_must_fit_the_pack():
     with pytest.raises(ConfigError, match="BatchNorm in the discriminator breaks"):
         _toy_trainer("wgan-gp", norm="batch")
@@ -243,3 +318,22 @@ def test_recipe_loss_names_match_the_loss_table():
     from probgen.recipes.gan import LOSS_NAMES
 
     assert set(LOSS_NAMES) == set(LOSSES)
+
+
+def test_recipe_arch_mlp_on_images_and_dcgan_only_on_images():
+    from probgen.data import load_dataset
+    from probgen.models.nets import DCGANDiscriminator, MLPDiscriminator
+    from probgen.recipes import gan as recipe
+
+    digits = load_dataset("mnist-5k", limit=64, value_range=[-1.0, 1.0], binarize="none")
+    cfg = recipe.resolve_config(_config(data="mnist-5k", width=None, depth=None, arch="mlp"), digits)
+    assert (cfg["arch"], cfg["norm"]) == ("mlp", "none")  # the MLP defaults, not the DCGAN's BatchNorm
+    model, _ = recipe.build(cfg, digits, "cpu")
+    assert isinstance(model.discriminator.net, MLPDiscriminator)
+    x = model.sample(3)
+    assert x.shape == (3, 1, 28, 28) and x.abs().max() <= 1  # tanh: the data's [-1, 1]
+    dc = recipe.resolve_config(_config(data="mnist-5k", width=8, arch=None), digits)
+    assert dc["arch"] == "dcgan"
+    assert isinstance(recipe.build(dc, digits, "cpu")[0].discriminator, DCGANDiscriminator)
+    with pytest.raises(ConfigError, match=r"--arch dcgan needs 28x28 or 32x32 images; ring8 has shape \(2,\). Use --arch mlp"):
+        recipe.resolve_config(_config(arch="dcgan"), load_dataset("ring8"))

@@ -139,3 +139,39 @@ def test_demo_pages_load_in_headless_chromium(demo_pages, tmp_path):
         shot = tmp_path / f"shot{i}.png"
         check_page(page, shot)
         assert shot.exists() and shot.stat().st_size > 5_000
+
+
+def test_demo_index_shows_each_parts_headline_numbers_and_figure_thumbnails(tmp_path, small_report):
+    import json
+
+    from PIL import Image
+
+    from probgen.demo import write_index, write_kl_page
+    from probgen.kl_demo import run_kl_demo
+
+    kl = run_kl_demo(tmp_path / "kl", smoke=True, problems=["1d"])
+    kl_page = write_kl_page(kl, tmp_path / "kl")
+    _, compare_page = small_report
+    results = {"data": "ring8", "models": {
+        "gmm": {"metrics": {"log_likelihood": {"value": -1.5, "stderr": 0.01},
+                            "modes_covered": {"value": 8, "stderr": None},
+                            "kernel_distance": {"value": 0.123456, "stderr": None}}},
+        "gan": {"metrics": {"modes_covered": {"value": 7, "stderr": None}}}}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    index = write_index(tmp_path, [("KL", kl_page), ("compare", compare_page)])
+    page = index.read_text()
+    f, r = kl["problems"]["1d"]["forward"], kl["problems"]["1d"]["reverse"]
+    assert f"<td>{f['kl_p_q']:.3f}</td>" in page and f"<td>{r['kl_q_p']:.3f}</td>" in page
+    # the compare part: its headline columns, every model's row, a blank as a dash
+    assert "<th>exact log-lik</th><th>modes</th>" in page and "0.1235" not in page
+    assert "<td>gmm</td><td>-1.5 ± 0.01</td><td>8</td>" in page
+    assert "<td>gan</td><td>—</td><td>7</td>" in page
+    # a thumbnail per figure of each part (the KL figure, the compare report's samples)
+    thumbs = page.count("<figure class='thumb'>")
+    assert thumbs == 1 + len(list((tmp_path / "figures").glob("*.png"))) and thumbs >= 2
+    import base64
+    import io
+
+    uri = page.split("<figure class='thumb'><img alt='")[1].split("src='data:image/png;base64,")[1].split("'")[0]
+    assert Image.open(io.BytesIO(base64.b64decode(uri))).width == 240
+    assert "<script" not in page and "http" not in page.split("<body>")[1]
