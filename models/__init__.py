@@ -11,6 +11,7 @@ module                 model
 ``gmm``                :class:`GaussianMixture`: EM with scikit-learn's semantics
 ``mixture_program``    the same mixture as a Pyro program (assignments summed out)
 ``bayes_mixture``      a Bayesian mixture for NUTS and PSIS-LOO
+``flow``               :class:`Flow`: a normalizing flow (Zuko) as a Pyro program, exact ``log_prob``
 ``nets``               the shared encoders, decoders, generators and discriminators
 =====================  ======================================================================
 
@@ -21,7 +22,7 @@ import importlib
 
 _EXPORTS = {
     "VAE": "vae", "PPCA": "ppca", "Autoencoder": "autoencoder", "GAN": "gan",
-    "GaussianMixture": "gmm", "MixtureDensity": "gmm",
+    "GaussianMixture": "gmm", "MixtureDensity": "gmm", "Flow": "flow",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -47,6 +47,7 @@ RECIPES: dict[str, str] = {
     "ppca": "probgen.recipes.ppca",
     "gan": "probgen.recipes.gan",
     "gmm": "probgen.recipes.gmm",
+    "flow": "probgen.recipes.flow",
 }
 
 
