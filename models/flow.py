@@ -97,8 +97,26 @@ class Flow(nn.Module):
             self.flow = zuko.flows.MAF(self.dim, transforms=transforms, hidden_features=hidden)
         else:
             self.flow = zuko.flows.RealNVP(self.dim, transforms=transforms, hidden_features=hidden)
+        if kind in ("maf", "realnvp"):
+            self._start_at_identity()
         self.register_buffer("shift", torch.zeros(self.dim))
         self.register_buffer("log_scale", torch.zeros(self.dim))
+
+    @torch.no_grad()
+    def _start_at_identity(self) -> None:
+        """Zero the last layer of every conditioner: each affine layer starts as the identity.
+        (Zuko's default initialisation gives, on 784 dimensions, scales whose product puts
+        the first log-densities near -1e9 nats, and training diverges from there.)"""
+        for module in self.flow.modules():
+            hyper = getattr(module, "hyper", None)
+            layers = [] if not isinstance(hyper, nn.Module) else [
+                m for m in hyper.modules() if isinstance(getattr(m, "weight", None), torch.Tensor)]
+            if not layers:
+                continue
+            last = layers[-1]
+            last.weight.zero_()
+            if last.bias is not None:
+                last.bias.zero_()
 
     # -- preprocessing
     @torch.no_grad()

@@ -2,7 +2,7 @@
 
     probgen train flow --data banana [--flow nsf|maf|realnvp] [--transforms 5] [--hidden 128,128]
         [--bins 8] [--preprocess auto|standardize|logit|none] [--epochs 50] [--batch-size 256]
-        [--lr 3e-3]
+        [--lr 3e-3]  (on images: --flow maf --hidden 512 --lr 1e-3 by default)
 
 The flow is a Pyro program with an empty guide (:class:`probgen.models.flow.Flow`), trained
 by :func:`probgen.inference.svi.fit_svi` on the negative log-likelihood; the learning rate
@@ -13,8 +13,10 @@ dequantization bound on ``log P(k)`` in bits/dim (:mod:`probgen.data.dequantize`
 and toy data it is the exact density of the standardised values (with the Jacobian of the
 standardisation).
 
-Defaults follow the data: a neural spline flow on vector and toy data, affine coupling
-layers (``realnvp``: one pass to score and one to sample) on images.
+Defaults follow the data: a neural spline flow on vector and toy data; on images a masked
+autoregressive flow (affine, 5 layers of one 512-wide hidden layer, learning rate 1e-3: one
+pass to score, one per dimension to sample), which on mnist-5k learned faster per second on
+a CPU than affine coupling layers (``--flow realnvp``) of the same width.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("--flow", choices=FLOW_CHOICES, default="auto",
                         help="nsf (neural spline), maf or realnvp (default auto: nsf on vectors, "
-                             "realnvp on images)")
+                             "maf on images)")
     parser.add_argument("--transforms", type=positive_int, default=None, metavar="N",
-                        help="flow layers (default 5 on vectors, 6 on images)")
+                        help="flow layers (default 5)")
     parser.add_argument("--hidden", type=_ints, default=None, metavar="W[,W...]",
                         help="hidden widths of each layer's MLP (default 128,128 on vectors, "
                              "512 on images)")
@@ -43,8 +45,9 @@ def add_arguments(parser) -> None:
                              "dequantized images, standardize otherwise)")
     parser.add_argument("--epochs", type=positive_int, default=50, help="passes over the data (default 50)")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="examples per step (default 256)")
-    parser.add_argument("--lr", type=positive_float, default=3e-3,
-                        help="initial Adam learning rate, annealed to lr/100 (default 3e-3)")
+    parser.add_argument("--lr", type=positive_float, default=None,
+                        help="initial Adam learning rate, annealed to lr/100 (default 3e-3 on "
+                             "vectors, 1e-3 on images)")
 
 
 def data_options(args) -> dict:
@@ -59,9 +62,11 @@ def resolve_config(config: dict, data) -> dict:
     out = dict(config)
     image = data.kind == "image"
     if out.get("flow", "auto") == "auto":
-        out["flow"] = "realnvp" if image else "nsf"
+        out["flow"] = "maf" if image else "nsf"
+    if out.get("lr") is None:
+        out["lr"] = 1e-3 if image else 3e-3
     if out.get("transforms") is None:
-        out["transforms"] = 6 if image else 5
+        out["transforms"] = 5
     if out.get("hidden") is None:
         out["hidden"] = [512] if image else [128, 128]
     if out.get("preprocess", "auto") == "auto":
