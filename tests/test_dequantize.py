@@ -193,3 +193,27 @@ def test_evaluate_labels_every_likelihood():
         assert m["representation"] == "continuous" and m["estimator"] == "exact"
         assert "bits_per_dim" not in m
     assert res["representation"] == "continuous"
+
+
+def test_data_options_choose_one_representation(tmp_path, capsys):
+    import json
+    from argparse import Namespace
+
+    from probgen.cli import main
+    from probgen.recipes import vae
+
+    assert vae.data_options(Namespace(likelihood="gaussian"))["dequantize"] == "auto"
+    assert vae.data_options(Namespace(likelihood="bernoulli"))["binarize"] == "dynamic"
+    out = tmp_path / "bin"
+    assert main(["train", "gmm", "--data", "digits", "--binarize", "fixed", "--out", str(out),
+                 "--device", "cpu", "--no-figures", "--quiet", "--components", "2", "--n-init", "1",
+                 "--max-iter", "5", "--limit", "200"]) == 0
+    assert json.loads((out / "config.json").read_text())["data_options"]["dequantize"] == "none"
+    floats = np.random.default_rng(0).random((40, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "f.npy", floats)
+    assert main(["train", "gmm", "--data", str(tmp_path / "f.npy"), "--out", str(tmp_path / "f"),
+                 "--device", "cpu", "--no-figures", "--quiet"]) != 0
+    assert "--bin-width W" in capsys.readouterr().err
+    assert main(["train", "gmm", "--data", str(tmp_path / "f.npy"), "--bin-width", "0.001",
+                 "--out", str(tmp_path / "g"), "--device", "cpu", "--no-figures", "--quiet",
+                 "--components", "2", "--n-init", "1", "--max-iter", "5"]) == 0
