@@ -348,7 +348,8 @@ def _train(args, recipe, device=None) -> int:
 
     device = device if device is not None else resolve_device(args.device)
     skip = {"command", "model", "out", "resume", "overwrite", "debug", "device", "no_figures",
-            "binarize", "value_range", "dequantize", "bin_width", "download", "_parser", "_argv", "nproc", "quiet"}
+            "binarize", "value_range", "dequantize", "bin_width", "download", "_parser", "_argv",
+            "nproc", "quiet"}
     dist = pdist.info()
     config = {
         "model": args.model,
