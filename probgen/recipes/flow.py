@@ -1,7 +1,7 @@
 """``probgen train flow``: a normalizing flow (Zuko) fitted by maximum likelihood through SVI.
 
     probgen train flow --data banana [--flow nsf|maf|realnvp] [--transforms 5] [--hidden 128,128]
-        [--bins 8] [--preprocess auto|standardize|logit|none] [--epochs 50] [--batch-size 256]
+        [--bins 16] [--preprocess auto|standardize|logit|none] [--epochs 50] [--batch-size 256]
         [--lr 3e-3]  (on images: --flow maf --hidden 512 --lr 1e-3 by default)
 
 The flow is a Pyro program with an empty guide (:class:`probgen.models.flow.Flow`), trained
@@ -39,7 +39,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--hidden", type=_ints, default=None, metavar="W[,W...]",
                         help="hidden widths of each layer's MLP (default 128,128 on vectors, "
                              "512 on images)")
-    parser.add_argument("--bins", type=positive_int, default=8, help="spline bins of nsf (default 8)")
+    parser.add_argument("--bins", type=positive_int, default=16,
+                        help="spline bins of nsf (default 16: the sharp modes of grid25 and the "
+                             "edges of checkerboard need more than 8)")
     parser.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="auto",
                         help="map before the flow, Jacobian included (default auto: logit on "
                              "dequantized images, standardize otherwise)")
@@ -74,7 +76,7 @@ def resolve_config(config: dict, data) -> dict:
     if out["preprocess"] == "logit" and data.bin_width is None:
         raise ConfigError("--preprocess logit needs dequantized pixels in [0, 1] (image data with "
                           "--dequantize auto or on); use --preprocess standardize.")
-    out.setdefault("bins", 8)
+    out.setdefault("bins", 16)
     return out
 
 
@@ -82,7 +84,7 @@ def build(config: dict, data):
     from probgen.models.flow import Flow
 
     return Flow(data.shape, kind=config["flow"], transforms=config["transforms"],
-                hidden=config["hidden"], bins=config.get("bins", 8), preprocess=config["preprocess"])
+                hidden=config["hidden"], bins=config.get("bins", 16), preprocess=config["preprocess"])
 
 
 def _lr_at(config: dict, epoch: int) -> float:
