@@ -132,6 +132,8 @@ def train(run, data, config, device):
             int(config.get("seed", 0)))))
     n = int(data.train.shape[0])
     bits = data.representation.startswith("dequantized")
+    # on dequantized data the logged log-likelihoods are bounds on log P of the discrete values
+    offset = 0.0 if data.bin_width is None else data.dim * math.log(data.bin_width)
     t0 = time.perf_counter()
 
     def set_lr(optimizer, epoch: int) -> None:
@@ -140,7 +142,8 @@ def train(run, data, config, device):
 
     def log_epoch(st) -> bool:
         val = _val_log_likelihood(model, data)
-        rec = {"epoch": st.epoch, "train_log_likelihood": -st.epoch_loss / n, "val_log_likelihood": val,
+        train_ll = -st.epoch_loss / n + offset
+        rec = {"epoch": st.epoch, "train_log_likelihood": train_ll, "val_log_likelihood": val,
                "lr": st.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                "skipped": len(st.result.skipped)}
         if bits and val is not None:
@@ -150,7 +153,7 @@ def train(run, data, config, device):
         if run.writer:
             extra = f"  ({rec['val_bits_per_dim']:.4f} bits/dim)" if "val_bits_per_dim" in rec else ""
             val_text = "--" if val is None else f"{val:.4f}"
-            print(f"epoch {st.epoch:4d}  train log p(x) {-st.epoch_loss / n:10.4f}  val log p(x) "
+            print(f"epoch {st.epoch:4d}  train log p(x) {train_ll:10.4f}  val log p(x) "
                   f"{val_text}{extra}  ({time.perf_counter() - t0:.0f} s)", flush=True)
         return run.should_stop()
 
