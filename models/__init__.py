@@ -14,6 +14,7 @@ module                 model
 ``bmm``                :class:`BernoulliMixture`: EM for binary data, the same estimator API
 ``mixture_program``    the same mixture as a Pyro program (assignments summed out)
 ``bayes_mixture``      a Bayesian mixture for NUTS and PSIS-LOO
+``flow``               :class:`Flow`: a normalizing flow (Zuko) as a Pyro program, exact ``log_prob``
 ``nets``               the shared encoders, decoders, generators and discriminators
 =====================  ======================================================================
 
@@ -25,7 +26,7 @@ import importlib
 _EXPORTS = {
     "VAE": "vae", "PPCA": "ppca", "Autoencoder": "autoencoder", "GAN": "gan",
     "GaussianMixture": "gmm", "MixtureDensity": "gmm", "BernoulliMixture": "bmm",
-    "TwoLayerVAE": "two_layer_vae",
+    "TwoLayerVAE": "two_layer_vae", "Flow": "flow",
 }
 
 __all__ = sorted(_EXPORTS)

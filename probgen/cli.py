@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="binarise image pixels: never, once, or afresh every batch")
         mp.add_argument("--value-range", choices=["0,1", "-1,1"], default=None, metavar="RANGE",
                         help="pixel range of image data: 0,1 or -1,1")
+        mp.add_argument("--dequantize", choices=["none", "auto", "on"], default=None,
+                        help="model (k + u) / 256 for 8-bit values k, u ~ U[0,1): auto = images "
+                             "(the default of continuous models); scored as a bound on log P(k)")
+        mp.add_argument("--bin-width", type=float, default=None, metavar="W",
+                        help="spacing of the values of data that are not 8-bit, to dequantize them")
         mp.add_argument("--limit", type=int, default=None, metavar="N",
                         help="use at most N training examples")
         mp.add_argument("--no-figures", action="store_true", help="skip the figures")
@@ -260,6 +265,12 @@ def _data_config(args, recipe) -> dict:
         opts["binarize"] = args.binarize
     if args.value_range is not None:
         opts["value_range"] = [float(v) for v in args.value_range.split(",")]
+    if args.binarize not in (None, "none") and args.dequantize is None:
+        opts["dequantize"] = "none"  # asking for binary data means not the dequantized ones
+    if args.dequantize is not None:
+        opts["dequantize"] = args.dequantize
+    if args.bin_width is not None:
+        opts["bin_width"] = args.bin_width
     return opts
 
 
@@ -271,7 +282,8 @@ def load_run_data(config: dict, *, device="cpu", data_root=None, download=False)
     return load_dataset(
         config["data"], root=data_root or config.get("data_root"), device=device,
         seed=config.get("seed", 0), value_range=d.get("value_range"), binarize=d["binarize"],
-        limit=config.get("limit"), download=download,
+        limit=config.get("limit"), download=download, dequantize=d.get("dequantize", "none"),
+        bin_width=d.get("bin_width"),
     )
 
 
@@ -361,8 +373,8 @@ def _train(args, recipe, device=None) -> int:
 
     device = device if device is not None else resolve_device(args.device)
     skip = {"command", "model", "out", "resume", "overwrite", "debug", "device", "no_figures",
-            "binarize", "value_range", "download", "_parser", "_argv", "nproc", "quiet",
-            "max_restarts", "dist_timeout", "allow_changed_data"}
+            "binarize", "value_range", "dequantize", "bin_width", "download", "_parser", "_argv",
+            "nproc", "quiet", "max_restarts", "dist_timeout", "allow_changed_data"}
     dist = pdist.info()
     config = {
         "model": args.model,

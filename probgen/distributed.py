@@ -221,9 +221,10 @@ def global_batches(n: int, batch_size: int, *, seed: int, epoch: int, device=Non
 def dataset_batches(data, batch_size: int, *, seed: int, epoch: int, dist_info: DistInfo | None = None):
     """This process's part of each global batch of a probgen Dataset's train split.
 
-    Like :func:`global_batches`, with the Dataset's dynamic binarisation drawn for the whole
-    global batch from a generator seeded by ``(seed, epoch)`` and then sliced, so the pixels a
-    process sees do not depend on the number of processes.
+    Like :func:`global_batches`, with the Dataset's dynamic binarisation (or the uniform
+    noise of dequantized data) drawn for the whole global batch from a generator seeded by
+    ``(seed, epoch)`` and then sliced, so the pixels a process sees do not depend on the
+    number of processes.
     """
     d = dist_info or _INFO
     x = data.train
@@ -235,7 +236,7 @@ def dataset_batches(data, batch_size: int, *, seed: int, epoch: int, dist_info: 
     from probgen.data.transforms import bernoulli_pixels
 
     gen = None
-    if data.binarize == "dynamic":
+    if data.binarize == "dynamic" or getattr(data, "bin_width", None) is not None:
         gen = torch.Generator(device=x.device).manual_seed(epoch_seed(seed, epoch, rank=-1))
     g = torch.Generator().manual_seed(seed * 100003 + epoch)
     order = torch.randperm(n, generator=g).to(x.device)
@@ -251,8 +252,10 @@ def dataset_batches(data, batch_size: int, *, seed: int, epoch: int, dist_info: 
     stop = n - (n % gb) if d.distributed else n
     for start in range(0, stop, gb):
         xb = x[order[start:start + gb]]  # (<= gb, *shape) the global batch
-        if gen is not None:
+        if gen is not None and data.binarize == "dynamic":
             xb = bernoulli_pixels(xb, gen)
+        elif gen is not None:  # dequantized: fresh uniform noise in each value's bin
+            xb = data.add_noise(xb, gen)
         mine = xb.tensor_split(d.world_size)[d.rank]
         if mine.shape[0]:
             yield mine

@@ -356,7 +356,9 @@ def test_recipe_on_1d_and_image_data_and_resume(tmp_path):
     assert main(["train", "gmm", "--data", "digits", "--out", str(img), "--device", "cpu",
                  "--components", "4", "--limit", "300"]) == 0
     cfg = json.loads((img / "config.json").read_text())
-    assert cfg["covariance_type"] == "diag" and cfg["reg_covar"] == 1e-3
+    # images are dequantized by default, where the noise bounds each pixel's density
+    assert cfg["covariance_type"] == "diag" and cfg["reg_covar"] == 1e-5
+    assert cfg["data_options"]["dequantize"] == "auto"
     assert (img / "figures" / "means.png").exists()
     assert main(["sample", str(img), "-n", "8", "--device", "cpu"]) == 0
     assert torch.load(img / "samples.pt", weights_only=True).shape == (8, 1, 8, 8)

@@ -9,7 +9,7 @@ an array file (``.npy``, ``.npz``, ``.pt``) or to a folder of images in torchvis
 ``ImageFolder`` layout loads the user's own data.
 """
 
-from probgen.data.base import BINARIZE_MODES, SPLITS, Dataset, DatasetInfo
+from probgen.data.base import BINARIZE_MODES, DEQUANTIZE_MODES, SPLITS, Dataset, DatasetInfo
 from probgen.data.fingerprint import data_fingerprint, fingerprint_changes
 from probgen.data.registry import list_datasets, load_dataset, register
 
@@ -18,6 +18,7 @@ __all__ = [
     "DatasetInfo",
     "SPLITS",
     "BINARIZE_MODES",
+    "DEQUANTIZE_MODES",
     "load_dataset",
     "list_datasets",
     "register",

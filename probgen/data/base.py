@@ -15,10 +15,11 @@ import torch
 
 from probgen.errors import DataError
 
-__all__ = ["Dataset", "DatasetInfo", "SPLITS", "BINARIZE_MODES"]
+__all__ = ["Dataset", "DatasetInfo", "SPLITS", "BINARIZE_MODES", "DEQUANTIZE_MODES"]
 
 SPLITS = ("train", "val", "test")
 BINARIZE_MODES = ("none", "fixed", "dynamic")
+DEQUANTIZE_MODES = ("none", "auto", "on")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,15 @@ class Dataset:
         ``sample(n, generator=None) -> (n, D)`` and, for mixtures, ``means`` (K, D),
         ``sigma`` and ``n_components``.
     source : str
+    levels : int or None
+        How many equally spaced values the stored pixels came from, when known: 256 for
+        8-bit images (pixel ``k`` stored as ``k / 255``), 17 for scikit-learn's digits.
+    bin_width : float or None
+        Set on dequantized data (:mod:`probgen.data.dequantize`): ``train``, ``val`` and
+        ``test`` then hold the lower edge of each value's bin (``k / 256`` for 8-bit pixels)
+        and a model sees ``lower + u * bin_width`` with ``u ~ U[0, 1)`` per value: fresh
+        noise on every training batch (:meth:`batches`, :meth:`draw`), a seeded draw at
+        evaluation.
     """
 
     name: str
@@ -76,6 +86,8 @@ class Dataset:
     density: Any = None
     source: str = ""
     extra: dict = field(default_factory=dict)
+    levels: int | None = None
+    bin_width: float | None = None
 
     # -- access
     def split(self, name: str) -> torch.Tensor:
@@ -99,6 +111,41 @@ class Dataset:
         for s in self.shape:
             n *= s
         return n
+
+    @property
+    def representation(self) -> str:
+        """What a likelihood on these data is a likelihood of.
+
+        ``"binary"`` (0/1 pixels: a probability, nats per example), ``"dequantized-8bit"``
+        (or ``"dequantized-L-level"``, ``"dequantized"`` for a user's bin width: a lower
+        bound on the probability of the discrete values), ``"raw-pixels"`` (grey values of
+        images as real numbers: a density, not a probability of images) or
+        ``"continuous"`` (real-valued vectors and toy data: a density).
+        """
+        if self.binarize != "none":
+            return "binary"
+        if self.bin_width is not None:
+            if self.levels == 256:
+                return "dequantized-8bit"
+            return f"dequantized-{self.levels}-level" if self.levels else "dequantized"
+        return "raw-pixels" if self.kind == "image" else "continuous"
+
+    def draw(self, split: str = "train", generator: torch.Generator | None = None) -> torch.Tensor:
+        """``split`` as a model sees it: on dequantized data ``lower + u * bin_width`` with
+        ``u ~ U[0, 1)`` drawn from ``generator`` (a fresh draw on each call), else the
+        stored values (with dynamic binarisation, the grey values)."""
+        x = self.split(split)
+        return x if self.bin_width is None else self.add_noise(x, generator)
+
+    def add_noise(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """``x + u * bin_width`` with ``u ~ U[0, 1)`` per value, from ``generator`` if given."""
+        if generator is not None and generator.device == x.device:
+            u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        elif generator is not None:
+            u = torch.rand(x.shape, generator=generator, device=generator.device).to(x)
+        else:
+            u = torch.rand_like(x)
+        return x + u * self.bin_width
 
     @property
     def device(self) -> torch.device:
@@ -126,7 +173,10 @@ class Dataset:
         """Yield minibatches of ``split`` straight from the tensors on the device.
 
         With ``binarize="dynamic"`` the train split is resampled as Bernoulli(pixel) on
-        every batch (a fresh binarisation each epoch), using ``generator`` when given.
+        every batch (a fresh binarisation each epoch), using ``generator`` when given; on
+        dequantized data (``bin_width`` set) each train batch gets fresh uniform noise in
+        its bins the same way. Other splits are yielded as stored (bin lower edges on
+        dequantized data: evaluation adds its own seeded noise).
         """
         x = self.split(split)
         n = x.shape[0]
@@ -160,6 +210,8 @@ class Dataset:
                     xb = bernoulli_pixels(xb, generator)
                 else:
                     xb = bernoulli_pixels(xb)
+            elif self.bin_width is not None and split == "train":
+                xb = self.add_noise(xb, generator)
             yield (xb, y[idx]) if with_labels else xb
 
     def _check_split(self, name: str) -> str:

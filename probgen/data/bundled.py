@@ -38,7 +38,7 @@ def _finish(name, x, y, *, max_value, shape, source, seed, value_range, binarize
         name, train=x[tr], val=x[va], test=x[te],
         train_labels=y[tr], val_labels=y[va], test_labels=y[te],
         kind="image", pixels=True, seed=seed, value_range=value_range, binarize=binarize,
-        limit=limit, num_classes=10, source=source,
+        limit=limit, num_classes=10, source=source, levels=int(max_value) + 1,
         extra={"classes": [str(i) for i in range(10)]},
     )
 

@@ -33,7 +33,7 @@ def data_fingerprint(data: Dataset) -> dict:
     -------
     dict
         ``version``, ``name``, ``kind``, ``shape``, ``splits`` (examples per split),
-        ``preprocessing`` (``binarize``, ``value_range``), and ``files`` (``path``, ``bytes``,
+        ``preprocessing`` (``binarize``, ``value_range``, the dequantization ``bin_width``), and ``files`` (``path``, ``bytes``,
         ``sha256`` of each source file) or ``arrays`` (``sha256`` of each split's values and
         labels, when the data do not come from plain files).
     """
@@ -44,7 +44,8 @@ def data_fingerprint(data: Dataset) -> dict:
         "shape": [int(s) for s in data.shape],
         "splits": {s: int(data.split(s).shape[0]) for s in SPLITS},
         "preprocessing": {"binarize": data.binarize,
-                          "value_range": [float(v) for v in data.value_range]},
+                          "value_range": [float(v) for v in data.value_range],
+                          "bin_width": getattr(data, "bin_width", None)},
     }
     files = [Path(p) for p in (data.extra or {}).get("files", [])]
     if files and all(p.is_file() for p in files):

@@ -233,7 +233,7 @@ def _finish_official(name, xtr, ytr, xte, yte, *, seed, value_range, binarize, l
         test=pixels_to_unit(xte),
         train_labels=labels(ytr[train_idx]), val_labels=labels(ytr[val_idx]), test_labels=labels(yte),
         kind="image", pixels=True, seed=seed, value_range=value_range, binarize=binarize,
-        limit=limit, num_classes=len(classes), source=source,
+        limit=limit, num_classes=len(classes), source=source, levels=256,
         extra={"classes": list(classes), "files": files},
     )
 

@@ -65,6 +65,8 @@ def load_dataset(
     binarize: str = "none",
     download: bool = False,
     limit: int | None = None,
+    dequantize: str = "none",
+    bin_width: float | None = None,
 ) -> Dataset:
     """Load a named data set, or the user's data at a path, as tensors on ``device``.
 
@@ -85,6 +87,12 @@ def load_dataset(
         Let torchvision download a missing image set (needs a network).
     limit : int, optional
         Keep at most this many training examples (quick runs and tests).
+    dequantize : {"none", "auto", "on"}
+        Uniform dequantization (:mod:`probgen.data.dequantize`): ``"auto"`` for images and
+        data of known levels, ``"on"`` for any data (refused where the bin width is unknown).
+    bin_width : float, optional
+        The spacing of the values of data that are not 8-bit (a float array), which
+        dequantization needs.
     """
     if binarize not in BINARIZE_MODES:
         raise DataError(
@@ -112,7 +120,15 @@ def load_dataset(
             f"unknown data set {name!r}.{suggest(name, _REGISTRY)} Known names: "
             f"{', '.join(_REGISTRY)}; or give a path to a .npy/.npz/.pt file or an image folder."
         )
-    return ds.to(device)
+    return _dequantize(ds, dequantize, bin_width).to(device)
+
+
+def _dequantize(ds: Dataset, mode: str, bin_width: float | None) -> Dataset:
+    from probgen.data.dequantize import dequantize
+
+    if mode == "none" and bin_width is None:
+        return ds
+    return dequantize(ds, "on" if mode == "none" else mode, bin_width)
 
 
 def _looks_like_path(name: str) -> bool:

@@ -214,6 +214,7 @@ def make_dataset(
     density=None,
     source: str = "",
     extra: dict | None = None,
+    levels: int | None = None,
 ) -> Dataset:
     """Apply the shared options and build the :class:`~probgen.data.Dataset` (on the CPU).
 
@@ -227,6 +228,9 @@ def make_dataset(
         every value lies in [0, 1].
     limit : int, optional
         Keep the first ``limit`` training examples (the loaders put them in seeded order).
+    levels : int, optional
+        With ``pixels=True``: the pixels are ``k / (levels - 1)`` for integers ``k`` (256 for
+        8-bit images); what dequantization needs (:mod:`probgen.data.dequantize`).
     """
     if binarize not in BINARIZE_MODES:
         raise DataError(f"binarize must be one of {', '.join(BINARIZE_MODES)}; got {binarize!r}.")
@@ -291,4 +295,5 @@ def make_dataset(
         density=density,
         source=source,
         extra=dict(extra or {}),
+        levels=levels if pixels and binarize == "none" else None,
     )

@@ -106,11 +106,25 @@ def load_user_data(path, *, seed=0, value_range=None, binarize="none", limit=Non
     extra = {"files": [str(p)]}
     if "_classes" in splits:
         extra["classes"] = splits.pop("_classes")
+    levels = 256 if pixels and _on_8bit_grid(splits) else None
     return make_dataset(
         str(path), **splits, kind=kind, pixels=pixels, seed=seed, value_range=value_range,
         binarize=binarize, limit=limit, num_classes=_num_classes(splits, extra.get("classes")),
-        source=f"user data: {p}", extra=extra,
+        source=f"user data: {p}", extra=extra, levels=levels,
     )
+
+
+def _on_8bit_grid(splits: dict) -> bool:
+    """Whether every pixel is ``k / 255`` for an integer ``k`` (uint8 files always are; float
+    arrays in [0, 1] may be): then the data are 8-bit and can be dequantized."""
+    for key in ("train", "val", "test"):
+        x = splits.get(key)
+        if x is None:
+            continue
+        k = x.double() * 255.0
+        if not bool(((k - k.round()).abs() <= 1e-4).all()):
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------------- readers

@@ -9,9 +9,18 @@ The evaluation layer sees models only through the protocol of DESIGN.md:
 * ``sample(n)``              draws; every model has it
 
 It never asks which class a model is.
+
+Every likelihood is labelled with the data's representation and its estimator (see
+:mod:`probgen.eval.metrics`). On dequantized data (``data.bin_width`` set) each estimate
+of ``log p`` is averaged over ``dequant_draws`` seeded draws of the uniform noise per
+example, and ``D log(bin width)`` is added: the dequantization bound on ``log P`` of the
+discrete values (:mod:`probgen.data.dequantize`). The same draws serve every estimator and
+every model (they depend on ``noise_seed`` only), so paired differences share them.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -46,11 +55,45 @@ def _batched(fn, x: torch.Tensor, batch_size: int, *, desc: str = "", progress: 
     return torch.cat(outs), {k: torch.cat(v) for k, v in terms.items()}
 
 
+class _Dequantized:
+    """Scores a per-example estimator on ``draws`` noisy copies of ``x`` and forms the bound."""
+
+    def __init__(self, data, x: torch.Tensor, draws: int, noise_seed: int):
+        if int(draws) < 1:
+            from probgen.errors import ConfigError
+
+            raise ConfigError(f"dequant_draws must be a positive number of noise draws; got {draws}.")
+        self.data, self.x, self.draws, self.seed = data, x, int(draws), int(noise_seed)
+        self.offset = data.dim * math.log(data.bin_width)  # D log w = -D log 256 on 8-bit data
+
+    def noisy(self):
+        """The same ``draws`` noisy copies of ``x`` on every call."""
+        gen = torch.Generator(device=self.x.device).manual_seed(self.seed)
+        for _ in range(self.draws):
+            yield self.data.add_noise(self.x, gen)
+
+    def score(self, fn, batch_size: int, *, desc: str = "", progress: bool = False):
+        """(bound per example, other terms averaged over draws, MC variance per example or None)."""
+        totals, terms = [], {}
+        for xs in self.noisy():
+            tot, rest = _batched(fn, xs, batch_size, desc=desc, progress=progress)
+            totals.append(tot.double())
+            for key, v in rest.items():
+                terms.setdefault(key, []).append(v.double())
+        v = torch.stack(totals)                                   # (draws, N)
+        mean = v.mean(0) + self.offset
+        terms = {key: torch.stack(t).mean(0) + (self.offset if key == "reconstruction" else 0.0)
+                 for key, t in terms.items() if key != "mc_stderr"}
+        mc_var = v.var(0, unbiased=True) / self.draws if self.draws > 1 else None
+        return mean, terms, mc_var
+
+
 @torch.no_grad()
 def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None,
                        limit: int | None = None, batch_size: int = 500,
                        per_example: dict | None = None, ais: bool = False, ais_steps: int = 500,
-                       parzen: bool = False, progress: bool = False) -> dict[str, Metric]:
+                       parzen: bool = False, progress: bool = False, dequant_draws: int = 4,
+                       noise_seed: int = 0) -> dict[str, Metric]:
     """Exact log-likelihood, ELBO and IWAE-k, each where the model has it; with ``ais`` the
     annealed-importance-sampling estimate (``ais_steps`` transitions; see
     :func:`probgen.eval.diagnostics.ais_metric`), with ``parzen`` the Parzen-window estimate
@@ -62,25 +105,45 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
 
     ``progress`` shows a bar over the examples of each estimate (and the annealing steps of
     AIS) with the rate and time left, on a terminal only (:mod:`probgen.progress`).
+
+    On dequantized data every estimate becomes the dequantization bound (module docstring),
+    from ``dequant_draws`` noise draws per example seeded by ``noise_seed``; the per-example
+    values stored are the bounds, and each metric's ``extra`` holds the mean Monte Carlo
+    standard error per example over the draws.
     """
     store = per_example if per_example is not None else {}
     x = data.split(split)
     if limit is not None:
         x = x[:limit]
+    rep = data.representation
+    deq = _Dequantized(data, x, dequant_draws, noise_seed) if data.bin_width is not None else None
+
+    def score(fn, bs, desc):
+        if deq is None:
+            tot, terms = _batched(fn, x, bs, desc=desc, progress=progress)
+            mc_se = terms.pop("mc_stderr", None)  # each example's own Monte Carlo error
+            return tot, terms, None if mc_se is None else mc_se**2
+        return deq.score(fn, bs, desc=desc, progress=progress)
+
+    def label(m: Metric, estimator: str) -> Metric:
+        if deq is None:
+            return m.describe(rep, estimator, data.dim)
+        return m.describe(rep, "dequantization bound", data.dim, inner_estimator=estimator)
+
     out: dict[str, Metric] = {}
     if callable(getattr(model, "log_prob", None)):
-        lp, _ = _batched(model.log_prob, x, batch_size, desc="log-likelihood", progress=progress)
-        out["log_likelihood"] = summarize(lp, "nats")
+        lp, _, var = score(model.log_prob, batch_size, "log-likelihood")
+        out["log_likelihood"] = label(summarize(lp, "nats", extra_var=var), "exact")
         store["log_likelihood"] = lp
     else:
         out["log_likelihood"] = unavailable(
             "the model has no exact density (no log_prob); see the bounds below", "nats")
     if data.density is not None:
-        out["true_log_likelihood"] = summarize(data.density.log_prob(x), "nats")
+        out["true_log_likelihood"] = summarize(data.density.log_prob(x), "nats").describe(
+            rep, "exact", data.dim)
     if callable(getattr(model, "elbo", None)):
-        elbo, terms = _batched(model.elbo, x, batch_size, desc="ELBO", progress=progress)
-        mc_se = terms.pop("mc_stderr", None)  # each example's own Monte Carlo error
-        out["elbo"] = summarize(elbo, "nats", extra_var=None if mc_se is None else mc_se**2)
+        elbo, terms, var = score(model.elbo, batch_size, "ELBO")
+        out["elbo"] = label(summarize(elbo, "nats", extra_var=var), "elbo")
         store["elbo"] = elbo
         for name, v in terms.items():
             out[f"elbo_{name}"] = summarize(v, "nats")
@@ -91,45 +154,71 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
         # probgen's models chunk iwae_bound within a memory bound themselves
         # (probgen.inference.bounds.chunk_plan); these batches of about 50,000 samples keep a
         # model that scores all k samples at once within bounds too
-        iw, _ = _batched(lambda xb: model.iwae_bound(xb, kk), x, max(1, min(batch_size, 50_000 // kk)),
-                         desc=f"IWAE-{kk}", progress=progress)
-        out[f"iwae_{kk}"] = summarize(iw, "nats")
+        iw, _, var = score(lambda xb: model.iwae_bound(xb, kk), max(1, min(batch_size, 50_000 // kk)),
+                           f"IWAE-{kk}")
+        out[f"iwae_{kk}"] = label(summarize(iw, "nats", extra_var=var), f"iwae-{kk}")
         store["iwae"] = iw
     if ais or parzen:
         from probgen.eval import diagnostics
 
+        # on dequantized data one noise draw per example (the first of the draws above)
+        xs = x if deq is None else next(deq.noisy())
+        xv = data.split("val") if deq is None else data.draw("val", torch.Generator(
+            device=x.device).manual_seed(noise_seed + 1))
         if ais:
-            out["ais"] = diagnostics.ais_metric(model, x, x_val=data.split("val"), n_steps=ais_steps,
-                                                per_example=store, progress=progress)
+            out["ais"] = _shift(diagnostics.ais_metric(
+                model, xs, x_val=xv, n_steps=ais_steps, per_example=store, progress=progress),
+                deq, store, "ais")
+            label(out["ais"], "ais")
         if parzen:
-            out["parzen"] = diagnostics.parzen_metric(model, x, data.split("val")[:1000],
-                                                      per_example=store)
+            out["parzen"] = _shift(diagnostics.parzen_metric(model, xs, xv[:1000], per_example=store),
+                                   deq, store, "parzen")
+            label(out["parzen"], "parzen")
     return out
+
+
+def _shift(m: Metric, deq, store: dict, key: str) -> Metric:
+    """Add the dequantization offset ``D log w`` to a metric scored on one noisy draw."""
+    if deq is None:
+        return m
+    if m.value is not None:
+        m.value += deq.offset
+    if key in store:
+        store[key] = store[key] + deq.offset
+    return m
 
 
 def evaluate(model, data, split: str = "test", *, k: int | None = None,
              n_samples: int | None = None, limit: int | None = None, ais: bool = False,
              ais_steps: int = 500, parzen: bool = False, model_name: str | None = None,
-             per_example: dict | None = None, progress: bool = False) -> dict:
+             per_example: dict | None = None, progress: bool = False, dequant_draws: int = 4,
+             noise_seed: int = 0) -> dict:
     """Every metric ``model`` allows on ``data[split]``, in the one results schema.
 
     ``progress`` shows bars over the likelihood estimates (on a terminal only; the values do
     not depend on it).
 
-    Returns ``{"model", "dataset", "split", "n", "metrics": {NAME: {"value", "stderr", "unit"}}}``.
+    Returns ``{"model", "dataset", "split", "n", "representation", "metrics": {NAME:
+    {"value", "stderr", "unit", "representation", "estimator", ...}}}`` (the fields of
+    :mod:`probgen.eval.metrics`); ``dequant_draws`` and ``noise_seed`` as in
+    :func:`likelihood_metrics`.
     """
     x = data.split(split)
     n = x.shape[0] if limit is None else min(limit, x.shape[0])
     metrics: dict[str, Metric] = {}
     metrics.update(likelihood_metrics(model, data, split, k=k, limit=limit, per_example=per_example,
                                       ais=ais, ais_steps=ais_steps, parzen=parzen,
-                                      progress=progress))
+                                      progress=progress, dequant_draws=dequant_draws,
+                                      noise_seed=noise_seed))
     metrics.update(_sample_metrics(model, data, split, n_samples=n_samples))
     return {
         "model": model_name or type(model).__name__,
         "dataset": data.name,
         "split": split,
         "n": int(n),
+        "representation": data.representation,
+        **({"bin_width": data.bin_width, "dequant_draws": int(dequant_draws)}
+           if data.bin_width is not None else {}),
         "metrics": {name: m.to_dict() for name, m in metrics.items()},
     }
 

@@ -48,6 +48,7 @@ RECIPES: dict[str, str] = {
     "gan": "probgen.recipes.gan",
     "gmm": "probgen.recipes.gmm",
     "bmm": "probgen.recipes.bmm",
+    "flow": "probgen.recipes.flow",
 }
 
 

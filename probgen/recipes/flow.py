@@ -1,0 +1,211 @@
+"""``probgen train flow``: a normalizing flow (Zuko) fitted by maximum likelihood through SVI.
+
+    probgen train flow --data banana [--flow nsf|maf|realnvp] [--transforms 5] [--hidden 128,128]
+        [--bins 16] [--preprocess auto|standardize|logit|none] [--epochs 50] [--batch-size 256]
+        [--lr 3e-3]  (on images: --flow maf --hidden 512 --lr 1e-3 by default)
+
+The flow is a Pyro program with an empty guide (:class:`probgen.models.flow.Flow`), trained
+by :func:`probgen.inference.svi.fit_svi` on the negative log-likelihood; the learning rate
+follows a cosine from ``--lr`` to ``--lr / 100`` over ``--epochs`` (a function of the epoch,
+so ``--resume`` continues it). On images it sees dequantized 8-bit values (``(k + u) / 256``,
+fresh noise every batch) through a logit with its Jacobian, and ``probgen eval`` reports the
+dequantization bound on ``log P(k)`` in bits/dim (:mod:`probgen.data.dequantize`); on vector
+and toy data it is the exact density of the standardised values (with the Jacobian of the
+standardisation).
+
+Defaults follow the data: a neural spline flow on vector and toy data; on images a masked
+autoregressive flow (affine, 5 layers of one 512-wide hidden layer, learning rate 1e-3: one
+pass to score, one per dimension to sample), which on mnist-5k learned faster per second on
+a CPU than affine coupling layers (``--flow realnvp``) of the same width.
+"""
+
+from __future__ import annotations
+
+HELP = "normalizing flow (Zuko: neural spline, MAF or RealNVP; exact log-likelihood)"
+
+FLOW_CHOICES = ("auto", "nsf", "maf", "realnvp")
+PREPROCESS_CHOICES = ("auto", "standardize", "logit", "none")
+
+
+def add_arguments(parser) -> None:
+    from probgen.recipes import positive_float, positive_int
+    from probgen.recipes.vae import _ints
+
+    parser.add_argument("--flow", choices=FLOW_CHOICES, default="auto",
+                        help="nsf (neural spline), maf or realnvp (default auto: nsf on vectors, "
+                             "maf on images)")
+    parser.add_argument("--transforms", type=positive_int, default=None, metavar="N",
+                        help="flow layers (default 5)")
+    parser.add_argument("--hidden", type=_ints, default=None, metavar="W[,W...]",
+                        help="hidden widths of each layer's MLP (default 128,128 on vectors, "
+                             "512 on images)")
+    parser.add_argument("--bins", type=positive_int, default=16,
+                        help="spline bins of nsf (default 16: the sharp modes of grid25 and the "
+                             "edges of checkerboard need more than 8)")
+    parser.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="auto",
+                        help="map before the flow, Jacobian included (default auto: logit on "
+                             "dequantized images, standardize otherwise)")
+    parser.add_argument("--epochs", type=positive_int, default=50, help="passes over the data (default 50)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="examples per step (default 256)")
+    parser.add_argument("--lr", type=positive_float, default=None,
+                        help="initial Adam learning rate, annealed to lr/100 (default 3e-3 on "
+                             "vectors, 1e-3 on images)")
+
+
+def data_options(args) -> dict:
+    # images as dequantized 8-bit values; toy and vector data as they are
+    return {"binarize": "none", "dequantize": "auto"}
+
+
+def resolve_config(config: dict, data) -> dict:
+    """Fill the options left at ``auto`` or unset from the kind of data."""
+    from probgen.errors import ConfigError
+
+    out = dict(config)
+    image = data.kind == "image"
+    if out.get("flow", "auto") == "auto":
+        out["flow"] = "maf" if image else "nsf"
+    if out.get("lr") is None:
+        out["lr"] = 1e-3 if image else 3e-3
+    if out.get("transforms") is None:
+        out["transforms"] = 5
+    if out.get("hidden") is None:
+        out["hidden"] = [512] if image else [128, 128]
+    if out.get("preprocess", "auto") == "auto":
+        out["preprocess"] = "logit" if data.bin_width is not None and image else "standardize"
+    if out["preprocess"] == "logit" and data.bin_width is None:
+        raise ConfigError("--preprocess logit needs dequantized pixels in [0, 1] (image data with "
+                          "--dequantize auto or on); use --preprocess standardize.")
+    out.setdefault("bins", 16)
+    return out
+
+
+def build(config: dict, data):
+    from probgen.models.flow import Flow
+
+    return Flow(data.shape, kind=config["flow"], transforms=config["transforms"],
+                hidden=config["hidden"], bins=config.get("bins", 16), preprocess=config["preprocess"])
+
+
+def _lr_at(config: dict, epoch: int) -> float:
+    import math
+
+    lr, epochs = float(config.get("lr", 3e-3)), int(config["epochs"])
+    return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs)))
+
+
+def _val_log_likelihood(model, data, batch_size: int = 1000) -> float | None:
+    """Mean log-likelihood of the validation split (on dequantized data the bound, from one
+    seeded noise draw)."""
+    import math
+
+    import torch
+
+    x = data.draw("val", torch.Generator(device=data.device).manual_seed(1))
+    if x.shape[0] == 0:
+        return None
+    offset = 0.0 if data.bin_width is None else data.dim * math.log(data.bin_width)
+    with torch.no_grad():
+        total = sum(float(model.log_prob(x[i:i + batch_size]).double().sum())
+                    for i in range(0, x.shape[0], batch_size))
+    return total / x.shape[0] + offset
+
+
+def train(run, data, config, device):
+    import math
+    import time
+
+    import pyro
+    import torch
+
+    from probgen.inference.svi import fit_svi
+    from probgen.recipes import epoch_checkpoint, resume_epochs
+
+    config = resolve_config(config, data)
+    run.config = config
+    run.write_json("config.json", config)
+    pyro.clear_param_store()
+    model = build(config, data).to(device)
+    start_epoch, start_step, optim_state, resumed = resume_epochs(run, model, device)
+    if not resumed:
+        model.fit_preprocessing(data.draw("train", torch.Generator(device=data.device).manual_seed(
+            int(config.get("seed", 0)))))
+    n = int(data.train.shape[0])
+    bits = data.representation.startswith("dequantized")
+    # on dequantized data the logged log-likelihoods are bounds on log P of the discrete values
+    offset = 0.0 if data.bin_width is None else data.dim * math.log(data.bin_width)
+    t0 = time.perf_counter()
+
+    def set_lr(optimizer, epoch: int) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(config, epoch)
+
+    def log_epoch(st) -> bool:
+        val = _val_log_likelihood(model, data)
+        train_ll = -st.epoch_loss / n + offset
+        rec = {"epoch": st.epoch, "train_log_likelihood": train_ll, "val_log_likelihood": val,
+               "lr": st.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+               "skipped": len(st.result.skipped)}
+        if bits and val is not None:
+            rec["val_bits_per_dim"] = -val / (data.dim * math.log(2))
+        run.log(st.step, **rec)
+        set_lr(st.optimizer, st.epoch)  # the rate of the next epoch
+        if run.writer:
+            extra = f"  ({rec['val_bits_per_dim']:.4f} bits/dim)" if "val_bits_per_dim" in rec else ""
+            val_text = "--" if val is None else f"{val:.4f}"
+            print(f"epoch {st.epoch:4d}  train log p(x) {train_ll:10.4f}  val log p(x) "
+                  f"{val_text}{extra}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+        return run.should_stop()
+
+    def make_optim(params):
+        opt = torch.optim.Adam(params, lr=_lr_at(config, start_epoch))
+        return opt
+
+    if start_epoch < config["epochs"]:
+        fit_svi(model.model, model.guide, data, model_kwargs={"num_data": n}, epochs=config["epochs"],
+                batch_size=config.get("batch_size", 256), optim=make_optim,
+                on_nan=config.get("on_nan", "skip"), callbacks=[log_epoch],
+                checkpoint=epoch_checkpoint(run, model), start_epoch=start_epoch,
+                start_step=start_step, optim_state=optim_state,
+                progress=getattr(run, "progress", run.writer), seed=config.get("seed", 0))
+    model.eval()
+    return model
+
+
+def load(run, data, device):
+    from probgen.recipes import load_model_state
+
+    model = build(resolve_config(run.config, data), data).to(device)
+    load_model_state(run, model, device, "a flow")
+    model.eval()
+    return model
+
+
+def figures(model, data, run) -> list:
+    """2-D: fitted and true density contours and samples; images: samples; the learning curve."""
+    import torch
+
+    from probgen import plots
+
+    out = []
+    figs = run.figures_dir
+    with torch.no_grad():
+        samples = model.sample(min(2000, max(64, data.test.shape[0]))).cpu()
+    if data.kind != "image" and data.dim == 2:
+        test = data.test.detach().cpu()
+        lo, hi = float(test.min()) - 0.5, float(test.max()) + 0.5
+        fns = {"flow": lambda g: model.log_prob(g.to(data.device))}
+        if data.density is not None:
+            fns["true density"] = lambda g: data.density.log_prob(g.to(data.test.device))
+        out.append(plots.density_contours(fns, figs / "density.png", lim=(lo, hi), points=test,
+                                          title=f"{model.kind} flow on {data.name}", resolution=300))
+        out.append(plots.scatter_2d({"data": test, "samples": samples}, figs / "samples.png",
+                                    title=f"data and {model.kind} flow samples", lim=(lo, hi)))
+    elif data.kind == "image":
+        out.append(plots.samples_figure(samples[:64].clamp(0, 1), data, figs / "samples.png"))
+    recs = run.metrics()
+    if any("val_log_likelihood" in r for r in recs):
+        out.append(plots.learning_curve(recs, ["train_log_likelihood", "val_log_likelihood"],
+                                        figs / "learning_curve.png", xkey="epoch",
+                                        ylabel="log-likelihood (nats per example)"))
+    return out
