@@ -31,7 +31,7 @@ DEMO_PARTS = [
 
 def run_demo(out: Path, *, budget_minutes: float = 3.0, smoke: bool = False, seed: int = 0,
              device: str = "auto") -> Path:
-    from probgen.compare import CompareSpec, compare
+    from probgen.comparison import CompareSpec, compare
     from probgen.kl_demo import run_kl_demo
     from probgen.recipes import RECIPES
 

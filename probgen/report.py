@@ -13,7 +13,7 @@ from pathlib import Path
 
 __all__ = ["write_reports", "format_metric", "table_rows"]
 
-REFERENCE_ROW_NAME = "validation data (reference)"  # probgen.compare.REFERENCE_ROW
+REFERENCE_ROW_NAME = "validation data (reference)"  # probgen.comparison.REFERENCE_ROW
 
 PARZEN_NOTE = (
     "Parzen-window estimates are shown for comparison with the older literature only: Theis, "

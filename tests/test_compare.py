@@ -5,7 +5,7 @@ import json
 import pytest
 
 from probgen.cli import main
-from probgen.compare import REFERENCE_ROW
+from probgen.comparison import REFERENCE_ROW
 from probgen.errors import ConfigError
 
 
@@ -27,7 +27,7 @@ def test_compare_on_a_toy_density_writes_table_and_report(tmp_path):
     # is refused unless --overwrite
     run = out / "runs" / "gmm"
     with pytest.raises(ConfigError, match="already holds a comparison"):
-        from probgen.compare import CompareSpec, compare
+        from probgen.comparison import CompareSpec, compare
 
         compare(CompareSpec(data="ring8", models=["gmm"], out=out, runs={"gmm": run}))
     assert main(["compare", "--data", "ring8", "--models", "gmm", "--runs", f"gmm={run}",
