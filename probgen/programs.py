@@ -152,6 +152,7 @@ class Program:
         self._store_state = {"params": {}, "constraints": {}}
         self._active = False
         self.template = template  # examples whose shapes sample(n) copies when the program has no sample
+        self.info: dict | None = None  # what check_program found: observed site, data plate, enumeration
 
     # -- the program's own parameter store
     @contextlib.contextmanager
@@ -178,7 +179,7 @@ class Program:
             return self.program.guide(*args, **kwargs)
 
     def __getattr__(self, name):
-        if name in ("program", "_store_state", "_active", "template", "name"):
+        if name in ("program", "_store_state", "_active", "template", "name", "info"):
             raise AttributeError(name)
         return getattr(self.program, name)
 
@@ -201,8 +202,10 @@ class Program:
             x = t[idx]
             with torch.no_grad():
                 tr = poutine.trace(poutine.uncondition(self.program.model)).get_trace(x)
-            site = observed_site(tr, x)
-            return site["value"].detach().reshape(n, *t.shape[1:])
+            name = (self.info or {}).get("observed")
+            if name is None or name not in tr.nodes:
+                raise ConfigError(f"{self.name}: run check_program first (it finds the observed site).")
+            return tr.nodes[name]["value"].detach().reshape(n, *t.shape[1:])
 
     # -- plain-tensor state for checkpoints
     def state_dict(self) -> dict:
@@ -367,7 +370,8 @@ def check_program(program: Program, x, *, name: str = "the program") -> dict:
                 "Binarise them: set data_options = {\"binarize\": \"dynamic\"} on the class, or "
                 "pass --binarize dynamic (or model grey values with another likelihood)."
             )
-    return {"observed": site["name"], "plate": plate, "enumerate": enumerate_}
+    program.info = {"observed": site["name"], "plate": plate, "enumerate": enumerate_}
+    return program.info
 
 
 def check_unchanged(config: dict, *, allow_changed: bool = False) -> None:
