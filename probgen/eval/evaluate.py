@@ -6,18 +6,27 @@ The evaluation layer sees models only through the protocol of DESIGN.md:
 * ``elbo(x)``                evidence lower bound per example (may return a record with
                              ``reconstruction`` and ``kl`` terms)
 * ``iwae_bound(x, k)``       importance-weighted bound per example
-* ``sample(n)``              draws; every model has it
+* ``sample(n)``              draws
+* ``ais(x, **options)``      an AIS estimate of its own (an
+                             :class:`probgen.inference.ais.AISResult`); without it AIS runs on
+                             ``latent_dim``, ``prior_log_prob`` and ``log_likelihood`` or
+                             ``decode``
 
-It never asks which class a model is.
+It never asks which class a model is. A Pyro program, a ``(model, guide)`` pair or an
+object with ``model`` and ``guide`` and none of ``log_prob``, ``elbo`` or ``iwae_bound``, is
+given the protocol by :func:`probgen.inference.program_bounds.as_program`: its ELBO, IWAE-k
+and AIS are computed from its traces. Something with none of these raises a
+:class:`probgen.errors.ConfigError` that says what is needed.
 """
 
 from __future__ import annotations
 
 import torch
 
+from probgen.errors import ConfigError
 from probgen.eval.metrics import Metric, summarize, unavailable
 
-__all__ = ["evaluate", "likelihood_metrics"]
+__all__ = ["evaluate", "likelihood_metrics", "as_scorable"]
 
 
 def _per_example(values) -> tuple[torch.Tensor, dict]:
@@ -56,6 +65,7 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
     under ``log_likelihood``, ``elbo``, ``iwae``, ``ais`` and ``parzen``, for paired
     comparisons between models.
     """
+    model = as_scorable(model)
     store = per_example if per_example is not None else {}
     x = data.split(split)
     if limit is not None:
@@ -66,8 +76,12 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
         out["log_likelihood"] = summarize(lp, "nats")
         store["log_likelihood"] = lp
     else:
+        bounds = [name for name, has in (("ELBO", callable(getattr(model, "elbo", None))),
+                                         ("IWAE", callable(getattr(model, "iwae_bound", None))),
+                                         ("AIS", ais)) if has]
         out["log_likelihood"] = unavailable(
-            "the model has no exact density (no log_prob); see the bounds below", "nats")
+            "the model has no exact density (no log_prob)"
+            + (f"; see its bounds ({', '.join(bounds)})" if bounds else ""), "nats")
     if data.density is not None:
         out["true_log_likelihood"] = summarize(data.density.log_prob(x), "nats")
     if callable(getattr(model, "elbo", None)):
@@ -84,13 +98,22 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
         # probgen's models chunk iwae_bound within a memory bound themselves
         # (probgen.inference.bounds.chunk_plan); these batches of about 50,000 samples keep a
         # model that scores all k samples at once within bounds too
-        iw, _ = _batched(lambda xb: model.iwae_bound(xb, kk), x, max(1, min(batch_size, 50_000 // kk)))
+        iw, iw_terms = _batched(lambda xb: model.iwae_bound(xb, kk), x,
+                                max(1, min(batch_size, 50_000 // kk)))
         out[f"iwae_{kk}"] = summarize(iw, "nats")
         store["iwae"] = iw
+        if "khat" in iw_terms:
+            from probgen.eval.diagnostics import khat_summary
+
+            out[f"iwae_{kk}"].extra = {**(out[f"iwae_{kk}"].extra or {}),
+                                       **khat_summary(iw_terms["khat"])}
     if ais or parzen:
         from probgen.eval import diagnostics
 
-        if ais:
+        if ais and callable(getattr(model, "ais", None)):
+            res = model.ais(x, n_steps=ais_steps, n_chains=32, batch_size=50)
+            out["ais"] = diagnostics.ais_result_metric(res, per_example=store)
+        elif ais:
             out["ais"] = diagnostics.ais_metric(model, x, x_val=data.split("val"), n_steps=ais_steps,
                                                 per_example=store)
         if parzen:
@@ -107,6 +130,9 @@ def evaluate(model, data, split: str = "test", *, k: int | None = None,
 
     Returns ``{"model", "dataset", "split", "n", "metrics": {NAME: {"value", "stderr", "unit"}}}``.
     """
+    model = as_scorable(model)
+    if model_name is None and callable(getattr(model, "model", None)) and hasattr(model, "name"):
+        model_name = str(model.name)
     x = data.split(split)
     n = x.shape[0] if limit is None else min(limit, x.shape[0])
     metrics: dict[str, Metric] = {}
@@ -122,10 +148,35 @@ def evaluate(model, data, split: str = "test", *, k: int | None = None,
     }
 
 
+_SCORING = ("log_prob", "elbo", "iwae_bound", "ais", "log_likelihood", "decode", "sample")
+
+
+def as_scorable(model):
+    """``model`` itself when the evaluation layer can score it; a Pyro program (see the module
+    docstring) wrapped by :func:`probgen.inference.program_bounds.as_program`; else a
+    :class:`probgen.errors.ConfigError` that says what is needed."""
+    from probgen.inference.program_bounds import as_program, is_program
+
+    if is_program(model):
+        return as_program(model)
+    if not any(callable(getattr(model, a, None)) for a in _SCORING):
+        raise ConfigError(
+            f"cannot evaluate {type(model).__name__}: it has none of log_prob(x), elbo(x), "
+            f"iwae_bound(x, k), log_likelihood(x, z) or decode(z) (for AIS), or sample(n). Give "
+            f"a Pyro program as a (model, guide) pair or an object with model(x) and guide(x) "
+            f"methods, or a model with at least one of those methods.")
+    return model
+
+
 def _sample_metrics(model, data, split, *, n_samples=None) -> dict[str, Metric]:
     """Sample-based metrics for any model with ``sample(n)``: mode coverage on toy mixtures,
     feature-network distances (and the class histogram) on labelled images."""
     if not callable(getattr(model, "sample", None)):
+        if callable(getattr(model, "model", None)) and callable(getattr(model, "guide", None)):
+            return {"samples": unavailable(
+                "the program has no sample(n): model(x) needs the data for its shapes, so "
+                "probgen cannot draw from it by itself; give the object a sample(n) method to "
+                "get the sample metrics")}
         return {}
     out: dict[str, Metric] = {}
     if data.density is not None and getattr(data.density, "means", None) is not None:
