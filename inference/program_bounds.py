@@ -790,7 +790,10 @@ class _ProgramTarget:
                     f"AIS moves continuous latents by HMC, but site {name!r} is discrete. Leave "
                     f"it out of the guide and mark it for enumeration in the model "
                     f"(pyro.infer.config_enumerate) so that it is summed out.")
-            t = biject_to(fn.support)
+            support = fn.support
+            if isinstance(support, torch.distributions.constraints.MixtureSameFamilyConstraint):
+                support = support.base_constraint  # a mixture's support is its components'
+            t = biject_to(support)
             v_shape = tuple(site["value"].shape)
             batch_len = len(v_shape) - fn.event_dim
             if batch_len > mpn:

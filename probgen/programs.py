@@ -295,13 +295,17 @@ def observed_site(trace, x):
 def check_program(program: Program, x, *, name: str = "the program") -> dict:
     """Run the program once on the examples ``x`` and refuse what cannot be trained and scored.
 
-    Checks: model and guide run; the model has an observed site that holds the data; the
-    site sits in a plate over the examples (or the plate named by ``data_plate``); every latent
-    site of the model is in the guide or marked for enumeration; a Bernoulli site is fed 0/1
-    values. Returns ``{"observed": site name, "plate": plate name, "enumerate": bool}``.
+    The structure is checked by :func:`probgen.inference.program_bounds.check_program` (an
+    observed site, a data plate that holds it, every latent of the model in the guide or
+    enumerated); beyond it, a model or guide that fails on the data is reported as such, and a
+    Bernoulli site fed grey values is refused with the fix. Returns ``{"observed": site name,
+    "plate": plate name, "enumerate": bool}`` (also kept as ``program.info``).
     """
     import torch
     from pyro import poutine
+
+    from probgen.inference.program_bounds import as_program
+    from probgen.inference.program_bounds import check_program as check_structure
 
     n = int(x.shape[0])
     with program.active():
@@ -315,62 +319,29 @@ def check_program(program: Program, x, *, name: str = "the program") -> dict:
         except Exception as e:
             raise ConfigError(f"{name}: model(x) failed on a batch of {n} examples of shape "
                               f"{tuple(x.shape)}: {type(e).__name__}: {e}") from e
-    site = observed_site(model_tr, x)
-    if site is None:
-        raise ConfigError(
-            f"{name}: model(x) has no observed site, so nothing ties it to the data. Pass the "
-            "data to the likelihood: pyro.sample(\"obs\", ..., obs=x)."
-        )
-    wanted = getattr(program.program, "data_plate", None)
-    frames = [f for f in site["cond_indep_stack"] if f.vectorized]
-    plate = None
-    for f in frames:
-        shape = site["fn"].batch_shape
-        if (wanted is None or f.name == wanted) and len(shape) >= -f.dim and shape[f.dim] == n:
-            plate = f.name
-            break
-    if plate is None:
-        names = [f.name for f in frames]
-        if wanted is not None:
-            raise ConfigError(
-                f"{name}: data_plate = {wanted!r}, but the observed site {site['name']!r} is not in a "
-                f"plate of that name over the {n} examples (its plates: {names or 'none'}). Name the "
-                "plate that holds the examples, or drop data_plate to let it be found."
-            )
-        raise ConfigError(
-            f"{name}: the observed site {site['name']!r} is in no plate over the examples (its "
-            f"plates: {names or 'none'}), so its log-likelihood cannot be split per example. Wrap "
-            f"it in `with pyro.plate(\"data\", x.shape[0]):` (with the data's batch dimension "
-            "leftmost), or name the plate with data_plate = \"...\"."
-        )
-    enumerate_ = False
-    for s in model_tr.nodes.values():
-        if s["type"] != "sample" or s["is_observed"] or s["name"].startswith("_"):
-            continue
-        if s["infer"].get("enumerate") is not None:
-            enumerate_ = True
-            continue
-        if s["name"] not in guide_tr.nodes:
-            raise ConfigError(
-                f"{name}: the model samples the latent site {s['name']!r}, but the guide has no "
-                f"site of that name, so q would not cover it. Add pyro.sample({s['name']!r}, ...) "
-                "to the guide, or, for a discrete site, mark it for enumeration in the model: "
-                "infer={\"enumerate\": \"parallel\"}."
-            )
-    fn = _unwrap(site["fn"])
-    import pyro.distributions as dist
+        try:
+            structure = check_structure(as_program(program.program), x)
+        except ConfigError as e:
+            raise ConfigError(f"{name}: {e}") from e
+    for site_name in structure.observed:
+        site = model_tr.nodes[site_name]
+        fn = _unwrap(site["fn"])
+        import pyro.distributions as dist
 
-    if isinstance(fn, dist.Bernoulli | torch.distributions.Bernoulli):
-        v = site["value"]
-        if not bool(((v == 0) | (v == 1)).all()):
-            grey = v[(v != 0) & (v != 1)]
-            raise DataError(
-                f"{name}: the observed site {site['name']!r} is a Bernoulli, but the data holds grey "
-                f"values (e.g. {float(grey[0]):.3g}), which a Bernoulli gives no probability to. "
-                "Binarise them: set data_options = {\"binarize\": \"dynamic\"} on the class, or "
-                "pass --binarize dynamic (or model grey values with another likelihood)."
-            )
-    program.info = {"observed": site["name"], "plate": plate, "enumerate": enumerate_}
+        if isinstance(fn, dist.Bernoulli | torch.distributions.Bernoulli):
+            v = site["value"]
+            if not bool(((v == 0) | (v == 1)).all()):
+                grey = v[(v != 0) & (v != 1)]
+                raise DataError(
+                    f"{name}: the observed site {site_name!r} is a Bernoulli, but the data holds "
+                    f"grey values (e.g. {float(grey[0]):.3g}), which a Bernoulli gives no "
+                    "probability to. Binarise them: set data_options = {\"binarize\": \"dynamic\"} "
+                    "on the class, or pass --binarize dynamic (or model grey values with another "
+                    "likelihood)."
+                )
+    observed = observed_site(model_tr, x)
+    program.info = {"observed": observed["name"] if observed else structure.observed[0],
+                    "plate": structure.data_plate, "enumerate": bool(structure.enumerated)}
     return program.info
 
 

@@ -320,7 +320,8 @@ def train_with_options(name: str, data: str, out, common: dict, options: dict, *
                                   "processes": dist.world_size})
     where = f" in {dist.world_size} processes" if dist.distributed else ""
     if not quiet:
-        print(f"trained {name} on {data}{where} in {seconds:.1f} s -> {run.path}")
+        label = f"{run.config['program']['name']} (program)" if "program" in run.config else name
+        print(f"trained {label} on {data}{where} in {seconds:.1f} s -> {run.path}")
     if common["figures"] and hasattr(recipe, "figures"):
         result.figures = list(recipe.figures(model, data_obj, run) or [])
         if result.figures and not quiet:
