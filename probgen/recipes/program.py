@@ -60,11 +60,12 @@ def data_options(args) -> dict:
 
 def prepare_config(config: dict) -> dict:
     """Record the program as ``{"file", "name", "sha256"}`` in place of the FILE:NAME text."""
-    from probgen.programs import file_sha256
+    from probgen.programs import file_sha256, load_program
 
     out = dict(config)
     if not isinstance(out.get("program"), dict):
         spec = _spec(out)
+        load_program(spec)  # the file exists and defines the name
         out["program"] = {"file": str(spec.path), "name": spec.name, "sha256": file_sha256(spec.path)}
     return out
 
