@@ -47,9 +47,10 @@ def _add_common_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="folder with the image files (default: $PROBGEN_DATA_ROOT)")
     p.add_argument("--download", action="store_true",
-                   help="let torchvision download a missing image data set (needs a network)")
+                   help="let torchvision download a missing image data set (needs a network; "
+                        "default off)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors (default off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
