@@ -380,9 +380,12 @@ def _score(name: str, run, model, data, spec: CompareSpec) -> dict:
     per_example: dict[str, torch.Tensor] = {}
     seed_everything(spec.seed)  # the same samples and Monte Carlo draws on every rescoring
     t0 = time.perf_counter()
-    ev = evaluate(model, data, "test", k=spec.k, limit=spec.eval_limit, ais=spec.ais,
-                  ais_steps=spec.ais_steps, parzen=spec.parzen, model_name=name,
-                  per_example=per_example, n_samples=sample_count(data))
+    from probgen.programs import own_params
+
+    with own_params(model):
+        ev = evaluate(model, data, "test", k=spec.k, limit=spec.eval_limit, ais=spec.ais,
+                      ais_steps=spec.ais_steps, parzen=spec.parzen, model_name=name,
+                      per_example=per_example, n_samples=sample_count(data))
     ev["eval_seconds"] = time.perf_counter() - t0
     train = run.path / "train.json"
     seconds = json.loads(train.read_text()).get("seconds") if train.exists() else None

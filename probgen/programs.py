@@ -34,7 +34,7 @@ from pathlib import Path
 from probgen.errors import ConfigError, DataError, suggest
 
 __all__ = ["ProgramSpec", "parse_program_spec", "is_program_spec", "load_program", "file_sha256",
-           "program_data_options", "Program", "build_program", "check_program",
+           "program_data_options", "Program", "own_params", "build_program", "check_program",
            "check_unchanged"]
 
 DATA_OPTION_KEYS = ("binarize", "value_range")
@@ -249,6 +249,12 @@ class Program:
         if callable(getattr(self.program, "train", None)):
             self.program.train(mode)
         return self
+
+
+def own_params(model):
+    """A user program's own Pyro parameters in the param store for the whole block (one
+    switch instead of one per call of its model and guide); nothing for other models."""
+    return model.active() if isinstance(model, Program) else contextlib.nullcontext()
 
 
 def build_program(obj, data_shape, *, name: str = "program", template=None) -> Program:

@@ -384,9 +384,12 @@ def evaluate(target, data=None, *, split: str = "test", k: int | None = None,
         seed_everything(seed)
     per_example: dict = {}
     t0 = time.perf_counter()
-    result = eval_model(model, data_obj, split=split, k=k, n_samples=n_samples, limit=limit, ais=ais,
-                        ais_steps=ais_steps, parzen=parzen, model_name=model_name,
-                        per_example=per_example)
+    from probgen.programs import own_params
+
+    with own_params(model):
+        result = eval_model(model, data_obj, split=split, k=k, n_samples=n_samples, limit=limit,
+                            ais=ais, ais_steps=ais_steps, parzen=parzen, model_name=model_name,
+                            per_example=per_example)
     seconds = time.perf_counter() - t0
     if run is not None and write:
         run.write_json("eval.json", result)
