@@ -275,7 +275,10 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
         timing["score_s"][REFERENCE_ROW] = time.perf_counter() - t0
     results["paired_differences"] = _paired(rows, out)
     results["vae_vs_gan"] = _lecture_table(rows, spec)
+    t0 = time.perf_counter()
     results["model_choice"] = _model_choice(rows, spec, out)
+    if results["model_choice"] is not None:
+        timing["score_s"]["model choice (BIC, PSIS-LOO)"] = time.perf_counter() - t0
     timing["train_total_s"] = sum(timing["train_s"].values())
     timing["score_total_s"] = sum(timing["score_s"].values())
     timing["note"] = ("the budget bounds training only: each model trains for at most its share, "
