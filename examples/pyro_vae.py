@@ -1,10 +1,12 @@
 """Pyro's own VAE example (pyro-ppl examples/vae/vae.py, the "Variational Autoencoders"
 tutorial), as it is, trained and scored by probgen.
 
-The classes below are Pyro's, with three changed lines, marked `# probgen:`. Pyro's
-tutorial feeds grey MNIST pixels to a Bernoulli with validate_args=False; probgen refuses
-grey values under a Bernoulli, so the class asks for binarised pixels (data_options); the
-use_cuda argument and the .cuda() call go (probgen puts the program on its device).
+The classes below are Pyro's, with the changes marked `# probgen:`: one line added and
+three lines removed. Pyro's tutorial feeds grey MNIST pixels to a Bernoulli with
+validate_args=False; probgen refuses grey values under a Bernoulli, so the class asks for
+binarised pixels (the added data_options); the use_cuda argument and the lines that use it
+(`if use_cuda: self.cuda()`, `self.use_cuda = use_cuda`) go, as probgen puts the program on
+its device.
 
     probgen train program --model examples/pyro_vae.py:VAE --data mnist-5k --out runs/pyro_vae
     probgen eval runs/pyro_vae --k 1000 --ais

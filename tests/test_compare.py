@@ -96,7 +96,7 @@ def test_every_model_follows_its_data_and_unused_budget_flows_on(tmp_path):
     import probgen
 
     out = tmp_path / "cmp"
-    res = probgen.compare("grid25", ["vae", "gan", "gmm", "ppca"], out, budget=0.3, limit=1000,
+    res = probgen.compare("grid25", ["vae", "gan", "gmm", "ppca"], out, budget=0.2, limit=1000,
                           eval_limit=300, k=10)
     models = res["models"]
     assert models["gmm"]["metrics"]["log_likelihood"]["value"] is not None
