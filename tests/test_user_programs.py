@@ -259,3 +259,24 @@ def test_compare_puts_a_program_beside_the_built_in_models_from_python(tmp_path)
     assert cfg["epochs"] == 2 and cfg["lr"] == 0.05
     md = (tmp_path / "cmp" / "report.md").read_text()
     assert "| LinearGaussian |" in md
+
+
+def test_a_function_that_returns_the_program_and_a_program_class_from_python(tmp_path, monkeypatch):
+    prog = _write(tmp_path, LINEAR + "\n\ndef make(data_shape):\n    return LinearGaussian(data_shape)\n")
+    t = probgen.train(f"{prog}:make", "banana", tmp_path / "f", epochs=1, limit=200, figures=False)
+    assert type(t.model.program).__name__ == "LinearGaussian"
+    assert t.config["program"]["name"] == "make"
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("user_prog", prog)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(__import__("sys").modules, "user_prog", mod)  # as `import user_prog` does
+    spec.loader.exec_module(mod)
+    t = probgen.train(mod.LinearGaussian, "banana", tmp_path / "c", epochs=1, limit=200, figures=False)
+    assert t.config["program"] == {"file": str(prog.resolve()), "name": "LinearGaussian",
+                                   "sha256": hashlib.sha256(prog.read_bytes()).hexdigest()}
+    with pytest.raises(ConfigError, match="top level of a Python file"):
+        class Local(mod.LinearGaussian):
+            pass
+
+        probgen.train(Local, "banana", tmp_path / "l")
