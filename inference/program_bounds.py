@@ -829,8 +829,13 @@ class _ProgramTarget:
                                 c, st.max_plate_nesting)
         if st.enumerated:
             model = poutine.enum(model, first_available_dim=-(st.max_plate_nesting + 2))
-        tr = poutine.trace(model).get_trace(xb)
-        total, _, _ = _model_terms(tr, st, c, b)
+        # HMC proposals may leave the region where the model's distributions accept their
+        # parameters (a positive latent overflowing to inf); there the log density must be
+        # -inf, which AIS rejects, not a validation error that stops every chain. The data
+        # were validated by check_program before.
+        with pyro.validation_enabled(False):
+            tr = poutine.trace(model).get_trace(xb)
+            total, _, _ = _model_terms(tr, st, c, b)
         return total + logdet
 
 
