@@ -88,22 +88,34 @@ def test_ppca_mean_field_elbo_is_log_px_minus_the_closed_form_kl_and_iwae_ais_ap
 
 
 # ----------------------------------------------------------------------------- VAE: both paths
-def test_vae_trace_bounds_agree_with_the_protocol_path():
+def test_vae_trace_bounds_draw_the_protocol_paths_particles_and_agree_to_rounding():
+    v, x = _vae()
+    prog = pb.as_program((v.model, v.guide))
+    prog.structure(x)  # the probe draws random numbers: run it before seeding
+    # with the same seed both paths draw the same z: the same numbers, not just close ones
+    pyro.set_rng_seed(5)
+    i_trace = pb.program_iwae_bound(prog, x, 300)
+    pyro.set_rng_seed(5)
+    i_proto = iwae_bound(v, x, 300)
+    torch.testing.assert_close(i_trace.total, i_proto.total, atol=1e-4, rtol=0)
+    torch.testing.assert_close(i_trace.mc_stderr, i_proto.mc_stderr, atol=1e-4, rtol=1e-3)
+    assert i_trace.khat.shape == (10,) and bool(torch.isfinite(i_trace.khat).all())
+    pyro.set_rng_seed(6)
+    e_trace = pb.program_elbo(prog, x, num_samples=20)
+    pyro.set_rng_seed(6)
+    e_proto = elbo(v, x, num_samples=20, analytic_kl=False)
+    for name in ("total", "reconstruction", "kl", "mc_stderr"):
+        torch.testing.assert_close(getattr(e_trace, name), getattr(e_proto, name), atol=1e-4, rtol=0)
+
+
+def test_vae_trace_elbo_agrees_with_the_analytic_kl_of_the_protocol_path():
     v, x = _vae()
     prog = (v.model, v.guide)
-    torch.manual_seed(0)
     e_trace = pb.program_elbo(prog, x, num_samples=1000)
-    e_proto = elbo(v, x, num_samples=1000, analytic_kl=False)
+    e_proto = elbo(v, x, num_samples=1000)  # analytic KL: another estimator of the same ELBO
     se = (e_trace.mc_stderr ** 2 + e_proto.mc_stderr ** 2).sqrt()
     assert _within(e_trace.total, e_proto.total, se)
-    # the terms too: the KL of a standard normal prior, analytic, against the Monte Carlo one
-    kl_exact = torch.distributions.kl_divergence(v.encoder_distribution(x), v.prior(x)).detach()
-    torch.testing.assert_close(e_trace.kl, kl_exact, atol=0.1, rtol=0)
-    i_trace = pb.program_iwae_bound(prog, x, 1000)
-    i_proto = iwae_bound(v, x, 1000)
-    se = (i_trace.mc_stderr ** 2 + i_proto.mc_stderr ** 2).sqrt()
-    assert _within(i_trace.total, i_proto.total, se, slack=0.005)
-    assert i_trace.khat.shape == (10,) and bool(torch.isfinite(i_trace.khat).all())
+    torch.testing.assert_close(e_trace.kl, e_proto.kl, atol=0.1, rtol=0)
 
 
 def test_vae_trace_ais_agrees_with_the_protocol_ais():
