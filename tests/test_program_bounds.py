@@ -326,6 +326,25 @@ def test_errors_name_the_site_and_the_fix():
         pb.program_ais((discrete, guided_discrete), x, n_steps=2)
 
 
+def test_grey_values_fed_to_a_bernoulli_site_get_an_error_that_says_so():
+    from probgen.errors import DataError
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            logits = z.sum(-1, keepdim=True).expand(*z.shape[:-1], 3)
+            pyro.sample("pixels", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    x = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.4, 1.0]])
+    with pytest.raises(DataError, match=r"observed site 'pixels'.*Bernoulli.*1 of 6 values, e.g. 0.4.*[Bb]inarise"):
+        pb.check_program((model, guide), x)
+    assert pb.check_program((model, guide), x.round()).observed == ("pixels",)
+
+
 def test_data_plate_is_found_among_nested_plates_or_named():
     x = torch.randn(3, 4)
 
