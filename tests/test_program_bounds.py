@@ -210,6 +210,35 @@ def test_enumerated_discrete_latent_is_summed_out_per_example():
     torch.testing.assert_close(pb.program_elbo((model, lambda x: None), x).total, exact)
 
 
+def test_a_discrete_latent_sampled_by_the_guide_from_its_exact_posterior_gives_log_px():
+    x = torch.tensor([-2.5, -1.0, 0.2, 1.4, 3.0])
+    exact = _mixture_exact(x)
+    sd = math.sqrt(_A ** 2 + _S ** 2)
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            c = pyro.sample("c", dist.Categorical(_W))
+            pyro.sample("x", dist.Normal(_MU[c], sd), obs=x)
+
+    def guide(x):
+        logits = dist.Normal(_MU, sd).log_prob(x.unsqueeze(-1)) + _W.log()  # (N, 2)
+        with pyro.plate("data", len(x)):
+            pyro.sample("c", dist.Categorical(logits=logits))
+
+    e = pb.program_elbo((model, guide), x, num_samples=8)
+    torch.testing.assert_close(e.total, exact)
+    torch.testing.assert_close(e.mc_stderr, torch.zeros(5), atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match=r"no continuous local latent"):
+        pb.program_ais((_enumerated_only, lambda x: None), x, n_steps=2)
+
+
+@config_enumerate
+def _enumerated_only(x):
+    with pyro.plate("data", len(x)):
+        c = pyro.sample("c", dist.Categorical(_W))
+        pyro.sample("x", dist.Normal(_MU[c], 1.0), obs=x)
+
+
 # ----------------------------------------------------------------------------- constrained latents
 def _student_model(x):
     with pyro.plate("data", len(x)):
@@ -257,6 +286,28 @@ def test_global_latent_is_refused_by_name_or_conditioned_on_the_guide_mean():
     exact = dist.Normal(0.7, 1.0).log_prob(x)  # log p(x_n | loc = 0.7): no latent left
     torch.testing.assert_close(pb.program_elbo(prog, x).total, exact)
     torch.testing.assert_close(pb.program_iwae_bound(prog, x, 5).total, exact)
+
+
+def test_conditioned_global_latent_leaves_local_latents_to_the_bounds_and_ais():
+    # mu ~ N(0, 10); z_n ~ N(mu, 1); x_n ~ N(z_n, 1). Given mu = m: x_n ~ N(m, 2).
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(mu, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.4), 0.1))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal((mu + x) / 2, math.sqrt(0.5)))  # exact given mu
+
+    x = torch.tensor([-1.0, 0.3, 2.2])
+    exact = dist.Normal(0.4, math.sqrt(2.0)).log_prob(x)
+    prog = pb.as_program((model, guide), global_latents="condition")
+    torch.testing.assert_close(pb.program_elbo(prog, x, num_samples=4).total, exact)
+    a = pb.program_ais(prog, x, n_steps=100, n_chains=16, n_leapfrog=5,
+                       generator=torch.Generator().manual_seed(0))
+    assert a.sites == ("z",) and _within(a.log_px, exact, a.stderr, slack=0.05)
 
 
 # ----------------------------------------------------------------------------- errors
