@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions import Independent, constraints
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
@@ -202,12 +203,16 @@ class ProgramModel:
         self._structure: dict = {}
 
     def structure(self, x: torch.Tensor) -> ProgramStructure:
-        """The program's :class:`ProgramStructure` on data like ``x`` (cached per data shape)."""
+        """The program's :class:`ProgramStructure` on data like ``x`` (cached per data shape;
+        the point estimates of ``global_latents="condition"`` are taken afresh each time, since
+        they change as the guide trains)."""
         key = (tuple(x.shape[1:]), x.dtype, x.device)
-        if key not in self._structure:
-            self._structure[key] = check_program(self, x, data_plate=self.data_plate,
-                                                 global_latents=self.global_latents)
-        return self._structure[key]
+        st = self._structure.get(key)
+        if st is None or st.conditioned:
+            st = check_program(self, x, data_plate=self.data_plate,
+                               global_latents=self.global_latents)
+            self._structure[key] = st
+        return st
 
     def elbo(self, x: torch.Tensor, num_samples: int = 10) -> ELBORecord:
         """Per-example ELBO record (total, reconstruction, kl, mc_stderr); see :func:`program_elbo`."""
@@ -330,7 +335,17 @@ def check_program(program, x: torch.Tensor, *, data_plate: str | None = None,
     xb = x[:_PROBE_EXAMPLES]
     n = xb.shape[0]
     guide_tr = poutine.trace(prog.guide).get_trace(xb)
-    model_tr = poutine.trace(poutine.replay(prog.model, trace=guide_tr)).get_trace(xb)
+    try:
+        model_tr = poutine.trace(poutine.replay(prog.model, trace=guide_tr)).get_trace(xb)
+    except ValueError as err:
+        with pyro.validation_enabled(False):
+            try:
+                tr = poutine.trace(poutine.replay(prog.model, trace=guide_tr)).get_trace(xb)
+            except Exception:  # noqa: BLE001 - the original error is the one to show
+                raise err from None
+        _check_support(prog, tr, err)
+        raise
+    _check_support(prog, model_tr)
     gsites, msites = _sample_sites(guide_tr), _sample_sites(model_tr)
     mpn = max(_nesting(gsites), _nesting(msites))
     observed = [k for k, s in msites.items() if s["is_observed"]]
@@ -395,6 +410,39 @@ def check_program(program, x: torch.Tensor, *, data_plate: str | None = None,
     return ProgramStructure(data_plate=plate.name, data_dim=plate.dim, max_plate_nesting=mpn,
                             observed=tuple(observed), latent=tuple(latent),
                             enumerated=tuple(enumerated), conditioned=conditioned)
+
+
+def _check_support(prog, tr, err=None) -> None:
+    """Raise a DataError naming the observed site whose data lie outside its distribution's
+    support (grey values fed to a Bernoulli, negative counts, ...)."""
+    from probgen.errors import DataError
+
+    for name, site in _sample_sites(tr).items():
+        if not site["is_observed"] or site["infer"].get("_deterministic"):
+            continue
+        fn, value = site["fn"], site["value"]
+        support, base = fn.support, fn
+        while isinstance(support, constraints.independent):  # elementwise, over event dims too
+            support = support.base_constraint
+        while isinstance(base, Independent):
+            base = base.base_dist
+        try:
+            ok = support.check(value)
+        except (NotImplementedError, RuntimeError, TypeError):
+            continue
+        if not isinstance(ok, torch.Tensor) or bool(ok.all()):
+            continue
+        bad = value.expand(ok.shape)[~ok]
+        grey = type(base).__name__ == "Bernoulli"
+        advice = ("Binarise the data (binarize='dynamic' or 'fixed'; a program states it with "
+                  "data_options = {'binarize': 'dynamic'}), or model grey values with "
+                  "ContinuousBernoulli, Beta or Normal." if grey else
+                  "Transform the data into the support, or choose a distribution whose support "
+                  "holds the data.")
+        raise DataError(
+            f"observed site {name!r} of {prog.name} is given values outside the support of its "
+            f"distribution {type(base).__name__} ({support}): {int((~ok).sum())} of {ok.numel()} "
+            f"values, e.g. {float(bad.flatten()[0]):.4g}. {advice}") from err
 
 
 def _find_data_plate(prog, msites, observed, n):
@@ -727,7 +775,9 @@ def program_ais(program, x: torch.Tensor, *, n_steps: int = 500, n_chains: int =
     Jacobian, so the annealing path goes from N(0, I) over u to p(u | x). Enumerated discrete
     latents are summed out inside the target; the guide is not used (only the model's
     structure). Keywords as :func:`probgen.inference.ais.ais`; ``data_plate`` and
-    ``global_latents`` as :func:`check_program`.
+    ``global_latents`` as :func:`check_program`. The transform of each site is taken from its
+    support on the first examples, so supports must not depend on the example (``Normal``,
+    ``Gamma``, ``Beta``, ``Dirichlet`` ... do not; a ``Uniform(0, x_n)`` would).
 
     Returns
     -------
@@ -832,8 +882,13 @@ class _ProgramTarget:
                                 c, st.max_plate_nesting)
         if st.enumerated:
             model = poutine.enum(model, first_available_dim=-(st.max_plate_nesting + 2))
-        tr = poutine.trace(model).get_trace(xb)
-        total, _, _ = _model_terms(tr, st, c, b)
+        # HMC proposals may leave the region where the model's distributions accept their
+        # parameters (a positive latent overflowing to inf); there the log density must be
+        # -inf, which AIS rejects, not a validation error that stops every chain. The data
+        # were validated by check_program before.
+        with pyro.validation_enabled(False):
+            tr = poutine.trace(model).get_trace(xb)
+            total, _, _ = _model_terms(tr, st, c, b)
         return total + logdet
 
 

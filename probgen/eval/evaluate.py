@@ -128,11 +128,28 @@ def evaluate(model, data, split: str = "test", *, k: int | None = None,
              per_example: dict | None = None) -> dict:
     """Every metric ``model`` allows on ``data[split]``, in the one results schema.
 
+    ``model`` is a model with (some of) the protocol's methods, or a Pyro program: a
+    ``(model, guide)`` pair or an object with ``model`` and ``guide`` (and optionally
+    ``sample``), scored from its traces (:mod:`probgen.inference.program_bounds`; its name in
+    the results is the model function's or the object's class). With ``per_example`` (a dict)
+    the per-example values are stored in it for paired comparisons (see
+    :func:`likelihood_metrics`).
+
     Returns ``{"model", "dataset", "split", "n", "metrics": {NAME: {"value", "stderr", "unit"}}}``.
+
+    Raises
+    ------
+    probgen.errors.ConfigError
+        For something with nothing to score, saying what is needed; for a program the
+        trace-based bounds cannot score (no data plate, no observed site, a latent the guide
+        misses, ...), naming the site and the fix.
     """
-    model = as_scorable(model)
-    if model_name is None and callable(getattr(model, "model", None)) and hasattr(model, "name"):
-        model_name = str(model.name)
+    from probgen.inference.program_bounds import is_program
+
+    scorable = as_scorable(model)
+    if model_name is None and is_program(model):
+        model_name = scorable.name
+    model = scorable
     x = data.split(split)
     n = x.shape[0] if limit is None else min(limit, x.shape[0])
     metrics: dict[str, Metric] = {}
