@@ -31,7 +31,7 @@ import inspect
 import sys
 from pathlib import Path
 
-from probgen.errors import ConfigError, DataError, suggest
+from probgen.errors import ConfigError, suggest
 
 __all__ = ["ProgramSpec", "parse_program_spec", "is_program_spec", "load_program", "file_sha256",
            "program_data_options", "Program", "own_params", "build_program", "check_program",
@@ -281,13 +281,6 @@ def build_program(obj, data_shape, *, name: str = "program", template=None) -> P
     return Program(made, name=name, template=template)
 
 
-def _unwrap(fn):
-    """The base distribution under Independent/Masked/Expanded wrappers."""
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    return fn
-
-
 def observed_site(trace, x):
     """The observed site that holds the data ``x`` (its value has as many numbers as ``x``)."""
     obs = [s for s in trace.nodes.values() if s["type"] == "sample" and s["is_observed"]
@@ -303,11 +296,10 @@ def check_program(program: Program, x, *, name: str = "the program") -> dict:
 
     The structure is checked by :func:`probgen.inference.program_bounds.check_program` (an
     observed site, a data plate that holds it, every latent of the model in the guide or
-    enumerated); beyond it, a model or guide that fails on the data is reported as such, and a
-    Bernoulli site fed grey values is refused with the fix. Returns ``{"observed": site name,
+    enumerated, observed values inside their distribution's support, such as grey values fed
+    to a Bernoulli); beyond it, a model or guide that fails on the data is reported as such. Returns ``{"observed": site name,
     "plate": plate name, "enumerate": bool}`` (also kept as ``program.info``).
     """
-    import torch
     from pyro import poutine
 
     from probgen.inference.program_bounds import as_program
@@ -329,22 +321,6 @@ def check_program(program: Program, x, *, name: str = "the program") -> dict:
             structure = check_structure(as_program(program.program), x)
         except ConfigError as e:
             raise ConfigError(f"{name}: {e}") from e
-    for site_name in structure.observed:
-        site = model_tr.nodes[site_name]
-        fn = _unwrap(site["fn"])
-        import pyro.distributions as dist
-
-        if isinstance(fn, dist.Bernoulli | torch.distributions.Bernoulli):
-            v = site["value"]
-            if not bool(((v == 0) | (v == 1)).all()):
-                grey = v[(v != 0) & (v != 1)]
-                raise DataError(
-                    f"{name}: the observed site {site_name!r} is a Bernoulli, but the data holds "
-                    f"grey values (e.g. {float(grey[0]):.3g}), which a Bernoulli gives no "
-                    "probability to. Binarise them: set data_options = {\"binarize\": \"dynamic\"} "
-                    "on the class, or pass --binarize dynamic (or model grey values with another "
-                    "likelihood)."
-                )
     observed = observed_site(model_tr, x)
     program.info = {"observed": observed["name"] if observed else structure.observed[0],
                     "plate": structure.data_plate, "enumerate": bool(structure.enumerated)}
