@@ -355,7 +355,8 @@ LR_SCHEDULES = {"none": None, "linear": linear_decay}
 def fit_gan(trainer: GANTrainer, sampler: EpochSampler, steps: int, *, d_steps: int = 1,
             log_every: int = 100, callback: Callable[[int, dict], None] | None = None,
             should_stop: Callable[[], bool] | None = None,
-            lr_schedule: str = "none", on_step: Callable[[int], None] | None = None) -> GANFitResult:
+            lr_schedule: str = "none", on_step: Callable[[int], None] | None = None,
+            progress: bool = False) -> GANFitResult:
     """Train from ``trainer.step_count`` up to ``steps`` steps.
 
     Each step draws ``d_steps`` real batches for as many discriminator steps, then takes a
@@ -365,7 +366,8 @@ def fit_gan(trainer: GANTrainer, sampler: EpochSampler, steps: int, *, d_steps: 
     the callback; checkpoints go there). ``should_stop()`` is asked after every step;
     when it is true the loop returns early (``trainer.step_count < steps``). ``lr_schedule``
     names a key of :data:`LR_SCHEDULES` (``"linear"``: constant, then linear decay to 0 over
-    the second half).
+    the second half). ``progress`` shows a bar over the steps with the last record's losses,
+    the rate and the time left (:mod:`probgen.progress`: on a terminal only).
     """
     if lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {lr_schedule!r}.")
@@ -373,8 +375,10 @@ def fit_gan(trainer: GANTrainer, sampler: EpochSampler, steps: int, *, d_steps: 
     import time
 
     from probgen import distributed as pdist
+    from probgen.progress import bar as progress_bar
 
     t0 = time.perf_counter()
+    bar = progress_bar(steps, initial=trainer.step_count, desc="GAN", unit="step", progress=progress)
     history: list[dict] = []
     acc: dict[str, torch.Tensor] = {}
     count = 0
@@ -387,17 +391,21 @@ def fit_gan(trainer: GANTrainer, sampler: EpochSampler, steps: int, *, d_steps: 
         for key, v in rec.items():
             acc[key] = acc.get(key, 0.0) + v
         count += 1
+        bar.update(1)
         if trainer.step_count % log_every == 0 or trainer.step_count == steps:
             means = torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in acc.values()]) / count
             means = pdist.all_reduce_mean(means)  # over processes too
             out = {"step": trainer.step_count, **{k2: float(v) for k2, v in zip(acc, means)}}
             history.append(out)
             acc, count = {}, 0
+            bar.set_postfix(loss_d=f"{out.get('loss_d', float('nan')):.3f}",
+                            loss_g=f"{out.get('loss_g', float('nan')):.3f}", refresh=False)
             if callback is not None:
                 callback(trainer.step_count, out)
         if on_step is not None:
             on_step(trainer.step_count)
         if should_stop is not None and should_stop():
             break
+    bar.close()
     return GANFitResult(trainer, history, time.perf_counter() - t0)
 

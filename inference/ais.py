@@ -71,6 +71,7 @@ import torch
 
 from probgen.errors import ConfigError, suggest
 from probgen.inference.bounds import DEFAULT_MAX_ELEMENTS
+from probgen.progress import bar as progress_bar
 
 __all__ = [
     "AISResult",
@@ -286,7 +287,10 @@ _COMMON_PARAMS = """n_steps : int
         hold about 11 tensors of that size: 435-440 MiB above the process's floor for the
         MNIST VAE at N = 2,000 and 5,000, benchmarks/eval_memory.py).
     generator : torch.Generator, optional
-        Source of randomness (on ``x``'s device), for repeatable estimates."""
+        Source of randomness (on ``x``'s device), for repeatable estimates.
+    progress : bool
+        Show a bar over the annealing steps of every pass (pilot included) with the rate and
+        time left (:mod:`probgen.progress`: on a terminal only). It draws no random numbers."""
 
 
 def _doc(f):
@@ -300,7 +304,7 @@ def ais(model, x: torch.Tensor, *, n_steps: int = 500, n_chains: int = 16,
         schedule: str = "sigmoid", n_leapfrog: int = 10, step_size: float = 0.05,
         adapt: str = "pilot", target_accept: float = 0.65, jitter: float = 0.5,
         sigma: float | None = None, batch_size: int | None = None,
-        generator: torch.Generator | None = None) -> AISResult:
+        generator: torch.Generator | None = None, progress: bool = False) -> AISResult:
     """Forward AIS estimate of log p(x) per example: a stochastic lower bound.
 
     Parameters
@@ -319,9 +323,10 @@ def ais(model, x: torch.Tensor, *, n_steps: int = 500, n_chains: int = 16,
     target, used_sigma = _as_target(model, sigma)
     betas = _schedule(schedule, n_steps)
     opts = _Options.check(x, n_chains, n_leapfrog, step_size, adapt, target_accept, jitter, batch_size)
-    eps_table = _pilot(target, x, betas, opts, generator) if opts.adapt == "pilot" else None
-    return _run(target, x, betas, _prior_init(target, opts, generator), "forward", schedule,
-                used_sigma, opts, eps_table, generator)
+    with _bar(x, betas, opts, 1, progress) as bar:
+        eps_table = _pilot(target, x, betas, opts, generator, bar) if opts.adapt == "pilot" else None
+        return _run(target, x, betas, _prior_init(target, opts, generator), "forward", schedule,
+                    used_sigma, opts, eps_table, generator, bar=bar)
 
 
 @_doc
@@ -330,7 +335,7 @@ def reverse_ais(model, x: torch.Tensor, z_posterior: torch.Tensor, *, n_steps: i
                 n_chains: int = 16, schedule: str = "sigmoid", n_leapfrog: int = 10,
                 step_size: float = 0.05, adapt: str = "pilot", target_accept: float = 0.65,
                 jitter: float = 0.5, sigma: float | None = None, batch_size: int | None = None,
-                generator: torch.Generator | None = None) -> AISResult:
+                generator: torch.Generator | None = None, progress: bool = False) -> AISResult:
     """Reverse AIS from exact posterior samples: a stochastic upper bound on log p(x).
 
     The chain runs the schedule backwards (``beta`` from 1 to 0) from ``z ~ p(z | x)``; the mean
@@ -357,9 +362,10 @@ def reverse_ais(model, x: torch.Tensor, z_posterior: torch.Tensor, *, n_steps: i
     betas = _schedule(schedule, n_steps)
     opts = _Options.check(x, n_chains, n_leapfrog, step_size, adapt, target_accept, jitter, batch_size)
     init = _posterior_init(target, x, z_posterior, opts)
-    eps_table = _pilot(target, x, betas, opts, generator) if opts.adapt == "pilot" else None
-    return _run(target, x, betas.flip(0), init, "reverse", schedule, used_sigma, opts,
-                None if eps_table is None else eps_table.flip(0), generator)
+    with _bar(x, betas, opts, 1, progress) as bar:
+        eps_table = _pilot(target, x, betas, opts, generator, bar) if opts.adapt == "pilot" else None
+        return _run(target, x, betas.flip(0), init, "reverse", schedule, used_sigma, opts,
+                    None if eps_table is None else eps_table.flip(0), generator, bar=bar)
 
 
 @torch.no_grad()
@@ -367,7 +373,7 @@ def bdmc(model, x: torch.Tensor, z: torch.Tensor, *, n_steps: int = 500, n_chain
          schedule: str = "sigmoid", n_leapfrog: int = 10, step_size: float = 0.05,
          adapt: str = "pilot", target_accept: float = 0.65, jitter: float = 0.5,
          sigma: float | None = None, batch_size: int | None = None,
-         generator: torch.Generator | None = None) -> BDMCResult:
+         generator: torch.Generator | None = None, progress: bool = False) -> BDMCResult:
     """Bidirectional Monte Carlo (Grosse et al., 2015) on data simulated from the model.
 
     Forward AIS from the prior (lower) and reverse AIS from ``z`` (upper), with the same
@@ -380,11 +386,12 @@ def bdmc(model, x: torch.Tensor, z: torch.Tensor, *, n_steps: int = 500, n_chain
     betas = _schedule(schedule, n_steps)
     opts = _Options.check(x, n_chains, n_leapfrog, step_size, adapt, target_accept, jitter, batch_size)
     rev_init = _posterior_init(target, x, z, opts)
-    eps_table = _pilot(target, x, betas, opts, generator) if opts.adapt == "pilot" else None
-    lower = _run(target, x, betas, _prior_init(target, opts, generator), "forward", schedule,
-                 used_sigma, opts, eps_table, generator)
-    upper = _run(target, x, betas.flip(0), rev_init, "reverse", schedule, used_sigma, opts,
-                 None if eps_table is None else eps_table.flip(0), generator)
+    with _bar(x, betas, opts, 2, progress) as bar:
+        eps_table = _pilot(target, x, betas, opts, generator, bar) if opts.adapt == "pilot" else None
+        lower = _run(target, x, betas, _prior_init(target, opts, generator), "forward", schedule,
+                     used_sigma, opts, eps_table, generator, bar=bar)
+        upper = _run(target, x, betas.flip(0), rev_init, "reverse", schedule, used_sigma, opts,
+                     None if eps_table is None else eps_table.flip(0), generator, bar=bar)
     return BDMCResult(lower=lower, upper=upper, gap=upper.log_px - lower.log_px)
 
 
@@ -496,7 +503,16 @@ def _posterior_init(target, x, z_posterior, opts):
     return init
 
 
-def _pilot(target, x, betas, opts, generator) -> torch.Tensor:
+def _bar(x, betas, opts, passes: int, progress: bool):
+    """One bar over the annealing steps of ``passes`` estimate passes and the pilot, if any."""
+    n = x.shape[0]
+    bs = opts.batch_size or max(n, 1)
+    per_pass = -(-n // bs) * (len(betas) - 1)  # batches x steps
+    passes += opts.adapt == "pilot"
+    return progress_bar(passes * per_pass, desc="AIS", unit="step", progress=progress)
+
+
+def _pilot(target, x, betas, opts, generator, bar=None) -> torch.Tensor:
     """Step size per ``beta`` and example, tuned by a forward pass with online adaptation.
 
     The pilot runs ``min(n_chains, PILOT_CHAINS)`` chains per example. Returns a table
@@ -508,24 +524,29 @@ def _pilot(target, x, betas, opts, generator) -> torch.Tensor:
     bs = opts.batch_size or max(n, 1)
     opts = replace(opts, n_chains=min(opts.n_chains, PILOT_CHAINS))
     init = _prior_init(target, opts, generator)
+    if bar is not None:
+        bar.set_description("AIS step-size pilot")
     for start in range(0, n, bs):
         sl = slice(start, min(start + bs, n))
         xb = x[sl]
         tables.append(_anneal(target, xb, init(xb, sl), betas, opts, None, generator,
-                              rate=PILOT_RATE)[2])
+                              rate=PILOT_RATE, bar=bar)[2])
     return torch.cat(tables, dim=1)
 
 
-def _run(target, x, betas, init, direction, schedule, sigma, opts, eps_table, generator) -> AISResult:
+def _run(target, x, betas, init, direction, schedule, sigma, opts, eps_table, generator, *,
+         bar=None) -> AISResult:
     """Run the annealing loop over batches of examples and assemble the record."""
     n = x.shape[0]
     bs = opts.batch_size or max(n, 1)
     parts = []
+    if bar is not None:
+        bar.set_description(f"AIS {direction}")
     for start in range(0, n, bs):
         sl = slice(start, min(start + bs, n))
         xb = x[sl]
         table = None if eps_table is None else eps_table[:, sl]
-        parts.append(_anneal(target, xb, init(xb, sl), betas, opts, table, generator))
+        parts.append(_anneal(target, xb, init(xb, sl), betas, opts, table, generator, bar=bar))
     log_w = torch.cat([p[0] for p in parts], dim=1)  # (C, N)
     acc = torch.cat([p[1] for p in parts], dim=1)
     eps = torch.cat([p[2] for p in parts], dim=1)
@@ -540,7 +561,7 @@ def _run(target, x, betas, init, direction, schedule, sigma, opts, eps_table, ge
                      direction=direction, adapt=opts.adapt, sigma=sigma)
 
 
-def _anneal(target, x, z, betas, opts, eps_table, generator, rate=WU_RATE):
+def _anneal(target, x, z, betas, opts, eps_table, generator, rate=WU_RATE, bar=None):
     """One pass of AIS along ``betas`` (increasing: forward; decreasing: reverse).
 
     For i = 1..T: ``log w += (beta_i - beta_{i-1}) * h(z)`` with
@@ -548,6 +569,8 @@ def _anneal(target, x, z, betas, opts, eps_table, generator, rate=WU_RATE):
     that leaves ``f_{beta_i}`` invariant. z: (C, N, d). With ``eps_table`` (T + 1, N) the step
     size of transition i is ``eps_table[i]``; without it, it adapts per chain unless
     ``opts.adapt == "none"``, multiplied by ``1 + rate`` or ``1 - rate`` each step.
+
+    ``bar``, when given, advances by one at every ``beta``.
 
     Returns log weights (C, N) float64, mean acceptance probability (C, N), and the step size
     used at each beta (T + 1, N) (geometric mean over chains).
@@ -570,6 +593,8 @@ def _anneal(target, x, z, betas, opts, eps_table, generator, rate=WU_RATE):
             f"start (for the reverse direction: at the given posterior samples).")
     for i in range(1, T + 1):
         log_w += (b[i] - b[i - 1]) * h.double()
+        if bar is not None:
+            bar.update(1)
         if i == T:
             break
         if eps_table is not None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from probgen.errors import ConfigError
+from probgen.progress import bar as progress_bar
 
 __all__ = ["ELBORecord", "IWAERecord", "elbo", "iwae_bound", "chunk_plan", "DEFAULT_MAX_ELEMENTS"]
 
@@ -132,7 +133,7 @@ def _analytic_kl(model, q, x):
 
 @torch.no_grad()
 def elbo(model, x: torch.Tensor, *, num_samples: int = 1, analytic_kl: bool = True,
-         max_elements: int = DEFAULT_MAX_ELEMENTS) -> ELBORecord:
+         max_elements: int = DEFAULT_MAX_ELEMENTS, progress: bool = False) -> ELBORecord:
     """The evidence lower bound per example, E_q[log p(x|z)] - KL(q(z|x) || p(z)).
 
     Parameters
@@ -146,6 +147,8 @@ def elbo(model, x: torch.Tensor, *, num_samples: int = 1, analytic_kl: bool = Tr
     max_elements : int
         Bound on samples x examples x data values held at once (see :func:`chunk_plan`);
         the default, 2**23, is 32 MiB of float32 per tensor of decoder output.
+    progress : bool
+        Show a bar over samples x examples (:mod:`probgen.progress`: on a terminal only).
 
     Returns
     -------
@@ -156,6 +159,8 @@ def elbo(model, x: torch.Tensor, *, num_samples: int = 1, analytic_kl: bool = Tr
     n = x.shape[0]
     block, chunk = chunk_plan(n, _data_size(x), max_elements)
     totals, recs, kls, ses = [], [], [], []
+    bar = progress_bar(n * num_samples, desc="ELBO", unit="sample", unit_scale=True,
+                       progress=progress)
     for b0 in range(0, n, block):
         xb = x[b0:b0 + block]  # (B, *data_shape)
         q = model.encoder_distribution(xb)
@@ -171,6 +176,7 @@ def elbo(model, x: torch.Tensor, *, num_samples: int = 1, analytic_kl: bool = Tr
                 kl_s = kl_exact.expand_as(rec)
             rec_parts.append(rec)
             total_parts.append(rec - kl_s)
+            bar.update(s * xb.shape[0])
         rec = torch.cat(rec_parts)  # (S, B)
         total = torch.cat(total_parts)  # (S, B)
         mean_total, mean_rec = total.mean(0), rec.mean(0)
@@ -179,13 +185,14 @@ def elbo(model, x: torch.Tensor, *, num_samples: int = 1, analytic_kl: bool = Tr
         kls.append(kl_exact if kl_exact is not None else mean_rec - mean_total)
         if num_samples > 1:
             ses.append(total.std(0, unbiased=True) / math.sqrt(num_samples))
+    bar.close()
     return ELBORecord(total=torch.cat(totals), reconstruction=torch.cat(recs), kl=torch.cat(kls),
                       mc_stderr=torch.cat(ses) if ses else None)
 
 
 @torch.no_grad()
 def iwae_bound(model, x: torch.Tensor, k: int, *, chunk_size: int | None = None,
-               max_elements: int = DEFAULT_MAX_ELEMENTS) -> IWAERecord:
+               max_elements: int = DEFAULT_MAX_ELEMENTS, progress: bool = False) -> IWAERecord:
     """The importance-weighted lower bound log (1/k) sum_i w_i, w_i = p(x, z_i) / q(z_i|x).
 
     The examples are taken in blocks and, for each block, the k samples are drawn in chunks
@@ -203,6 +210,9 @@ def iwae_bound(model, x: torch.Tensor, k: int, *, chunk_size: int | None = None,
     max_elements : int
         Bound on samples x examples x data values held at once; the default, 2**23, is 32 MiB
         of float32 per tensor of decoder output.
+    progress : bool
+        Show a bar over samples x examples (k x N in all) with the rate and time left
+        (:mod:`probgen.progress`: on a terminal only).
 
     Returns
     -------
@@ -214,6 +224,7 @@ def iwae_bound(model, x: torch.Tensor, k: int, *, chunk_size: int | None = None,
     block, chunk = chunk_plan(n, _data_size(x), max_elements, chunk_size)
     lse1 = torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)  # log sum w
     lse2 = torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)  # log sum w^2
+    bar = progress_bar(n * k, desc=f"IWAE-{k}", unit="sample", unit_scale=True, progress=progress)
     for b0 in range(0, n, block):
         sl = slice(b0, min(b0 + block, n))
         xb = x[sl]  # (B, *data_shape)
@@ -224,6 +235,8 @@ def iwae_bound(model, x: torch.Tensor, k: int, *, chunk_size: int | None = None,
             log_w = (model.log_likelihood(xb, z) + model.prior_log_prob(z) - q.log_prob(z)).double()
             lse1[sl] = torch.logaddexp(lse1[sl], torch.logsumexp(log_w, 0))  # (B,)
             lse2[sl] = torch.logaddexp(lse2[sl], torch.logsumexp(2 * log_w, 0))
+            bar.update(s * xb.shape[0])
+    bar.close()
     total = lse1 - math.log(k)
     se = None
     if k > 1:

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from probgen.errors import ProbgenError
+from probgen.progress import bar as progress_bar
 
 __all__ = [
     "COVARIANCE_TYPES",
@@ -626,7 +627,8 @@ def precision_cholesky_from_precisions(precisions: Tensor, covariance_type: str)
 def run_em(x: Tensor, params: MixtureParams, *, tol: float = 1e-3, max_iter: int = 100,
            reg_covar: float = 1e-6, block_size: int | None = None,
            callback: Callable[[int, float], None] | None = None,
-           reduce: Callable[[SufficientStats], SufficientStats] | None = None) -> EMResult:
+           reduce: Callable[[SufficientStats], SufficientStats] | None = None,
+           progress: bool = False, desc: str = "EM") -> EMResult:
     """EM from ``params`` until the mean log-likelihood changes by less than ``tol``.
 
     Each iteration is one :func:`e_step` (whose log-likelihood, divided by ``N``, is the
@@ -644,6 +646,9 @@ def run_em(x: Tensor, params: MixtureParams, *, tol: float = 1e-3, max_iter: int
         Pools the statistics of the data shards before the M-step: with ``x`` one process's
         rows and :func:`probgen.distributed.all_reduce_stats`, EM across processes, where
         every process then takes the same M-step and the same stopping decision.
+    progress : bool
+        Show a bar over the iterations (up to ``max_iter``) with the mean log-likelihood, the
+        rate and the time left (:mod:`probgen.progress`: on a terminal only); ``desc`` labels it.
 
     Returns
     -------
@@ -651,6 +656,7 @@ def run_em(x: Tensor, params: MixtureParams, *, tol: float = 1e-3, max_iter: int
     """
     result = EMResult(params=params)
     lower_bound = -math.inf
+    bar = progress_bar(max_iter, desc=desc, unit="iter", progress=progress)
     for it in range(1, max_iter + 1):
         prev = lower_bound
         stats = e_step(x, result.params, block_size=block_size)
@@ -658,6 +664,7 @@ def run_em(x: Tensor, params: MixtureParams, *, tol: float = 1e-3, max_iter: int
             stats = reduce(stats)
         lower_bound = float(stats.log_likelihood) / stats.n
         if not math.isfinite(lower_bound):
+            bar.close()
             raise CovarianceError(
                 f"EM's mean log-likelihood is {lower_bound} at iteration {it}: some points "
                 "have zero density under every component (a component's covariance is "
@@ -666,11 +673,14 @@ def run_em(x: Tensor, params: MixtureParams, *, tol: float = 1e-3, max_iter: int
         result.params = m_step(stats, params.covariance_type, reg_covar, dtype=x.dtype)
         result.lower_bounds.append(lower_bound)
         result.n_iter = it
+        bar.update(1)
+        bar.set_postfix(loglik=f"{lower_bound:.6g}", refresh=False)
         if callback is not None:
             callback(it, lower_bound)
         if abs(lower_bound - prev) < tol:
             result.converged = True
             break
+    bar.close()
     return result
 
 

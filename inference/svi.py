@@ -23,7 +23,6 @@ It differs from ``pyro.infer.SVI`` in two ways:
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -288,7 +287,8 @@ def fit_loss(
     start_epoch, start_step, optim_state : optional
         Continue a run: epochs and steps already done, and the optimiser's state dict.
     progress : bool
-        Show a tqdm bar over epochs (only when stderr is a terminal).
+        Show a bar over epochs with the rate and time left, where
+        :func:`probgen.progress.enabled` allows it (a terminal, not CI).
     seed : int, optional
         Make every epoch a function of ``(seed, epoch)``: the batch order, a Dataset's dynamic
         binarisation and, reseeded at the start of each epoch, torch's global RNG (Pyro's
@@ -321,10 +321,10 @@ def fit_loss(
     total_epochs = epochs if epochs is not None else math.inf
     total_steps = steps if steps is not None else math.inf
     bar = None
-    if progress and sys.stderr.isatty() and math.isfinite(total_epochs):
-        from tqdm.auto import tqdm
+    if math.isfinite(total_epochs):
+        from probgen.progress import bar as progress_bar
 
-        bar = tqdm(total=int(total_epochs), initial=start_epoch, unit="epoch", leave=False)
+        bar = progress_bar(int(total_epochs), initial=start_epoch, unit="epoch", progress=progress)
     from probgen import distributed as pdist
 
     dist = pdist.info()

@@ -250,7 +250,7 @@ class GaussianMixture:
         return out
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y=None, *, data_parallel: bool = False) -> GaussianMixture:
+    def fit(self, X, y=None, *, data_parallel: bool = False, progress: bool = False) -> GaussianMixture:
         """Fit by EM, ``n_init`` times, keeping the best lower bound; returns ``self``.
 
         Parameters
@@ -263,8 +263,11 @@ class GaussianMixture:
             and each E-step runs on this process's share of the rows, with the sufficient
             statistics summed over processes. The fit is that of one process, to rounding.
             Ignored in a single process.
+        progress : bool
+            Show a bar over the EM iterations of each initialisation (on a terminal only;
+            :mod:`probgen.progress`).
         """
-        self._fit(X, stacklevel=3, data_parallel=data_parallel)
+        self._fit(X, stacklevel=3, data_parallel=data_parallel, progress=progress)
         return self
 
     def fit_predict(self, X, y=None):
@@ -272,7 +275,8 @@ class GaussianMixture:
         self._fit(X, stacklevel=3)
         return self.predict(X)
 
-    def _fit(self, X, *, stacklevel: int, data_parallel: bool = False) -> None:
+    def _fit(self, X, *, stacklevel: int, data_parallel: bool = False,
+             progress: bool = False) -> None:
         self._validate_params()
         dtype = _resolve_dtype(self.dtype)
         dev = self._device(X)
@@ -293,10 +297,11 @@ class GaussianMixture:
                 x_em = x.tensor_split(dist.world_size)[dist.rank]  # (about N / world, D)
                 reduce = pdist.all_reduce_stats
         best = None
-        for _ in range(self.n_init):
+        for i in range(self.n_init):
             start = self._initial_params(x, inits, gen)
             res = run_em(x_em, start, tol=self.tol, max_iter=self.max_iter,
-                         reg_covar=self.reg_covar, reduce=reduce)
+                         reg_covar=self.reg_covar, reduce=reduce, progress=progress,
+                         desc=f"EM {i + 1}/{self.n_init}" if self.n_init > 1 else "EM")
             lb = res.lower_bounds[-1] if res.lower_bounds else -math.inf
             if best is None or lb > best[0]:
                 best = (lb, res)

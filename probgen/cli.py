@@ -3,7 +3,7 @@
     probgen datasets
     probgen train MODEL --data NAME --out RUN_DIR [--seed S] [--device cpu|cuda|auto] [--resume]
     probgen train program --model path/to/file.py:Name --data NAME --out RUN_DIR
-    probgen eval RUN_DIR [--k 5000]
+    probgen eval RUN_DIR [--k 5000] [--seed S] [--out FILE] [--overwrite]
     probgen sample RUN_DIR -n N
     probgen kl-demo --out DIR
 
@@ -11,6 +11,7 @@ The commands are a parser over :mod:`probgen.training` (``train``, ``evaluate``)
 :mod:`probgen.comparison` (``compare``), which Python callers use directly.
 Nothing heavy is imported until a command runs, so ``probgen --help`` answers at once.
 Errors reach the user as one message and a non-zero exit; ``--debug`` shows the traceback.
+Long jobs draw progress bars on a terminal (not in logs or CI); ``--quiet`` turns them off.
 """
 
 from __future__ import annotations
@@ -53,6 +54,32 @@ def _add_common_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors (default off)")
 
 
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars (they are drawn on a terminal only, never in logs or CI; "
+                        "default: drawn on a terminal)")
+
+
+# options whose values may start with "-" (argparse reads "-1,1" as an option otherwise)
+_NEGATIVE_VALUED = ("--value-range",)
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--value-range -1,1`` as ``--value-range=-1,1``, which argparse reads as a value."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if a in _NEGATIVE_VALUED and nxt[:1] == "-" and nxt[1:2].isdigit():
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="probgen",
@@ -80,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--overwrite", action="store_true", help="replace the run in --out")
         mp.add_argument("--binarize", choices=["none", "fixed", "dynamic"], default=None,
                         help="binarise image pixels: never, once, or afresh every batch")
-        mp.add_argument("--value-range", choices=["0,1", "-1,1"], default=None,
-                        help="pixel range of image data")
+        mp.add_argument("--value-range", choices=["0,1", "-1,1"], default=None, metavar="RANGE",
+                        help="pixel range of image data: 0,1 or -1,1")
         mp.add_argument("--limit", type=int, default=None, metavar="N",
                         help="use at most N training examples")
         mp.add_argument("--no-figures", action="store_true", help="skip the figures")
@@ -94,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
             mp.add_argument("--nproc", type=int, default=None, metavar="N",
                             help="train in N processes on this machine (launches torchrun; "
                                  "--batch-size is per process)")
+        _add_quiet(mp)
         _add_common_data_args(mp)
         recipe.add_arguments(mp)
 
@@ -110,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ais", action="store_true", help="add annealed importance sampling")
     p.add_argument("--ais-steps", type=int, default=500)
     p.add_argument("--parzen", action="store_true", help="add the Parzen-window estimate")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the Monte Carlo estimates and samples (default 0)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="where to write the results (default RUN_DIR/eval.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results file if it exists (otherwise it is an error)")
+    _add_quiet(p)
     p.add_argument("--allow-changed-model", action="store_true",
                    help="score a program run whose file has changed since it was trained")
     _add_common_data_args(p)
@@ -156,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a comparison in --out (default: refuse)")
     p.add_argument("--allow-changed-model", action="store_true",
                    help="score a --runs program run whose file has changed since (default: refuse)")
+    _add_quiet(p)
     _add_common_data_args(p)
 
     p = sub.add_parser("demo", help="the quick tour: a small comparison on bundled offline data")
@@ -166,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny settings (seconds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    _add_quiet(p)
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("kl-demo", help="forward vs reverse KL: mode covering and mode seeking")
@@ -178,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     if len(argv) >= 2 and argv[0] == "train" and not argv[1].startswith("-") and argv[1] not in RECIPES:
         print(f"probgen: error: unknown model {argv[1]!r}.{suggest(argv[1], RECIPES)} "
               f"Known models: {', '.join(RECIPES)}.", file=sys.stderr)
@@ -280,7 +317,8 @@ def deterministic_algorithms(enabled: bool = True):
 # the flags of `probgen train` that are not options of the model's recipe
 _TRAIN_FLAGS = {"command", "model", "data", "out", "debug", "_parser", "_argv", "nproc", "seed",
                 "device", "resume", "overwrite", "binarize", "value_range", "limit", "no_figures",
-                "time_budget", "deterministic", "data_root", "download", "allow_changed_model"}
+                "time_budget", "deterministic", "data_root", "download", "allow_changed_model",
+                "quiet"}
 
 
 def _train(args, recipe, device=None) -> int:
@@ -290,6 +328,7 @@ def _train(args, recipe, device=None) -> int:
     common = {k: a[k] for k in ("seed", "device", "resume", "overwrite", "binarize", "value_range",
                                 "limit", "time_budget", "deterministic", "data_root", "download")}
     common["figures"] = not args.no_figures
+    common["progress"] = not args.quiet
     common["allow_changed_model"] = a.get("allow_changed_model", False)
     options = {k: v for k, v in a.items() if k not in _TRAIN_FLAGS}
     result = train_with_options(args.model, args.data, args.out, common, options, device=device)
@@ -307,14 +346,20 @@ def _load_run(args):
 
 
 def _cmd_eval(args) -> int:
-    from probgen.training import evaluate
+    from probgen.runs import atomic_write_json
+    from probgen.training import check_eval_out, evaluate
 
+    path = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
+    check_eval_out(path, args.overwrite, explicit=args.out is not None)
     result = evaluate(
         args.run_dir, split=args.split, k=args.k, n_samples=args.n_samples, limit=args.limit,
         ais=args.ais, ais_steps=args.ais_steps, parzen=args.parzen, device=args.device,
-        data_root=args.data_root, allow_changed_model=args.allow_changed_model,
+        data_root=args.data_root, allow_changed_model=args.allow_changed_model, seed=args.seed,
+        progress=not args.quiet, write=False, announce=True,
     )
-    path = Path(args.run_dir) / "eval.json"
+    result.pop("per_example")
+    result.pop("eval_seconds")
+    atomic_write_json(path, result)
     for name, m in result["metrics"].items():
         if m.get("value") is None:
             print(f"  {name:24s} -- ({m.get('reason', '')})")
@@ -379,7 +424,7 @@ def _cmd_compare(args) -> int:
         out=Path(args.out), budget_minutes=args.budget, runs=runs, seed=args.seed,
         device=args.device, data_root=args.data_root, k=args.k, ais=args.ais,
         ais_steps=args.ais_steps, parzen=args.parzen, limit=args.limit,
-        eval_limit=args.eval_limit, overwrite=args.overwrite,
+        eval_limit=args.eval_limit, overwrite=args.overwrite, quiet=args.quiet,
         allow_changed_model=args.allow_changed_model,
     )
     compare(spec)
@@ -391,7 +436,7 @@ def _cmd_demo(args) -> int:
     from probgen.demo import run_demo
 
     run_demo(Path(args.out), budget_minutes=args.budget, smoke=args.smoke, seed=args.seed,
-             device=args.device)
+             device=args.device, quiet=args.quiet)
     return 0
 
 

@@ -73,6 +73,7 @@ class CompareSpec:
     model_options: dict[str, dict] = field(default_factory=dict)
     overwrite: bool = False
     allow_changed_model: bool = False
+    quiet: bool = False  # no progress bars (they are drawn on a terminal only)
 
 
 @dataclass
@@ -207,6 +208,7 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
             spec = CompareSpec(data=spec, models=models, out=Path(out), **kwargs)
         except TypeError as e:
             raise ConfigError(f"compare: {e}") from e
+    from probgen.progress import write
     from probgen.training import recipe_options
 
     out = Path(spec.out)
@@ -235,12 +237,22 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
 
+    from probgen.progress import bar as progress_bar
+
+    # one bar over the stages: each model's training and scoring, then the reference row
+    stages = progress_bar(len(order) + len(entries) + 1, desc="compare", unit="stage",
+                          progress=not spec.quiet)
     trained: dict[str, dict] = {}
     spent = 0.0
     timing = {"budget_s": budget_s, "train_s": {}, "share_s": {}, "score_s": {}}
     for i, e in enumerate(order):
         share = max(1.0, (budget_s - spent) / (len(order) - i))
-        trained[e.name] = _train_entry(e, spec, out / "runs" / e.name, share)
+        try:
+            trained[e.name] = _train_entry(e, spec, out / "runs" / e.name, share)
+        except BaseException:
+            stages.close()
+            raise
+        stages.update(1)
         spent += trained[e.name]["seconds"]
         timing["share_s"][e.name] = share
         timing["train_s"][e.name] = trained[e.name]["seconds"]
@@ -250,13 +262,14 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
     for e in entries:
         t0 = time.perf_counter()
         if e.name in trained:
-            print(f"[compare] scoring {e.name}", flush=True)
+            write(f"[compare] scoring {e.name}")
             rows[e.name] = _evaluate_model(e.name, trained[e.name], spec)
         else:
-            print(f"[compare] scoring {e.name} ({spec.runs[e.name]})", flush=True)
+            write(f"[compare] scoring {e.name} ({spec.runs[e.name]})")
             rows[e.name] = _evaluate_run(Path(spec.runs[e.name]), spec, name=e.name)
         timing["score_s"][e.name] = time.perf_counter() - t0
-        print(f"[compare] scored {e.name} in {timing['score_s'][e.name]:.0f} s", flush=True)
+        stages.update(1)
+        write(f"[compare] scored {e.name} in {timing['score_s'][e.name]:.0f} s")
 
     results = {
         "data": spec.data,
@@ -266,13 +279,15 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
         "data_options": {n: r["data_options"] for n, r in rows.items()},
     }
     if rows:
-        print("[compare] scoring the reference row (validation data as samples)", flush=True)
+        write("[compare] scoring the reference row (validation data as samples)")
         t0 = time.perf_counter()
         first, row = next(iter(rows.items()))
         results["models"][REFERENCE_ROW] = _reference(row["data"], spec)
         results["reference"] = {"representation_of": first, "data_options": row["data_options"],
                                 "n": sample_count(row["data"])}
         timing["score_s"][REFERENCE_ROW] = time.perf_counter() - t0
+    stages.update(1)
+    stages.close()
     results["paired_differences"] = _paired(rows, out)
     results["vae_vs_gan"] = _lecture_table(rows, spec)
     t0 = time.perf_counter()
@@ -290,8 +305,8 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
 
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     report.write_reports(results, rows, out, columns=COLUMNS)
-    print(f"[compare] training {timing['train_total_s']:.0f} s of a {budget_s:.0f} s budget; "
-          f"scoring {timing['score_total_s']:.0f} s (not in the budget)", flush=True)
+    write(f"[compare] training {timing['train_total_s']:.0f} s of a {budget_s:.0f} s budget; "
+          f"scoring {timing['score_total_s']:.0f} s (not in the budget)")
     results["trained"] = {n: r["model"] for n, r in rows.items()}
     results["per_example"] = {n: r["per_example"] for n, r in rows.items()}
     return results
@@ -321,16 +336,18 @@ def _check_program_entry(e: ModelEntry, spec: CompareSpec) -> None:
 
 
 def _train_entry(e: ModelEntry, spec: CompareSpec, run_dir: Path, share: float) -> dict:
+    from probgen.progress import write
     from probgen.training import train
 
     recipe, opts = _train_options(e)
     if recipe in _FILLS_BUDGET and "epochs" not in opts:
         opts["epochs"] = 1_000_000
-    print(f"[compare] training {e.name} on {spec.data} (budget {share:.0f} s)", flush=True)
+    write(f"[compare] training {e.name} on {spec.data} (budget {share:.0f} s)")
     t0 = time.perf_counter()
     result = train(e.model if recipe == "program" else recipe, spec.data, run_dir, seed=spec.seed,
                    device=spec.device, overwrite=True, limit=spec.limit, time_budget=share,
-                   data_root=spec.data_root, **{k: v for k, v in opts.items() if k != "program"})
+                   data_root=spec.data_root, progress=not spec.quiet,
+                   **{k: v for k, v in opts.items() if k != "program"})
     if result.stopped_by:
         raise KeyboardInterrupt
     # the budget counts the training itself; loading the data and drawing the run's figures
@@ -388,7 +405,8 @@ def _score(name: str, run, model, data, spec: CompareSpec) -> dict:
     with own_params(model):
         ev = evaluate(model, data, "test", k=spec.k, limit=spec.eval_limit, ais=spec.ais,
                       ais_steps=spec.ais_steps, parzen=spec.parzen, model_name=name,
-                      per_example=per_example, n_samples=sample_count(data))
+                      per_example=per_example, n_samples=sample_count(data),
+                      progress=not spec.quiet)
     ev["eval_seconds"] = time.perf_counter() - t0
     train = run.path / "train.json"
     seconds = json.loads(train.read_text()).get("seconds") if train.exists() else None

@@ -30,7 +30,7 @@ DEMO_PARTS = [
 
 
 def run_demo(out: Path, *, budget_minutes: float = 3.0, smoke: bool = False, seed: int = 0,
-             device: str = "auto") -> Path:
+             device: str = "auto", quiet: bool = False) -> Path:
     from probgen.comparison import CompareSpec, compare
     from probgen.kl_demo import run_kl_demo
     from probgen.recipes import RECIPES
@@ -49,7 +49,7 @@ def run_demo(out: Path, *, budget_minutes: float = 3.0, smoke: bool = False, see
             data=data, models=models, out=out / folder, budget_minutes=budget_minutes * share,
             seed=seed, device=device, overwrite=True,
             limit=500 if smoke else None, eval_limit=200 if smoke else 1000,
-            k=20 if smoke else 200,
+            k=20 if smoke else 200, quiet=quiet,
         )
         compare(spec)
         sections.append((f"Explicit against implicit on {data}", out / folder / "report.html"))

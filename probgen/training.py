@@ -28,14 +28,14 @@ from typing import Any
 from probgen import __version__
 from probgen.errors import ConfigError, suggest
 
-__all__ = ["train", "evaluate", "load_run", "load_run_data", "Trained", "recipe_options",
+__all__ = ["train", "evaluate", "check_eval_out", "load_run", "load_run_data", "Trained", "recipe_options",
            "data_config", "describe_data", "deterministic_algorithms", "model_spec"]
 
 # train()'s own keywords: everything else is an option of the model's recipe
 COMMON_DEFAULTS: dict[str, Any] = dict(
     seed=0, device="auto", resume=False, overwrite=False, binarize=None, value_range=None,
     limit=None, time_budget=None, deterministic=False, figures=True, data_root=None,
-    download=False, allow_changed_model=False,
+    download=False, allow_changed_model=False, progress=True,
 )
 # of those, what config.json records beside the model's options
 _RECORDED = ("seed", "limit", "time_budget", "deterministic", "data_root")
@@ -193,7 +193,7 @@ def train(model, data: str, out, *, seed: int = 0, device: str = "auto", resume:
           overwrite: bool = False, binarize: str | None = None, value_range=None,
           limit: int | None = None, time_budget: float | None = None, deterministic: bool = False,
           figures: bool = True, data_root: str | None = None, download: bool = False,
-          allow_changed_model: bool = False, **options) -> Trained:
+          allow_changed_model: bool = False, progress: bool = True, **options) -> Trained:
     """Train ``model`` on ``data`` into the run folder ``out``, as ``probgen train`` does.
 
     Parameters
@@ -210,7 +210,7 @@ def train(model, data: str, out, *, seed: int = 0, device: str = "auto", resume:
         ``latent_dim=2``); unset ones take their defaults, which follow the data where the
         model says so.
 
-    The other keywords are ``probgen train``'s flags. A program is checked before anything is
+    The other keywords are ``probgen train``'s flags (``progress=False`` is ``--quiet``). A program is checked before anything is
     written (its file, its name, its data plate and observed site, its guide's latents).
     """
     name, extra = model_spec(model)
@@ -221,7 +221,7 @@ def train(model, data: str, out, *, seed: int = 0, device: str = "auto", resume:
     common = dict(seed=seed, device=device, resume=resume, overwrite=overwrite, binarize=binarize,
                   value_range=value_range, limit=limit, time_budget=time_budget,
                   deterministic=deterministic, figures=figures, data_root=data_root,
-                  download=download, allow_changed_model=allow_changed_model)
+                  download=download, allow_changed_model=allow_changed_model, progress=progress)
     return train_with_options(name, data, out, common, opts)
 
 
@@ -283,6 +283,7 @@ def train_with_options(name: str, data: str, out, common: dict, options: dict, *
                               overwrite=common["overwrite"])
     if run is None:
         run = Run.open(out, writer=False)
+    run.progress = dist.is_main and common["progress"]  # the recipes' progress bars
     if notes and run.writer and not quiet:
         chosen = "; ".join(f"{k}={v['value']} ({v['why']})" for k, v in notes.items())
         print(f"{name}: defaults for {next(iter(notes.values()))['data']}: {chosen}", flush=True)
@@ -350,13 +351,29 @@ def load_run(run_dir, *, device="auto", data_root=None, download: bool = False,
     return run, data, model
 
 
+def check_eval_out(path: Path, overwrite: bool, *, explicit: bool) -> None:
+    """Refuse, before any work, to replace an evaluation or to write where it cannot."""
+    if explicit and path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; give a file name, e.g. {path / 'eval.json'}.")
+    if explicit and not path.parent.is_dir():
+        raise ConfigError(f"the folder of --out {path} does not exist; create it first.")
+    if path.is_file() and not overwrite:
+        raise ConfigError(f"{path} already holds an evaluation; pass --overwrite to replace it, "
+                          "or --out FILE to write the new one elsewhere.")
+
+
 def evaluate(target, data=None, *, split: str = "test", k: int | None = None,
              n_samples: int | None = None, limit: int | None = None, ais: bool = False,
              ais_steps: int = 500, parzen: bool = False, device="auto", data_root=None,
-             seed: int | None = None, allow_changed_model: bool = False, write: bool = True,
-             model_name: str | None = None) -> dict:
+             seed: int | None = 0, allow_changed_model: bool = False, write: bool = True,
+             out=None, model_name: str | None = None, progress: bool = False,
+             announce: bool = False) -> dict:
     """Score a run folder (``target`` a path; writes its eval.json) or a model object on
     ``data`` (a Dataset or a data set name), with every metric the model allows.
+
+    ``seed`` seeds the Monte Carlo draws and samples (``None``: leave the RNGs as they are);
+    ``write`` writes a run's results to ``out`` (default RUN_DIR/eval.json); ``progress``
+    draws bars on a terminal; ``announce`` prints what is evaluated first.
 
     Returns eval.json's dict with ``"per_example"`` added: the per-example values (tensors)
     of the likelihoods and bounds, for paired comparisons.
@@ -380,8 +397,14 @@ def evaluate(target, data=None, *, split: str = "test", k: int | None = None,
             from probgen.data import load_dataset
 
             data_obj = load_dataset(data_obj, root=data_root)
+    if announce:
+        n = data_obj.split(split).shape[0]
+        n = n if limit is None else min(n, limit)
+        where = f" ({run.path})" if run is not None else ""
+        print(f"evaluating {model_name or type(model).__name__}{where} on {data_obj.name}, {split} "
+              f"split, n={n}, seed {seed}", flush=True)
     if seed is not None:
-        seed_everything(seed)
+        seed_everything(seed)  # the same Monte Carlo draws and samples on every evaluation
     per_example: dict = {}
     t0 = time.perf_counter()
     from probgen.programs import own_params
@@ -389,8 +412,12 @@ def evaluate(target, data=None, *, split: str = "test", k: int | None = None,
     with own_params(model):
         result = eval_model(model, data_obj, split=split, k=k, n_samples=n_samples, limit=limit,
                             ais=ais, ais_steps=ais_steps, parzen=parzen, model_name=model_name,
-                            per_example=per_example)
+                            per_example=per_example, progress=progress)
     seconds = time.perf_counter() - t0
+    if seed is not None:
+        result["seed"] = seed
     if run is not None and write:
-        run.write_json("eval.json", result)
+        from probgen.runs import atomic_write_json
+
+        atomic_write_json(Path(out) if out is not None else run.path / "eval.json", result)
     return {**result, "per_example": per_example, "eval_seconds": seconds}

@@ -1,8 +1,8 @@
 """The command line: fast help, one clear message per error, suggestions for typos."""
 
+import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -10,19 +10,14 @@ from probgen.cli import main
 from probgen.recipes import RECIPES
 
 
-def test_help_is_fast_and_imports_no_torch():
-    code = (
-        "import sys, time; t=time.perf_counter(); from probgen.cli import build_parser; "
-        "build_parser().format_help(); print(time.perf_counter()-t, 'torch' in sys.modules)"
-    )
+def test_help_imports_no_torch():
+    # what keeps `probgen --help` fast; its time is measured by benchmarks/cli_help.py
+    code = ("import sys; from probgen.cli import build_parser; build_parser().format_help(); "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    seconds, torch_loaded = out.stdout.split()
-    assert torch_loaded == "False", "building the parser imported torch"
-    t0 = time.perf_counter()
+    assert out.stdout.split() == ["False"], "building the parser imported torch"
     proc = subprocess.run([sys.executable, "-m", "probgen", "--help"], capture_output=True, text=True)
-    elapsed = time.perf_counter() - t0
     assert proc.returncode == 0 and "train" in proc.stdout and "eval" in proc.stdout
-    assert elapsed < 2.0, f"probgen --help took {elapsed:.2f} s"
 
 
 def test_unknown_model_suggests_the_nearest(capsys):
@@ -73,7 +68,7 @@ def test_train_eval_sample_round_trip(tmp_path):
     assert main(["train", "gmm", "--data", "bimodal1d", "--out", str(run), "--no-figures"]) == 0
     assert main(["eval", str(run)]) == 0
     ev = json.loads((run / "eval.json").read_text())
-    assert set(ev) == {"model", "dataset", "split", "n", "metrics"}
+    assert set(ev) == {"model", "dataset", "split", "n", "metrics", "seed"}
     ll, true = ev["metrics"]["log_likelihood"], ev["metrics"]["true_log_likelihood"]
     assert set(ll) >= {"value", "stderr", "unit"} and abs(ll["value"] - true["value"]) < 0.05
     assert main(["sample", str(run), "-n", "7"]) == 0
@@ -129,3 +124,74 @@ def test_train_from_python_checks_options_like_the_command_line(tmp_path):
     assert not (tmp_path / "v").exists()
     t = probgen.train("gmm", "bimodal1d", tmp_path / "g", components=2, figures=False)
     assert t.config["components"] == 2 and t.model.log_prob(t.data.test[:5]).shape == (5,)
+
+
+# ----------------------------------------------------------------------------- --value-range
+@pytest.mark.parametrize("argv", [["--value-range", "-1,1"], ["--value-range=-1,1"]])
+def test_value_range_minus_one_to_one_is_read_as_a_value(argv):
+    from probgen.cli import _join_negative_values, build_parser
+
+    args = build_parser().parse_args(_join_negative_values(
+        ["train", "gan", "--data", "grid25", "--out", "r", *argv, "--seed", "3"]))
+    assert args.value_range == "-1,1" and args.seed == 3
+
+
+def test_value_range_help_names_the_two_ranges(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "gan", "--help"])
+    out = capsys.readouterr().out
+    assert "0,1 or -1,1" in out and "{0,1,-1,1}" not in out
+
+
+def test_value_range_outside_the_two_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "gan", "--data", "grid25", "--out", "r", "--value-range", "-2,2"])
+    assert "invalid choice: '-2,2'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- eval
+@pytest.fixture(scope="module")
+def gmm_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("eval") / "gmm"
+    assert main(["train", "gmm", "--data", "ring8", "--out", str(run), "--no-figures",
+                 "--limit", "400", "--quiet"]) == 0
+    return run
+
+
+def _eval(run, *extra):
+    return main(["eval", str(run), "--limit", "300", "--n-samples", "300", "--quiet", *extra])
+
+
+def test_eval_prints_a_header_and_refuses_to_overwrite(gmm_run, capsys):
+    (gmm_run / "eval.json").unlink(missing_ok=True)
+    capsys.readouterr()
+    assert _eval(gmm_run) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == (f"evaluating gmm ({gmm_run}) on ring8, test split, n=300, seed 0")
+    first = (gmm_run / "eval.json").read_text()
+    assert json.loads(first)["seed"] == 0
+    assert _eval(gmm_run, "--seed", "1") == 2
+    err = capsys.readouterr().err
+    assert "already holds an evaluation; pass --overwrite" in err
+    assert (gmm_run / "eval.json").read_text() == first, "the refused evaluation changed the file"
+    assert _eval(gmm_run, "--seed", "1", "--overwrite") == 0
+    assert json.loads((gmm_run / "eval.json").read_text())["seed"] == 1
+
+
+def test_eval_is_a_function_of_its_seed(gmm_run, tmp_path):
+    def metrics(seed, name):
+        assert _eval(gmm_run, "--seed", str(seed), "--out", str(tmp_path / name)) == 0
+        return json.loads((tmp_path / name).read_text())["metrics"]
+
+    a, b, c = metrics(0, "a.json"), metrics(0, "b.json"), metrics(5, "c.json")
+    assert a == b
+    # the exact log-likelihood does not depend on the seed; the sample metrics do
+    assert a["log_likelihood"] == c["log_likelihood"]
+    assert a["reverse_kl"] != c["reverse_kl"]
+
+
+def test_eval_out_must_be_a_file_in_an_existing_folder(gmm_run, tmp_path, capsys):
+    assert _eval(gmm_run, "--out", str(tmp_path)) == 2
+    assert "is a folder; give a file name" in capsys.readouterr().err
+    assert _eval(gmm_run, "--out", str(tmp_path / "missing" / "e.json")) == 2
+    assert "does not exist; create it first" in capsys.readouterr().err

@@ -23,14 +23,18 @@ def test_editable_install_maps_root_folders():
 
 def test_built_wheel_holds_and_imports_subpackages(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation",
          "-w", str(tmp_path / "dist"), str(REPO)],
         capture_output=True, text=True,
     )
     if proc.returncode != 0:
         pytest.fail(f"building the wheel failed:\n{proc.stderr[-2000:]}")
+    # the license is an SPDX expression, not the table setuptools deprecates
+    assert "SetuptoolsDeprecationWarning" not in proc.stdout + proc.stderr
     wheel = next((tmp_path / "dist").glob("probgen-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    assert "License-Expression: MIT" in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
     for required in ("probgen/models/__init__.py", "probgen/inference/__init__.py",
                      "probgen/data/__init__.py", "probgen/eval/__init__.py", "probgen/cli.py"):
         assert required in names

@@ -144,14 +144,16 @@ def _gpd_fit(x: np.ndarray) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- metrics
 def ais_metric(model, x: torch.Tensor, *, x_val: torch.Tensor | None = None, n_steps: int = 500,
                n_chains: int = 32, batch_size: int = 50,
-               sigmas: tuple[float, ...] | None = None, per_example: dict | None = None) -> Metric:
+               sigmas: tuple[float, ...] | None = None, per_example: dict | None = None,
+               progress: bool = False) -> Metric:
     """AIS estimate of log p(x) as a metric, with its k-hat diagnostic (Wu et al., 2017).
 
     A model with ``log_likelihood`` is scored as it is; one with only ``decode`` gets a
     Gaussian observation model whose width is chosen on ``x_val`` (up to 100 examples, a
     schedule of ``max(50, n_steps // 5)`` steps, 4 chains) from ``sigmas`` (default
     ``(0.01, 0.02, 0.05, 0.1, 0.2, 0.5)`` times the data's value range). With ``per_example``
-    (a dict), the per-example estimates (N,) are stored in it under ``"ais"``.
+    (a dict), the per-example estimates (N,) are stored in it under ``"ais"``. ``progress``
+    shows bars over the annealing steps (:mod:`probgen.progress`: on a terminal only).
     """
     from probgen.inference.ais import ais, select_sigma
 
@@ -175,13 +177,14 @@ def ais_metric(model, x: torch.Tensor, *, x_val: torch.Tensor | None = None, n_s
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             sel = select_sigma(model, x_val[:100], sigmas, n_steps=max(50, n_steps // 5),
-                               n_chains=4, batch_size=batch_size)
+                               n_chains=4, batch_size=batch_size, progress=progress)
         sigma = sel.sigma
         extra["sigma_grid"] = list(sel.sigmas)
         extra["sigma_val_scores"] = sel.scores
         if caught:
             extra["sigma_warning"] = str(caught[-1].message)
-    res = ais(model, x, n_steps=n_steps, n_chains=n_chains, sigma=sigma, batch_size=batch_size)
+    res = ais(model, x, n_steps=n_steps, n_chains=n_chains, sigma=sigma, batch_size=batch_size,
+              progress=progress)
     return ais_result_metric(res, per_example=per_example, extra=extra)
 
 

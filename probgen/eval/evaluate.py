@@ -41,13 +41,17 @@ def _per_example(values) -> tuple[torch.Tensor, dict]:
     return total, others
 
 
-def _batched(fn, x: torch.Tensor, batch_size: int):
+def _batched(fn, x: torch.Tensor, batch_size: int, *, desc: str = "", progress: bool = False):
+    from probgen.progress import bar as progress_bar
+
     outs, terms = [], {}
-    for start in range(0, x.shape[0], batch_size):
-        tot, rest = _per_example(fn(x[start:start + batch_size]))
-        outs.append(tot.detach())
-        for k, v in rest.items():
-            terms.setdefault(k, []).append(v.detach())
+    with progress_bar(x.shape[0], desc=desc, unit="example", progress=progress) as bar:
+        for start in range(0, x.shape[0], batch_size):
+            tot, rest = _per_example(fn(x[start:start + batch_size]))
+            outs.append(tot.detach())
+            for k, v in rest.items():
+                terms.setdefault(k, []).append(v.detach())
+            bar.update(tot.shape[0])
     return torch.cat(outs), {k: torch.cat(v) for k, v in terms.items()}
 
 
@@ -55,7 +59,7 @@ def _batched(fn, x: torch.Tensor, batch_size: int):
 def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None,
                        limit: int | None = None, batch_size: int = 500,
                        per_example: dict | None = None, ais: bool = False, ais_steps: int = 500,
-                       parzen: bool = False) -> dict[str, Metric]:
+                       parzen: bool = False, progress: bool = False) -> dict[str, Metric]:
     """Exact log-likelihood, ELBO and IWAE-k, each where the model has it; with ``ais`` the
     annealed-importance-sampling estimate (``ais_steps`` transitions; see
     :func:`probgen.eval.diagnostics.ais_metric`), with ``parzen`` the Parzen-window estimate
@@ -64,6 +68,9 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
     When ``per_example`` is a dict, the per-example values (tensors (N,)) are stored in it
     under ``log_likelihood``, ``elbo``, ``iwae``, ``ais`` and ``parzen``, for paired
     comparisons between models.
+
+    ``progress`` shows a bar over the examples of each estimate (and the annealing steps of
+    AIS) with the rate and time left, on a terminal only (:mod:`probgen.progress`).
     """
     model = as_scorable(model)
     store = per_example if per_example is not None else {}
@@ -72,7 +79,7 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
         x = x[:limit]
     out: dict[str, Metric] = {}
     if callable(getattr(model, "log_prob", None)):
-        lp, _ = _batched(model.log_prob, x, batch_size)
+        lp, _ = _batched(model.log_prob, x, batch_size, desc="log-likelihood", progress=progress)
         out["log_likelihood"] = summarize(lp, "nats")
         store["log_likelihood"] = lp
     else:
@@ -85,7 +92,7 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
     if data.density is not None:
         out["true_log_likelihood"] = summarize(data.density.log_prob(x), "nats")
     if callable(getattr(model, "elbo", None)):
-        elbo, terms = _batched(model.elbo, x, batch_size)
+        elbo, terms = _batched(model.elbo, x, batch_size, desc="ELBO", progress=progress)
         mc_se = terms.pop("mc_stderr", None)  # each example's own Monte Carlo error
         out["elbo"] = summarize(elbo, "nats", extra_var=None if mc_se is None else mc_se**2)
         store["elbo"] = elbo
@@ -99,7 +106,8 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
         # (probgen.inference.bounds.chunk_plan); these batches of about 50,000 samples keep a
         # model that scores all k samples at once within bounds too
         iw, iw_terms = _batched(lambda xb: model.iwae_bound(xb, kk), x,
-                                max(1, min(batch_size, 50_000 // kk)))
+                                max(1, min(batch_size, 50_000 // kk)), desc=f"IWAE-{kk}",
+                                progress=progress)
         out[f"iwae_{kk}"] = summarize(iw, "nats")
         store["iwae"] = iw
         if "khat" in iw_terms:
@@ -115,7 +123,7 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
             out["ais"] = diagnostics.ais_result_metric(res, per_example=store)
         elif ais:
             out["ais"] = diagnostics.ais_metric(model, x, x_val=data.split("val"), n_steps=ais_steps,
-                                                per_example=store)
+                                                per_example=store, progress=progress)
         if parzen:
             out["parzen"] = diagnostics.parzen_metric(model, x, data.split("val")[:1000],
                                                       per_example=store)
@@ -125,7 +133,7 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
 def evaluate(model, data, split: str = "test", *, k: int | None = None,
              n_samples: int | None = None, limit: int | None = None, ais: bool = False,
              ais_steps: int = 500, parzen: bool = False, model_name: str | None = None,
-             per_example: dict | None = None) -> dict:
+             per_example: dict | None = None, progress: bool = False) -> dict:
     """Every metric ``model`` allows on ``data[split]``, in the one results schema.
 
     ``model`` is a model with (some of) the protocol's methods, or a Pyro program: a
@@ -134,6 +142,9 @@ def evaluate(model, data, split: str = "test", *, k: int | None = None,
     the results is the model function's or the object's class). With ``per_example`` (a dict)
     the per-example values are stored in it for paired comparisons (see
     :func:`likelihood_metrics`).
+
+    ``progress`` shows bars over the likelihood estimates (on a terminal only; the values do
+    not depend on it).
 
     Returns ``{"model", "dataset", "split", "n", "metrics": {NAME: {"value", "stderr", "unit"}}}``.
 
@@ -154,7 +165,8 @@ def evaluate(model, data, split: str = "test", *, k: int | None = None,
     n = x.shape[0] if limit is None else min(limit, x.shape[0])
     metrics: dict[str, Metric] = {}
     metrics.update(likelihood_metrics(model, data, split, k=k, limit=limit, per_example=per_example,
-                                      ais=ais, ais_steps=ais_steps, parzen=parzen))
+                                      ais=ais, ais_steps=ais_steps, parzen=parzen,
+                                      progress=progress))
     metrics.update(_sample_metrics(model, data, split, n_samples=n_samples))
     return {
         "model": model_name or type(model).__name__,

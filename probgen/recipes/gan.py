@@ -133,6 +133,7 @@ def train(run, data, config, device):
     import torch
 
     from probgen.inference.adversarial import EpochSampler, fit_gan
+    from probgen.progress import write
     from probgen.runs import atomic_write_bytes
 
     config = resolve_config(config, data)
@@ -170,8 +171,8 @@ def train(run, data, config, device):
         if step in keep and run.writer:
             snapshots[str(step)] = model.decode(snapshots["z"].to(device)).detach().cpu()
         if run.writer:
-            print(f"step {step:6d}  loss_d {rec['loss_d']:.4f}  loss_g {rec['loss_g']:.4f}  "
-                  f"D(x) {rec['d_real']:.3f}  D(G(z)) {rec['d_fake']:.3f}", flush=True)
+            write(f"step {step:6d}  loss_d {rec['loss_d']:.4f}  loss_g {rec['loss_g']:.4f}  "
+                  f"D(x) {rec['d_real']:.3f}  D(G(z)) {rec['d_fake']:.3f}")
 
     def on_step(step):
         if step % config["checkpoint_every"] == 0 or step == config["steps"]:
@@ -180,7 +181,8 @@ def train(run, data, config, device):
     stop = getattr(run, "should_stop", None)
     fit_gan(trainer, sampler, config["steps"], d_steps=config["d_steps"],
             log_every=config["log_every"], callback=callback, should_stop=stop,
-            lr_schedule=config["lr_decay"], on_step=on_step)
+            lr_schedule=config["lr_decay"], on_step=on_step,
+            progress=getattr(run, "progress", run.writer))
     if trainer.step_count < config["steps"]:  # stopped early: keep the last step
         save(trainer.step_count)
     return model

@@ -104,7 +104,7 @@ def train(run, data, config, device):
     x = data.train.reshape(data.train.shape[0], -1)            # (N, D): images flattened
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        gm.fit(x, data_parallel=True)
+        gm.fit(x, data_parallel=True, progress=getattr(run, "progress", run.writer))
     if not run.writer:  # across processes: rank 0 scores, logs and saves the same fit
         return gm.as_density(event_shape=data.shape)
     for it, lb in enumerate(gm.lower_bounds_, start=1):

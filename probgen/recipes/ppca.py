@@ -106,7 +106,8 @@ def train(run, data, config, device):
         fit_svi(model.model, model.guide, data, model_kwargs={"num_data": n}, epochs=config["epochs"],
                 batch_size=config.get("batch_size", 100), lr=config.get("lr", 1e-2),
                 callbacks=[log_epoch], checkpoint=epoch_checkpoint(run, model), start_epoch=start_epoch,
-                start_step=start_step, optim_state=optim_state, progress=True)
+                start_step=start_step, optim_state=optim_state,
+                progress=getattr(run, "progress", run.writer))
     model.fitted_ = True
     return model
 

@@ -158,7 +158,8 @@ def train(run, data, config, device):
                     batch_size=min(config.get("batch_size", 100), n), lr=config.get("lr", 1e-3),
                     on_nan=config.get("on_nan", "skip"), callbacks=[log_epoch],
                     checkpoint=epoch_checkpoint(run, program), start_epoch=start_epoch,
-                    start_step=start_step, optim_state=optim_state, progress=run.writer,
+                    start_step=start_step, optim_state=optim_state,
+                    progress=getattr(run, "progress", run.writer),
                     seed=config["seed"])
     program.eval()
     return program

@@ -174,7 +174,7 @@ def train(run, data, config, device):
                 epochs=config["epochs"], batch_size=config.get("batch_size", 100),
                 lr=config.get("lr", 1e-3), on_nan=config.get("on_nan", "skip"),
                 callbacks=[log_epoch], checkpoint=epoch_checkpoint(run, model), start_epoch=start_epoch,
-                start_step=start_step, optim_state=optim_state, progress=run.writer,
+                start_step=start_step, optim_state=optim_state, progress=getattr(run, "progress", run.writer),
                 seed=config["seed"])
     model.autocast_dtype = None
     model.eval()
