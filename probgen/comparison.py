@@ -432,6 +432,14 @@ def _evaluate_run(run_dir: Path, spec: CompareSpec, name: str | None = None) -> 
     return _score(name or run.config["model"], run, model, data, spec)
 
 
+def _representation(row: dict) -> tuple:
+    """The representation a row was scored on, from its data as loaded: binarisation, and
+    the pixel range of images (a run that left the range unset has the data set's default,
+    the same as one that named it)."""
+    data = row["data"]
+    return data.binarize, tuple(data.value_range) if data.kind == "image" else None
+
+
 def _paired(rows: dict, out: Path) -> list[dict]:
     """Mean paired difference of per-example log-likelihoods for every pair of models scored on
     the same representation of the same test points (same binarisation and value range)."""
@@ -447,7 +455,7 @@ def _paired(rows: dict, out: Path) -> list[dict]:
     names = sorted(best)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            if rows[a]["data_options"] != rows[b]["data_options"]:
+            if _representation(rows[a]) != _representation(rows[b]):
                 pairs.append({"a": a, "b": b, "value": None,
                               "reason": "scored on different data representations "
                                         f"({rows[a]['data_options']} vs {rows[b]['data_options']}): "

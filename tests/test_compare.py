@@ -133,3 +133,30 @@ def test_compare_and_training_import_no_command_line():
             "print('probgen.cli' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_runs_that_leave_the_pixel_range_unset_pair_with_those_that_name_it(tmp_path):
+    """A program's data options may leave value_range unset where a built-in model names
+    (0, 1): the same representation, so their likelihoods are paired."""
+    import probgen
+
+    prog = tmp_path / "p.py"
+    prog.write_text(
+        "import pyro, pyro.distributions as dist, torch\n"
+        "class Flat:\n"
+        "    data_options = {'binarize': 'dynamic'}\n"
+        "    def model(self, x):\n"
+        "        x = x.reshape(x.shape[0], -1)\n"
+        "        lo = pyro.param('lo', torch.zeros(x.shape[1]))\n"
+        "        with pyro.plate('data', x.shape[0]):\n"
+        "            z = pyro.sample('z', dist.Normal(0.0, 1.0))\n"
+        "            pyro.sample('x', dist.Bernoulli(logits=lo + 0 * z[..., None]).to_event(1), obs=x)\n"
+        "    def guide(self, x):\n"
+        "        with pyro.plate('data', x.shape[0]):\n"
+        "            pyro.sample('z', dist.Normal(0.0, 1.0))\n")
+    res = probgen.compare("digits", ["vae(epochs=1,hidden=[16],latent_dim=2)", f"{prog}:Flat(epochs=1)"],
+                          tmp_path / "cmp", budget=0.1, eval_limit=50, k=5)
+    assert res["data_options"]["vae"]["value_range"] == [0.0, 1.0]
+    assert res["data_options"]["Flat"].get("value_range") is None
+    pair = res["paired_differences"][0]
+    assert pair["value"] is not None and pair["stderr"] > 0
