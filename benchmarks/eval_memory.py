@@ -96,9 +96,9 @@ def prepare(spec: dict) -> dict:
     """
     import torch
 
-    from probgen.cli import load_run_data
     from probgen.inference.bounds import DEFAULT_MAX_ELEMENTS
     from probgen.runs import Run
+    from probgen.training import load_run_data
 
     run = Run.open(spec["run"], writer=False)
     data = load_run_data(run.config, data_root=spec["data_root"])

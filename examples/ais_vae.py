@@ -46,9 +46,9 @@ import torch
 
 def load_trained(run_dir: str, data_root: str | None):
     """The model and data set of a ``probgen train`` run, loaded as ``probgen eval`` does."""
-    from probgen.cli import load_run_data
     from probgen.recipes import get_recipe
     from probgen.runs import Run
+    from probgen.training import load_run_data
 
     run = Run.open(run_dir, writer=False)
     data = load_run_data(run.config, device="cpu", data_root=data_root)

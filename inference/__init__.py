@@ -9,6 +9,7 @@ module             what it does
 ``svi``            :func:`fit_svi` trains any Pyro model/guide pair on ``Trace_ELBO`` (NaN-safe)
 ``objectives``     :class:`IWAE` and :class:`DReG`: importance-weighted training objectives
 ``bounds``         :func:`elbo` and :func:`iwae_bound` per example, chunked over samples
+``program_bounds`` the same bounds and AIS for any Pyro program, from its traces alone
 ``ais``            annealed importance sampling with HMC, and the BDMC sandwich
 ``parzen``         the Parzen-window estimate (with the warning it must carry)
 ``em``             EM for Gaussian mixtures on sufficient statistics (log space, Cholesky)
@@ -24,6 +25,10 @@ _EXPORTS = {
     "fit_svi": "svi", "fit_loss": "svi", "FitResult": "svi",
     "IWAE": "objectives", "DReG": "objectives", "make_objective": "objectives",
     "elbo": "bounds", "iwae_bound": "bounds", "ELBORecord": "bounds", "IWAERecord": "bounds",
+    "program_elbo": "program_bounds", "program_iwae_bound": "program_bounds",
+    "program_ais": "program_bounds", "program_log_weights": "program_bounds",
+    "check_program": "program_bounds", "as_program": "program_bounds",
+    "ProgramModel": "program_bounds", "ProgramStructure": "program_bounds",
     "ais": "ais", "bdmc": "ais", "reverse_ais": "ais", "select_sigma": "ais",
     "gaussian_observation": "ais", "AISResult": "ais", "BDMCResult": "ais",
     "parzen": "parzen", "select_bandwidth": "parzen", "PARZEN_WARNING": "parzen",

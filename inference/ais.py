@@ -51,7 +51,9 @@ al.'s cheaper way).
 
 The model protocol used here: ``latent_dim``, ``prior_log_prob(z)`` (``(..., d) -> (...)``),
 and either ``log_likelihood(x, z)`` (``x (N, *shape)``, ``z (S, N, d) -> (S, N)``) or
-``decode(z)`` wrapped by :func:`gaussian_observation`. Gradients with respect to ``z`` are
+``decode(z)`` wrapped by :func:`gaussian_observation`; or ``latent_dim`` and
+``log_joint(x, z)`` = log p(z) + log p(x|z) in one call (``z (S, N, d) -> (S, N)``; what
+:func:`probgen.inference.program_bounds.program_ais` gives a Pyro program). Gradients with respect to ``z`` are
 taken with :func:`torch.autograd.grad` (parameters get no ``.grad``); everything else runs
 under :func:`torch.no_grad`. Models must score chains independently (no batch-norm in
 training mode: call ``model.eval()`` first). Computation runs in ``x``'s dtype and device;
@@ -658,16 +660,19 @@ def _h_and_grad(target, x, z):
     """
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
-        lprior = target.prior_log_prob(z)
-        ll = target.log_likelihood(x, z)
-        for name, v in (("prior_log_prob(z)", lprior), ("log_likelihood(x, z)", ll)):
+        if callable(getattr(target, "log_joint", None)):
+            parts = (("log_joint(x, z)", target.log_joint(x, z)),)
+        else:
+            parts = (("prior_log_prob(z)", target.prior_log_prob(z)),
+                     ("log_likelihood(x, z)", target.log_likelihood(x, z)))
+        for name, v in parts:
             if v.shape != z.shape[:-1]:
                 raise ConfigError(
                     f"{name} has shape {tuple(v.shape)} for x of shape {tuple(x.shape)} and z of "
                     f"shape {tuple(z.shape)}; expected {tuple(z.shape[:-1])} (one value per chain "
-                    f"and example): prior_log_prob maps (..., d) to (...), log_likelihood maps "
-                    f"x (N, ...) and z (S, N, d) to (S, N).")
-        lp = lprior + ll
+                    f"and example): prior_log_prob maps (..., d) to (...), log_likelihood and "
+                    f"log_joint map x (N, ...) and z (S, N, d) to (S, N).")
+        lp = parts[0][1] if len(parts) == 1 else parts[0][1] + parts[1][1]
         (g,) = torch.autograd.grad(lp.sum(), z)
     z = z.detach()
     h = lp.detach() - _std_normal_log_prob(z)
@@ -709,7 +714,10 @@ def _require(model, names, purpose):
 
 
 def _as_target(model, sigma):
-    """The model itself when it has log_likelihood, else a Gaussian observation around decode."""
+    """The model itself when it has log_likelihood (or log_joint), else a Gaussian observation
+    around decode."""
+    if callable(getattr(model, "log_joint", None)) and hasattr(model, "latent_dim"):
+        return model, None
     _require(model, ("latent_dim", "prior_log_prob"), "annealed importance sampling")
     if callable(getattr(model, "log_likelihood", None)):
         return model, None

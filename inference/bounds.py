@@ -46,17 +46,19 @@ class ELBORecord:
     ----------
     total : Tensor (N,)
         ``reconstruction - kl``.
-    reconstruction : Tensor (N,)
-        E_q[log p(x|z)], Monte Carlo.
-    kl : Tensor (N,)
-        KL(q(z|x) || p(z)): analytic where available, else Monte Carlo.
+    reconstruction : Tensor (N,) or None
+        E_q[log p(x|z)], Monte Carlo. None where the model does not split so
+        (:func:`probgen.inference.program_bounds.program_elbo` of a program with several
+        observed sites or an enumerated latent).
+    kl : Tensor (N,) or None
+        KL(q(z|x) || p(z)): analytic where available, else Monte Carlo; None as above.
     mc_stderr : Tensor (N,) or None
         Monte Carlo standard error of ``total`` (None with one sample).
     """
 
     total: torch.Tensor
-    reconstruction: torch.Tensor
-    kl: torch.Tensor
+    reconstruction: torch.Tensor | None
+    kl: torch.Tensor | None
     mc_stderr: torch.Tensor | None = None
 
 

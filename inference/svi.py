@@ -40,12 +40,12 @@ VALIDATE = ("first", "always")
 
 
 def _elbo_losses() -> dict[str, type]:
-    from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+    from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
-    return {"trace": Trace_ELBO, "mean-field": TraceMeanField_ELBO}
+    return {"trace": Trace_ELBO, "mean-field": TraceMeanField_ELBO, "enum": TraceEnum_ELBO}
 
 
-ELBO_LOSSES = ("trace", "mean-field")  # keys of _elbo_losses(), known without importing pyro
+ELBO_LOSSES = ("trace", "mean-field", "enum")  # keys of _elbo_losses(), known without importing pyro
 
 
 @dataclass
@@ -463,9 +463,11 @@ def fit_svi(
 
     Parameters
     ----------
-    loss : {"trace", "mean-field"}
-        ``Trace_ELBO``, or ``TraceMeanField_ELBO`` (analytic KL where registered; needs a
-        guide with no dependencies between latent sites beyond the model's).
+    loss : {"trace", "mean-field", "enum"}
+        ``Trace_ELBO``, ``TraceMeanField_ELBO`` (analytic KL where registered; needs a
+        guide with no dependencies between latent sites beyond the model's), or
+        ``TraceEnum_ELBO``, which sums out the discrete sites the model marks with
+        ``infer={"enumerate": "parallel"}`` and the guide leaves out.
     num_particles : int
         Samples per ELBO estimate (vectorised); the K of the importance-weighted objectives.
     objective : {"elbo", "iwae", "dreg"}

@@ -10,8 +10,23 @@ Layout (see the README):
 * :mod:`probgen.inference`  the algorithms that fit and score them
 * :mod:`probgen.eval`       the one evaluation layer (bounds, likelihoods, sample metrics)
 * :mod:`probgen.runs`       run folders, checkpoints, seeds and devices
+* :mod:`probgen.programs`   the user's own Pyro programs as models
+
+From Python, :func:`probgen.train`, :func:`probgen.evaluate` and :func:`probgen.compare` do
+what ``probgen train``, ``eval`` and ``compare`` do, and return the models and the values.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "train", "evaluate", "compare"]
+
+# probgen.train, probgen.evaluate and probgen.compare, imported when first used
+_LAZY = {"train": "probgen.training", "evaluate": "probgen.training", "compare": "probgen.comparison"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'probgen' has no attribute {name!r}")

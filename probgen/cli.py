@@ -2,10 +2,13 @@
 
     probgen datasets
     probgen train MODEL --data NAME --out RUN_DIR [--seed S] [--device cpu|cuda|auto] [--resume]
+    probgen train program --model path/to/file.py:Name --data NAME --out RUN_DIR
     probgen eval RUN_DIR [--k 5000] [--seed S] [--out FILE] [--overwrite]
     probgen sample RUN_DIR -n N
     probgen kl-demo --out DIR
 
+The commands are a parser over :mod:`probgen.training` (``train``, ``evaluate``) and
+:mod:`probgen.comparison` (``compare``), which Python callers use directly.
 Nothing heavy is imported until a command runs, so ``probgen --help`` answers at once.
 Errors reach the user as one message and a non-zero exit; ``--debug`` shows the traceback.
 Long jobs draw progress bars on a terminal (not in logs or CI); ``--quiet`` turns them off.
@@ -14,9 +17,7 @@ Long jobs draw progress bars on a terminal (not in logs or CI); ``--quiet`` turn
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import time
 from pathlib import Path
 
 from probgen import __version__
@@ -47,14 +48,16 @@ def _add_common_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="folder with the image files (default: $PROBGEN_DATA_ROOT)")
     p.add_argument("--download", action="store_true",
-                   help="let torchvision download a missing image data set (needs a network)")
+                   help="let torchvision download a missing image data set (needs a network; "
+                        "default off)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors (default off)")
 
 
 def _add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true",
-                   help="no progress bars (they are drawn on a terminal only, never in logs or CI)")
+                   help="no progress bars (they are drawn on a terminal only, never in logs or CI; "
+                        "default: drawn on a terminal)")
 
 
 # options whose values may start with "-" (argparse reads "-1,1" as an option otherwise)
@@ -159,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(p)
     p.add_argument("--allow-changed-data", action="store_true",
                    help="evaluate even when the data differ from those the run trained on")
+    p.add_argument("--allow-changed-model", action="store_true",
+                   help="score a program run whose file has changed since it was trained")
     _add_common_data_args(p)
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
@@ -168,29 +173,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="FILE",
                    help="where to save them (default RUN_DIR/samples.pt, and a figure)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-changed-model", action="store_true",
+                   help="sample a program run whose file has changed since it was trained")
     _add_common_data_args(p)
 
     p = sub.add_parser("compare", help="train and score several models on the same data; writes a report")
     p.set_defaults(_parser=p)
-    p.add_argument("--data", required=True, metavar="NAME|PATH")
-    p.add_argument("--models", required=True, help="comma-separated, e.g. vae,gmm,ppca,gan")
+    p.add_argument("--data", required=True, metavar="NAME|PATH",
+                   help="a data set name (see `probgen datasets`) or a path to your data (required)")
+    p.add_argument("--models", required=True, metavar="MODEL[(OPT=V,...)],...",
+                   help="comma-separated rows (required): built-in models (vae, ae, dae, ppca, gmm, "
+                        "gan) and your own programs as path/to/file.py:Name; each may carry its "
+                        "options, named as its `probgen train MODEL` flags with _ for -, e.g. "
+                        "\"vae(likelihood=gaussian,latent_dim=2),gan,my.py:MyVAE(lr=3e-4)\" "
+                        "(a list value in brackets: hidden=[512,256]). Options left out take "
+                        "the defaults of the data")
     p.add_argument("--budget", type=float, default=5.0, metavar="MINUTES",
-                   help="training time for all models together (default 5)")
-    p.add_argument("--out", required=True, metavar="DIR")
+                   help="training time for all models together; time a quick model leaves "
+                        "goes to the others; scoring is not counted (default 5)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder of the report and runs (required)")
     p.add_argument("--runs", default=None, metavar="MODEL=DIR,...",
-                   help="reuse trained runs instead of training, e.g. vae=runs/vae,gan=runs/gan")
-    p.add_argument("--seed", type=int, default=0)
+                   help="score these finished runs instead of training, e.g. "
+                        "vae=runs/vae,gan=runs/gan (default: train every model)")
+    p.add_argument("--seed", type=int, default=0, help="seed of training and scoring (default 0)")
     p.add_argument("--k", type=int, default=None, help="importance samples for IWAE (default 100)")
-    p.add_argument("--ais", action="store_true", help="add annealed importance sampling")
-    p.add_argument("--ais-steps", type=int, default=200)
-    p.add_argument("--parzen", action="store_true", help="add the Parzen-window estimate")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="train on at most N examples")
+    p.add_argument("--ais", action="store_true", help="add annealed importance sampling (default off)")
+    p.add_argument("--ais-steps", type=int, default=200, help="AIS transitions (default 200)")
+    p.add_argument("--parzen", action="store_true", help="add the Parzen-window estimate (default off)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="train on at most N examples (default: all)")
     p.add_argument("--eval-limit", type=int, default=None, metavar="N",
-                   help="evaluate on the first N test examples")
-    p.add_argument("--overwrite", action="store_true", help="replace a comparison in --out")
-    _add_quiet(p)
+                   help="evaluate on the first N test examples (default: all)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a comparison in --out (default: refuse)")
+    p.add_argument("--allow-changed-model", action="store_true",
+                   help="score a --runs program run whose file has changed since (default: refuse)")
     p.add_argument("--allow-changed-data", action="store_true",
-                   help="score --runs even when their data differ from those they trained on")
+                   help="score --runs even when their data differ from those they trained on "
+                        "(default: refuse)")
+    _add_quiet(p)
     _add_common_data_args(p)
 
     p = sub.add_parser("demo", help="the quick tour: a small comparison on bundled offline data")
@@ -258,33 +279,11 @@ def _cmd_datasets(args) -> int:
     return 0
 
 
-def _data_config(args, recipe) -> dict:
-    opts = {"binarize": "none", "value_range": None}
-    opts.update(recipe.data_options(args))
-    if args.binarize is not None:
-        opts["binarize"] = args.binarize
-    if args.value_range is not None:
-        opts["value_range"] = [float(v) for v in args.value_range.split(",")]
-    if args.binarize not in (None, "none") and args.dequantize is None:
-        opts["dequantize"] = "none"  # asking for binary data means not the dequantized ones
-    if args.dequantize is not None:
-        opts["dequantize"] = args.dequantize
-    if args.bin_width is not None:
-        opts["bin_width"] = args.bin_width
-    return opts
-
-
 def load_run_data(config: dict, *, device="cpu", data_root=None, download=False):
-    """The data set a run was trained on, with the same options and seed."""
-    from probgen.data import load_dataset
+    """The data set a run was trained on (:func:`probgen.training.load_run_data`)."""
+    from probgen.training import load_run_data as load
 
-    d = config["data_options"]
-    return load_dataset(
-        config["data"], root=data_root or config.get("data_root"), device=device,
-        seed=config.get("seed", 0), value_range=d.get("value_range"), binarize=d["binarize"],
-        limit=config.get("limit"), download=download, dequantize=d.get("dequantize", "none"),
-        bin_width=d.get("bin_width"),
-    )
+    return load(config, device=device, data_root=data_root, download=download)
 
 
 def _train_argv_without_nproc(argv: list[str]) -> list[str]:
@@ -339,120 +338,45 @@ def _cmd_train(args) -> int:
         pdist.cleanup()
 
 
-@contextlib.contextmanager
 def deterministic_algorithms(enabled: bool = True):
-    """Deterministic kernels only, inside the block (``probgen train --deterministic``).
+    """Deterministic kernels only, inside the block (:func:`probgen.training.deterministic_algorithms`)."""
+    from probgen.training import deterministic_algorithms as block
 
-    On the CPU probgen's training is already bit-for-bit reproducible for a seed; on CUDA
-    some kernels (atomic adds in scatter/index and convolution backward passes, cuBLAS
-    workspaces) are not, and this trades their speed for reproducibility. The previous
-    settings come back on exit.
-    """
-    if not enabled:
-        yield
-        return
-    import os
+    return block(enabled)
 
-    import torch
 
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
-    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
-              torch.backends.cudnn.deterministic)
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1:]
+# the flags of `probgen train` that are not options of the model's recipe
+_TRAIN_FLAGS = {"command", "model", "data", "out", "debug", "_parser", "_argv", "nproc", "seed",
+                "device", "resume", "overwrite", "binarize", "value_range", "limit", "no_figures",
+                "time_budget", "deterministic", "data_root", "download", "allow_changed_model",
+                "quiet", "dequantize", "bin_width", "max_restarts", "dist_timeout",
+                "allow_changed_data"}
 
 
 def _train(args, recipe, device=None) -> int:
-    from probgen import distributed as pdist
-    from probgen.runs import Run, StopControl, elastic_restart, resolve_device, seed_everything
+    from probgen.training import train_with_options
 
-    device = device if device is not None else resolve_device(args.device)
-    skip = {"command", "model", "out", "resume", "overwrite", "debug", "device", "no_figures",
-            "binarize", "value_range", "dequantize", "bin_width", "download", "_parser", "_argv",
-            "nproc", "quiet", "max_restarts", "dist_timeout", "allow_changed_data"}
-    dist = pdist.info()
-    config = {
-        "model": args.model,
-        "data": args.data,
-        "data_options": _data_config(args, recipe),
-        **{k: v for k, v in vars(args).items() if k not in skip},
-        "world_size": dist.world_size,
-        "probgen_version": __version__,
-        "argv": list(args._argv),
-    }
-    if elastic_restart(args.out):  # torchrun restarted the group: continue from the checkpoint
-        args.resume, args.overwrite = True, False
-    # rank 0 creates (or checks) the folder; the others read it and write nothing
-    run = pdist.share_outcome(Run.create, args.out, config, resume=args.resume,
-                              overwrite=args.overwrite)
-    if run is None:
-        run = Run.open(args.out, writer=False, resumed_with=config if args.resume else None)
-    run.progress = dist.is_main and not args.quiet  # the recipes' progress bars
-    seed_everything(run.config["seed"])
-    data = load_run_data(run.config, device=device, data_root=args.data_root,
-                         download=args.download)
-    pdist.share_outcome(run.check_data, data, allow_changed=args.allow_changed_data, action="train")
-
-    t0 = time.perf_counter()
-    from probgen.errors import DivergedError
-
-    with StopControl(args.time_budget) as run.stop, deterministic_algorithms(args.deterministic):
-        try:
-            model = recipe.train(run, data, run.config, device)
-        except DivergedError as e:
-            ckpt = run.checkpoint_path
-            last = (f"The last good checkpoint is {ckpt}: continue from it with --resume (and, "
-                    "say, a lower --lr)." if ckpt.exists() else
-                    "No checkpoint was written before it: start again with a lower --lr.")
-            raise DivergedError(f"{e} {last} On the command line, --on-nan skip skips such "
-                                "batches.") from e
-    seconds = time.perf_counter() - t0
-    if run.stop.signal_name:
-        if dist.is_main:
-            print(f"stopped cleanly on {run.stop.signal_name}; the checkpoint in "
-                  f"{run.checkpoint_path} holds the last step. Continue with --resume.", file=sys.stderr)
-        return 128 + 15 if run.stop.signal_name == "SIGTERM" else 130
-    if not dist.is_main:
-        return 0
-    previous = run.path / "train.json"
-    if args.resume and previous.exists():
-        import json
-
-        seconds += json.loads(previous.read_text()).get("seconds", 0.0)
-    run.write_json("train.json", {"seconds": seconds, "device": str(device),
-                                  "processes": dist.world_size})
-    run.mark_completed({k: run.config.get(k) for k in ("epochs", "steps", "max_iter", "time_budget")},
-                       stopped_by=run.stop.reason)
-    where = f" in {dist.world_size} processes" if dist.distributed else ""
-    print(f"trained {args.model} on {args.data}{where} in {seconds:.1f} s -> {run.path}")
-    if not args.no_figures and hasattr(recipe, "figures"):
-        paths = recipe.figures(model, data, run)
-        if paths:
-            print(f"figures: {run.figures_dir}")
+    a = vars(args)
+    common = {k: a[k] for k in ("seed", "device", "resume", "overwrite", "binarize", "value_range",
+                                "dequantize", "bin_width", "limit", "time_budget", "deterministic",
+                                "data_root", "download", "allow_changed_data")}
+    common["argv"] = list(args._argv)
+    common["figures"] = not args.no_figures
+    common["progress"] = not args.quiet
+    common["allow_changed_model"] = a.get("allow_changed_model", False)
+    options = {k: v for k, v in a.items() if k not in _TRAIN_FLAGS}
+    result = train_with_options(args.model, args.data, args.out, common, options, device=device)
+    if result.stopped_by:
+        return 128 + 15 if result.stopped_by == "SIGTERM" else 130
     return 0
 
 
 def _load_run(args):
-    from probgen.runs import Run, resolve_device
+    from probgen.training import load_run
 
-    writes = args.command == "eval" and not args.out  # eval.json into the folder: the writer's lock
-    run = Run.open(args.run_dir, lock=writes)
-    if run.config.get("model") not in RECIPES:
-        raise ConfigError(f"{args.run_dir} holds a {run.config.get('model')!r} run, which this "
-                          f"probgen does not know (known: {', '.join(RECIPES)}).")
-    recipe = get_recipe(run.config["model"])
-    device = resolve_device(args.device)
-    data = load_run_data(run.config, device=device, data_root=args.data_root,
-                         download=getattr(args, "download", False))
-    if args.command == "eval":
-        args.data_changes = run.check_data(data, allow_changed=args.allow_changed_data, action="eval")
-    model = recipe.load(run, data, device)
-    return run, data, model
+    return load_run(args.run_dir, device=args.device, data_root=args.data_root,
+                    download=getattr(args, "download", False),
+                    allow_changed_model=getattr(args, "allow_changed_model", False))
 
 
 def _cmd_eval(args) -> int:
@@ -460,29 +384,17 @@ def _cmd_eval(args) -> int:
 
     if not args.out:
         check_unlocked(args.run_dir)  # another writer: say so before the slow imports
-    from probgen.eval import evaluate
-    from probgen.runs import atomic_write_json, seed_everything
+    from probgen.training import check_eval_out, evaluate
 
     path = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
-    _check_eval_out(path, args.overwrite, explicit=args.out is not None)
-    run, data, model = _load_run(args)
-    n = data.split(args.split).shape[0]
-    n = n if args.limit is None else min(n, args.limit)
-    print(f"evaluating {run.config['model']} ({run.path}) on {data.name}, {args.split} split, "
-          f"n={n}, seed {args.seed}", flush=True)
-    seed_everything(args.seed)  # the same Monte Carlo draws and samples on every evaluation
+    check_eval_out(path, args.overwrite, explicit=args.out is not None)
     result = evaluate(
-        model, data, split=args.split, k=args.k, n_samples=args.n_samples, limit=args.limit,
-        ais=args.ais, ais_steps=args.ais_steps, parzen=args.parzen,
-        model_name=run.config["model"], progress=not args.quiet,
+        args.run_dir, split=args.split, k=args.k, n_samples=args.n_samples, limit=args.limit,
+        ais=args.ais, ais_steps=args.ais_steps, parzen=args.parzen, device=args.device,
+        data_root=args.data_root, allow_changed_model=args.allow_changed_model, seed=args.seed,
+        allow_changed_data=args.allow_changed_data, progress=not args.quiet, write=True,
+        out=args.out, announce=True,
     )
-    result["seed"] = args.seed
-    if args.data_changes:
-        result["data_changes"] = args.data_changes
-    if args.out:
-        atomic_write_json(path, result)  # elsewhere: the run folder is only read
-    else:
-        path = run.write_json("eval.json", result)
     for name, m in result["metrics"].items():
         if m.get("value") is None:
             print(f"  {name:24s} -- ({m.get('reason', '')})")
@@ -492,17 +404,6 @@ def _cmd_eval(args) -> int:
             print(f"  {name:24s} {m['value']:.6g}{se} {m.get('unit', '')}")
     print(f"wrote {path}")
     return 0
-
-
-def _check_eval_out(path: Path, overwrite: bool, *, explicit: bool) -> None:
-    """Refuse, before any work, to replace an evaluation or to write where it cannot."""
-    if explicit and path.is_dir():
-        raise ConfigError(f"--out {path} is a folder; give a file name, e.g. {path / 'eval.json'}.")
-    if explicit and not path.parent.is_dir():
-        raise ConfigError(f"the folder of --out {path} does not exist; create it first.")
-    if path.is_file() and not overwrite:
-        raise ConfigError(f"{path} already holds an evaluation; pass --overwrite to replace it, "
-                          "or --out FILE to write the new one elsewhere.")
 
 
 def _cmd_sample(args) -> int:
@@ -544,7 +445,7 @@ def _cmd_kl_demo(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from probgen.compare import CompareSpec, compare
+    from probgen.comparison import CompareSpec, compare
 
     runs = {}
     if args.runs:
@@ -554,12 +455,12 @@ def _cmd_compare(args) -> int:
             name, d = item.split("=", 1)
             runs[name.strip()] = Path(d.strip())
     spec = CompareSpec(
-        data=args.data, models=[m.strip() for m in args.models.split(",") if m.strip()],
+        data=args.data, models=args.models,
         out=Path(args.out), budget_minutes=args.budget, runs=runs, seed=args.seed,
         device=args.device, data_root=args.data_root, k=args.k, ais=args.ais,
         ais_steps=args.ais_steps, parzen=args.parzen, limit=args.limit,
         eval_limit=args.eval_limit, overwrite=args.overwrite, quiet=args.quiet,
-        allow_changed_data=args.allow_changed_data,
+        allow_changed_model=args.allow_changed_model, allow_changed_data=args.allow_changed_data,
     )
     compare(spec)
     print(f"report: {Path(args.out) / 'report.html'}")

@@ -34,19 +34,19 @@ __all__ = ["run_demo", "DEMO_PARTS", "write_kl_page", "write_index"]
 # DCGAN pair 16 channels wide (1/16 of the default's convolution work per step, so
 # thousands of steps instead of about a hundred) judging pairs of images (PacGAN).
 DEMO_PARTS = [
-    ("toy-ring8", "ring8", ["gmm", "gan"], 0.35, {"gan": ["--steps", "1000"]}, 1),
+    ("toy-ring8", "ring8", ["gmm", "gan"], 0.35, {"gan": {"steps": 1000}}, 1),
     ("mnist-5k", "mnist-5k", ["vae", "ppca", "gmm", "gan"], 0.65,
-     {"gan": ["--arch", "dcgan", "--width", "16", "--pack", "2"]}, 1),
+     {"gan": {"arch": "dcgan", "width": 16, "pack": 2}}, 1),
 ]
 
 
 # --smoke trains on 500 examples for seconds: batches that fit, a few steps
-SMOKE_ARGS = {"gan": ["--batch-size", "100", "--steps", "200"]}
+SMOKE_ARGS = {"gan": {"batch_size": 100, "steps": 200}}
 
 
 def run_demo(out: Path, *, budget_minutes: float = 3.0, smoke: bool = False, seed: int = 0,
              device: str = "auto", quiet: bool = False) -> Path:
-    from probgen.compare import CompareSpec, compare
+    from probgen.comparison import CompareSpec, compare
     from probgen.kl_demo import run_kl_demo
     from probgen.recipes import RECIPES
 
@@ -65,8 +65,8 @@ def run_demo(out: Path, *, budget_minutes: float = 3.0, smoke: bool = False, see
             seed=seed, device=device, overwrite=True,
             limit=500 if smoke else None, eval_limit=200 if smoke else 1000,
             k=20 if smoke else 200, quiet=quiet,
-            model_args={m: list(a) + (SMOKE_ARGS.get(m, []) if smoke else [])
-                        for m, a in model_args.items() if m in models},
+            model_options={m: {**a, **(SMOKE_ARGS.get(m, {}) if smoke else {})}
+                           for m, a in model_args.items() if m in models},
         )
         with _torch_threads(threads):
             compare(spec)
@@ -146,7 +146,7 @@ def _headline(page: Path) -> list[str]:
     folder = page.parent
     header, rows, figures = [], [], []
     if (folder / "results.json").is_file():
-        from probgen.compare import COLUMNS
+        from probgen.comparison import COLUMNS
 
         results = json.loads((folder / "results.json").read_text())
         header, rows = headline_rows(results, COLUMNS)

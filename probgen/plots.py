@@ -269,12 +269,17 @@ def reconstructions(x: torch.Tensor, recon: torch.Tensor, path, *, shape=None, v
 
 def latent_scatter(codes: torch.Tensor, path, *, labels: torch.Tensor | None = None,
                    title: str | None = None) -> Path:
-    """Codes (N, L) in the plane, coloured by label: L = 2 as is, else the first two
-    principal components (the axis labels say which)."""
+    """Codes (N, L) in the plane, coloured by label: L = 2 as is, L = 1 against a uniform
+    jitter (the vertical axis carries no information), else the first two principal
+    components (the axis labels say which)."""
     plt = _plt()
-    z = codes.detach().double().cpu()
+    z = codes.detach().double().cpu().reshape(codes.shape[0], -1)
     if z.shape[1] == 2:
         xy, axes = z, ("z1", "z2")
+    elif z.shape[1] == 1:
+        g = torch.Generator().manual_seed(0)
+        xy = torch.cat([z, torch.rand(z.shape[0], 1, generator=g, dtype=z.dtype)], dim=1)
+        axes = ("z1", "jitter (no meaning)")
     else:
         zc = z - z.mean(0)
         _, s, vh = torch.linalg.svd(zc, full_matrices=False)

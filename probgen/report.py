@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["write_reports", "format_metric", "table_rows", "headline_rows", "HEADLINE_METRICS",
            "thumbnail_uri"]
 
-REFERENCE_ROW_NAME = "validation data (reference)"  # probgen.compare.REFERENCE_ROW
+REFERENCE_ROW_NAME = "validation data (reference)"  # probgen.comparison.REFERENCE_ROW
 
 PARZEN_NOTE = (
     "Parzen-window estimates are shown for comparison with the older literature only: Theis, "
@@ -168,6 +168,13 @@ def write_reports(results: dict, rows: dict, out: Path, *, columns) -> tuple[Pat
         md += ["", f"> {PARZEN_NOTE}"]
     md += ["", "## Data options per run", ""]
     md += [f"- **{n}**: `{o}` ({results['runs'][n]})" for n, o in results["data_options"].items()]
+    t = results.get("time")
+    if t:
+        md += ["", "## Time", "",
+               f"Training budget {t['budget_s']:.0f} s; training took {t['train_total_s']:.0f} s and "
+               f"scoring {t['score_total_s']:.0f} s ({t['note']}).", ""]
+        md += [f"- **{n}**: share {t['share_s'][n]:.0f} s, trained {t['train_s'][n]:.1f} s, scored "
+               f"{t['score_s'].get(n, 0):.1f} s" for n in t["share_s"]]
     md += ["", "## VAE against GAN, measured", "",
            "| model | likelihood available | reconstruction MSE of a given x | seconds per image | sharpness (data) |",
            "|---|---|---|---|---|"]

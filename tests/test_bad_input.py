@@ -30,6 +30,8 @@ from probgen.runs import Run
 
 CPU = ["--no-figures", "--device", "cpu"]
 TINY_VAE = ["--epochs", "1", "--batch-size", "32", "--hidden", "16", "--latent-dim", "2", *CPU]
+# on vectors the VAE takes a Gaussian likelihood by itself: the Bernoulli cases name theirs
+BERNOULLI = ["--likelihood", "bernoulli"]
 
 
 def _cli(capsys, *argv) -> tuple[int, str]:
@@ -105,7 +107,7 @@ def test_bad_user_arrays_are_refused_at_the_command_line(capsys, tmp_path, array
 @pytest.mark.parametrize("argv, message", [
     (["--data", "mnist5k"], r"unknown data set 'mnist5k'\. Did you mean 'mnist-5k'.* Known names:"),
     (["--data", "mnist-5k", "--limit", "0"], r"limit must be a positive number .*got 0\. Give --limit N"),
-    (["--data", "ARR", "--binarize", "none"], r"likelihood='bernoulli' expects 0/1 pixels .*values in \[0, 255\]\. Scale the data"),
+    (["--data", "ARR", "--binarize", "none", *BERNOULLI], r"likelihood='bernoulli' expects 0/1 pixels .*values in \[0, 255\]\. Scale the data"),
 ], ids=["unknown-data", "limit-0", "bernoulli-0-255"])
 def test_a_refused_start_does_not_block_the_corrected_command(capsys, tmp_path, arrays, argv, message):
     """The run folder is created before the data load; a start refused for its data must
@@ -123,17 +125,19 @@ def test_a_refused_start_does_not_block_the_corrected_command(capsys, tmp_path, 
 
 def test_0_255_values_meet_a_bernoulli_vae_only_as_0_1_pixels(capsys, tmp_path, arrays):
     # uint8 pixels are scaled to [0, 1] and binarised afresh every batch: trains
-    code, err = _cli(capsys, "train", "vae", "--data", arrays["u8"], "--out", tmp_path / "u8", *TINY_VAE)
+    code, err = _cli(capsys, "train", "vae", "--data", arrays["u8"], "--out", tmp_path / "u8", *TINY_VAE,
+                     *BERNOULLI)
     assert code == 0, err
     ds = load_dataset(str(arrays["u8"]), binarize="dynamic")
     assert 0.0 <= float(ds.train.min()) and float(ds.train.max()) <= 1.0
     assert set(next(ds.batches("train", 16)).unique().tolist()) <= {0.0, 1.0}
     # float 0..255 vectors: the default binarisation refuses them, and says how to scale
-    err = _refused(capsys, "train", "vae", "--data", arrays["float255_vectors"], "--out", tmp_path / "f", *TINY_VAE)
+    err = _refused(capsys, "train", "vae", "--data", arrays["float255_vectors"], "--out", tmp_path / "f", *TINY_VAE,
+                   *BERNOULLI)
     assert "needs values in [0, 1]" in err and "[0, 255]" in err and "divide them by 255" in err
     # ... and with --binarize none the Bernoulli likelihood refuses them (no training step ran)
     err = _refused(capsys, "train", "vae", "--data", arrays["float255_vectors"], "--binarize", "none",
-                   "--out", tmp_path / "g", *TINY_VAE)
+                   "--out", tmp_path / "g", *TINY_VAE, *BERNOULLI)
     assert "expects 0/1 pixels" in err and "divide 0..255 pixels by 255" in err
     assert not (tmp_path / "g" / "checkpoints" / "latest.pt").exists()
     # the continuous Bernoulli needs [0, 1] too; the Gaussian takes any real values

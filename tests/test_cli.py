@@ -77,6 +77,55 @@ def test_train_eval_sample_round_trip(tmp_path):
     assert main(["train", "gmm", "--data", "bimodal1d", "--out", str(run)]) == 2  # refuses to clobber
 
 
+def test_every_compare_option_has_help_and_its_default():
+    from probgen.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    compare = sub.choices["compare"]
+    for action in compare._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        assert action.help, action.option_strings
+        assert "default" in action.help or "required" in action.help, action.option_strings
+
+
+def test_ppca_and_vae_defaults_follow_two_dimensional_data(tmp_path):
+    import json
+
+    run = tmp_path / "ppca"
+    assert main(["train", "ppca", "--data", "ring8", "--latent-dim", "1", "--out", str(run)]) == 0
+    assert (run / "figures" / "latent.png").exists()  # one latent dimension draws its scatter
+    run = tmp_path / "ppca2"
+    assert main(["train", "ppca", "--data", "ring8", "--out", str(run), "--no-figures"]) == 0
+    assert json.loads((run / "config.json").read_text())["latent_dim"] == 1
+    run = tmp_path / "vae"
+    assert main(["train", "vae", "--data", "ring8", "--epochs", "1", "--limit", "200", "--out", str(run),
+                 "--no-figures"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["likelihood"], cfg["latent_dim"], cfg["data_options"]["binarize"]) == ("gaussian", 2, "none")
+    run = tmp_path / "vae_img"
+    assert main(["train", "vae", "--data", "digits", "--epochs", "1", "--limit", "100", "--out", str(run),
+                 "--no-figures"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["likelihood"], cfg["latent_dim"], cfg["data_options"]["binarize"]) == ("bernoulli", 50, "dynamic")
+
+
+def test_train_from_python_checks_options_like_the_command_line(tmp_path):
+    import pytest
+
+    import probgen
+    from probgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must be a positive integer"):
+        probgen.train("vae", "ring8", tmp_path / "v", epochs=0)
+    with pytest.raises(ConfigError, match="Did you mean 'epochs'"):
+        probgen.train("vae", "ring8", tmp_path / "v", epoch=3)
+    assert not (tmp_path / "v").exists()
+    t = probgen.train("gmm", "bimodal1d", tmp_path / "g", components=2, figures=False)
+    assert t.config["components"] == 2 and t.model.log_prob(t.data.test[:5]).shape == (5,)
+
+
 # ----------------------------------------------------------------------------- --value-range
 @pytest.mark.parametrize("argv", [["--value-range", "-1,1"], ["--value-range=-1,1"]])
 def test_value_range_minus_one_to_one_is_read_as_a_value(argv):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from probgen.cli import main
-from probgen.compare import REFERENCE_ROW
+from probgen.comparison import REFERENCE_ROW
 from probgen.errors import ConfigError
 
 
@@ -27,7 +27,7 @@ def test_compare_on_a_toy_density_writes_table_and_report(tmp_path):
     # is refused unless --overwrite
     run = out / "runs" / "gmm"
     with pytest.raises(ConfigError, match="already holds a comparison"):
-        from probgen.compare import CompareSpec, compare
+        from probgen.comparison import CompareSpec, compare
 
         compare(CompareSpec(data="ring8", models=["gmm"], out=out, runs={"gmm": run}))
     assert main(["compare", "--data", "ring8", "--models", "gmm", "--runs", f"gmm={run}",
@@ -63,3 +63,101 @@ def test_compare_on_images_scores_reference_and_models_with_the_same_counts(tmp_
     assert ref["coverage"]["value"] > ppca["coverage"]["value"] + 0.2
     md = (out / "report.md").read_text()
     assert "validation split" in md and "feature space of probgen-mlp-digits" in md
+
+
+def test_model_options_in_parentheses_and_their_errors():
+    from probgen.comparison import parse_model_item, parse_models
+
+    assert parse_model_item("vae(likelihood=gaussian, latent_dim=2, hidden=[64,32])") == (
+        "vae", {"likelihood": "gaussian", "latent_dim": "2", "hidden": "64,32"})
+    rows = parse_models("vae(latent-dim=2),gan,vae(latent_dim=8)")
+    assert [(r.name, r.model, r.options) for r in rows] == [
+        ("vae", "vae", {"latent_dim": "2"}), ("gan", "gan", {}), ("vae-2", "vae", {"latent_dim": "8"})]
+    with pytest.raises(ConfigError, match="unbalanced parentheses"):
+        parse_models("vae(latent_dim=2,gan")
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        parse_models("vae(2)")
+
+
+def test_compare_checks_every_option_before_training(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--data", "ring8", "--models", "gmm,vae(latnet_dim=2)", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "vae has no option 'latnet_dim'" in err and "Did you mean 'latent_dim'" in err
+    assert main(["compare", "--data", "ring8", "--models", "gmm,vae(likelihood=poisson)", "--out", str(out)]) == 2
+    assert "invalid choice: 'poisson'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_every_model_follows_its_data_and_unused_budget_flows_on(tmp_path):
+    """grid25 with no per-model options: the VAE takes a Gaussian likelihood and no binarisation
+    by itself; PPCA's latent size sits below the data's dimension; the quick models train
+    first and the time they leave goes to the others."""
+    import probgen
+
+    out = tmp_path / "cmp"
+    res = probgen.compare("grid25", ["vae", "gan", "gmm", "ppca"], out, budget=0.2, limit=1000,
+                          eval_limit=300, k=10)
+    models = res["models"]
+    assert models["gmm"]["metrics"]["log_likelihood"]["value"] is not None
+    assert models["ppca"]["metrics"]["log_likelihood"]["value"] is not None
+    assert models["vae"]["metrics"]["elbo"]["value"] <= models["vae"]["metrics"]["iwae_10"]["value"]
+    assert models["gan"]["metrics"]["modes_covered"]["value"] is not None
+    vae_cfg = json.loads((out / "runs" / "vae" / "config.json").read_text())
+    assert vae_cfg["likelihood"] == "gaussian" and vae_cfg["data_options"]["binarize"] == "none"
+    assert vae_cfg["defaults_from_data"]["likelihood"]["value"] == "gaussian"
+    assert json.loads((out / "runs" / "ppca" / "config.json").read_text())["latent_dim"] == 1
+    t = res["time"]
+    # gmm and ppca trained first with a quarter each; what they left went to the VAE and GAN
+    assert list(t["share_s"])[:2] == ["gmm", "ppca"]
+    assert t["share_s"]["gmm"] == pytest.approx(t["budget_s"] / 4)
+    assert t["share_s"]["vae"] > t["budget_s"] / 4 + 1
+    assert t["train_total_s"] < t["budget_s"] + 10 and t["score_total_s"] > 0
+    assert set(res["trained"]) == {"vae", "gan", "gmm", "ppca"}  # the models, in memory
+
+
+def test_compare_reuses_only_finished_runs(tmp_path, capsys):
+    run = tmp_path / "gmm"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "gmm", "data": "ring8"}))
+    assert main(["compare", "--data", "ring8", "--models", "gmm", "--runs", f"gmm={run}",
+                 "--out", str(tmp_path / "cmp")]) == 2
+    assert "has not finished training and has no checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "cmp").exists()  # refused before anything is written
+
+
+def test_compare_and_training_import_no_command_line():
+    import subprocess
+    import sys
+
+    code = ("import sys, probgen.comparison, probgen.training, probgen.demo; "
+            "print('probgen.cli' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_runs_that_leave_the_pixel_range_unset_pair_with_those_that_name_it(tmp_path):
+    """A program's data options may leave value_range unset where a built-in model names
+    (0, 1): the same representation, so their likelihoods are paired."""
+    import probgen
+
+    prog = tmp_path / "p.py"
+    prog.write_text(
+        "import pyro, pyro.distributions as dist, torch\n"
+        "class Flat:\n"
+        "    data_options = {'binarize': 'dynamic'}\n"
+        "    def model(self, x):\n"
+        "        x = x.reshape(x.shape[0], -1)\n"
+        "        lo = pyro.param('lo', torch.zeros(x.shape[1]))\n"
+        "        with pyro.plate('data', x.shape[0]):\n"
+        "            z = pyro.sample('z', dist.Normal(0.0, 1.0))\n"
+        "            pyro.sample('x', dist.Bernoulli(logits=lo + 0 * z[..., None]).to_event(1), obs=x)\n"
+        "    def guide(self, x):\n"
+        "        with pyro.plate('data', x.shape[0]):\n"
+        "            pyro.sample('z', dist.Normal(0.0, 1.0))\n")
+    res = probgen.compare("digits", ["vae(epochs=1,hidden=[16],latent_dim=2)", f"{prog}:Flat(epochs=1)"],
+                          tmp_path / "cmp", budget=0.1, eval_limit=50, k=5)
+    assert res["data_options"]["vae"]["value_range"] == [0.0, 1.0]
+    assert res["data_options"]["Flat"].get("value_range") is None
+    pair = res["paired_differences"][0]
+    assert pair["value"] is not None and pair["stderr"] > 0

@@ -28,6 +28,9 @@ EXAMPLES: dict[str, list[str]] = {
     "ais_ppca.py": [],
     "ais_vae.py": [],
     "mixture_model_choice.py": [],
+    "vampprior_vae.py": [],
+    "mixture_of_vaes.py": [],
+    "pyro_vae.py": [],
 }
 
 

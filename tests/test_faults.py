@@ -346,25 +346,19 @@ def test_completion_is_recorded_and_a_resume_clears_it(tmp_path):
     assert resumed.resume_argv()[-3:] == ["--out", str(out), "--resume"]
 
 
-def test_compare_resumes_a_given_run_that_did_not_complete_and_reuses_a_completed_one(tmp_path, capsys):
-    from probgen.compare import CompareSpec, _train_or_reuse
+def test_compare_resumes_a_given_run_that_did_not_complete_and_uses_a_completed_one(tmp_path, capsys):
+    from probgen.comparison import CompareSpec, _finish_given
 
     out = _gmm_run(tmp_path)
     spec = CompareSpec(data="ring8", models=["gmm"], out=tmp_path / "cmp", runs={"gmm": out})
-    assert _train_or_reuse("gmm", out, None, spec, 10.0).startswith("reused: the run in")
+    assert _finish_given("gmm", out, spec).startswith("given: the run in")
     run = Run.open(out)
     del run.config["completed"]  # as if it had been stopped
     run.lock()._write_config()
     run.unlock()
-    assert _train_or_reuse("gmm", out, None, spec, 10.0).startswith("resumed: the run in")
+    assert _finish_given("gmm", out, spec).startswith("resumed: the run in")
     assert "[compare] resuming gmm: the run in" in capsys.readouterr().out
     assert Run.open(out).is_completed
-    # a comparison's own unfinished run is trained again (its time budget cannot be split)
-    own = tmp_path / "own"
-    argv = [a for a in Run.open(out).config["argv"] if a != "--resume"]
-    argv = [*argv[:argv.index("--out")], "--out", str(own), *argv[argv.index("--out") + 2:]]
-    assert _train_or_reuse("gmm", own, argv, spec, 10.0) == "trained"
-    assert _train_or_reuse("gmm", own, argv, spec, 10.0).startswith("reused")
 
 
 @pytest.mark.slow  # a whole comparison, twice (the decision itself is tested just above)

@@ -35,7 +35,7 @@ def check_page(html_path, screenshot_path, chromium=None) -> str:
 def small_report(tmp_path):
     import torch
 
-    from probgen.compare import COLUMNS
+    from probgen.comparison import COLUMNS
     from probgen.data import load_dataset
 
     class Toy:
@@ -76,7 +76,7 @@ def test_report_lists_table_reasons_and_warning(small_report):
 
 
 def test_table_names_k_and_the_reason_for_every_blank():
-    from probgen.compare import COLUMNS, REFERENCE_ROW
+    from probgen.comparison import COLUMNS, REFERENCE_ROW
     from probgen.report import table_rows
 
     nats = lambda v: {"value": v, "stderr": 0.1, "unit": "nats"}  # noqa: E731

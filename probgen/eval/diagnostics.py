@@ -28,7 +28,8 @@ import torch
 from probgen.errors import ConfigError
 from probgen.eval.metrics import Metric, summarize, unavailable
 
-__all__ = ["KHAT_THRESHOLD", "pareto_khat", "khat_summary", "ais_metric", "parzen_metric"]
+__all__ = ["KHAT_THRESHOLD", "pareto_khat", "khat_summary", "ais_metric", "ais_result_metric",
+           "parzen_metric"]
 
 KHAT_THRESHOLD = 0.7
 
@@ -184,6 +185,12 @@ def ais_metric(model, x: torch.Tensor, *, x_val: torch.Tensor | None = None, n_s
             extra["sigma_warning"] = str(caught[-1].message)
     res = ais(model, x, n_steps=n_steps, n_chains=n_chains, sigma=sigma, batch_size=batch_size,
               progress=progress)
+    return ais_result_metric(res, per_example=per_example, extra=extra)
+
+
+def ais_result_metric(res, *, per_example: dict | None = None, extra: dict | None = None) -> Metric:
+    """An :class:`probgen.inference.ais.AISResult` as a metric, with its k-hat diagnostic; with
+    ``per_example`` (a dict), the per-example estimates (N,) are stored in it under ``"ais"``."""
     if per_example is not None:
         per_example["ais"] = res.log_px
     metric = summarize(res.log_px, "nats", extra_var=res.stderr.pow(2))
@@ -195,10 +202,10 @@ def ais_metric(model, x: torch.Tensor, *, x_val: torch.Tensor | None = None, n_s
         "n_chains": res.n_chains,
         "n_leapfrog": res.n_leapfrog,
         "schedule": res.schedule,
-        "sigma": sigma,
+        "sigma": res.sigma,
         "mean_acceptance": float(res.acceptance.mean()),
         **khat_summary(pareto_khat(res.log_weights)),
-        **extra,
+        **(extra or {}),
     })
     return metric
 

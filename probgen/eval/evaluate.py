@@ -6,9 +6,17 @@ The evaluation layer sees models only through the protocol of DESIGN.md:
 * ``elbo(x)``                evidence lower bound per example (may return a record with
                              ``reconstruction`` and ``kl`` terms)
 * ``iwae_bound(x, k)``       importance-weighted bound per example
-* ``sample(n)``              draws; every model has it
+* ``sample(n)``              draws
+* ``ais(x, **options)``      an AIS estimate of its own (an
+                             :class:`probgen.inference.ais.AISResult`); without it AIS runs on
+                             ``latent_dim``, ``prior_log_prob`` and ``log_likelihood`` or
+                             ``decode``
 
-It never asks which class a model is.
+It never asks which class a model is. A Pyro program, a ``(model, guide)`` pair or an
+object with ``model`` and ``guide`` and none of ``log_prob``, ``elbo`` or ``iwae_bound``, is
+given the protocol by :func:`probgen.inference.program_bounds.as_program`: its ELBO, IWAE-k
+and AIS are computed from its traces. Something with none of these raises a
+:class:`probgen.errors.ConfigError` that says what is needed.
 
 Every likelihood is labelled with the data's representation and its estimator (see
 :mod:`probgen.eval.metrics`). On dequantized data (``data.bin_width`` set) each estimate
@@ -24,9 +32,10 @@ import math
 
 import torch
 
+from probgen.errors import ConfigError
 from probgen.eval.metrics import Metric, summarize, unavailable
 
-__all__ = ["evaluate", "likelihood_metrics"]
+__all__ = ["evaluate", "likelihood_metrics", "as_scorable"]
 
 
 def _per_example(values) -> tuple[torch.Tensor, dict]:
@@ -111,6 +120,7 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
     values stored are the bounds, and each metric's ``extra`` holds the mean Monte Carlo
     standard error per example over the draws.
     """
+    model = as_scorable(model)
     store = per_example if per_example is not None else {}
     x = data.split(split)
     if limit is not None:
@@ -136,8 +146,12 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
         out["log_likelihood"] = label(summarize(lp, "nats", extra_var=var), "exact")
         store["log_likelihood"] = lp
     else:
+        bounds = [name for name, has in (("ELBO", callable(getattr(model, "elbo", None))),
+                                         ("IWAE", callable(getattr(model, "iwae_bound", None))),
+                                         ("AIS", ais)) if has]
         out["log_likelihood"] = unavailable(
-            "the model has no exact density (no log_prob); see the bounds below", "nats")
+            "the model has no exact density (no log_prob)"
+            + (f"; see its bounds ({', '.join(bounds)})" if bounds else ""), "nats")
     if data.density is not None:
         out["true_log_likelihood"] = summarize(data.density.log_prob(x), "nats").describe(
             rep, "exact", data.dim)
@@ -154,10 +168,15 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
         # probgen's models chunk iwae_bound within a memory bound themselves
         # (probgen.inference.bounds.chunk_plan); these batches of about 50,000 samples keep a
         # model that scores all k samples at once within bounds too
-        iw, _, var = score(lambda xb: model.iwae_bound(xb, kk), max(1, min(batch_size, 50_000 // kk)),
-                           f"IWAE-{kk}")
+        iw, iw_terms, var = score(lambda xb: model.iwae_bound(xb, kk),
+                                  max(1, min(batch_size, 50_000 // kk)), f"IWAE-{kk}")
         out[f"iwae_{kk}"] = label(summarize(iw, "nats", extra_var=var), f"iwae-{kk}")
         store["iwae"] = iw
+        if "khat" in iw_terms:
+            from probgen.eval.diagnostics import khat_summary
+
+            out[f"iwae_{kk}"].extra = {**(out[f"iwae_{kk}"].extra or {}),
+                                       **khat_summary(iw_terms["khat"])}
     if ais or parzen:
         from probgen.eval import diagnostics
 
@@ -165,7 +184,12 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
         xs = x if deq is None else next(deq.noisy())
         xv = data.split("val") if deq is None else data.draw("val", torch.Generator(
             device=x.device).manual_seed(noise_seed + 1))
-        if ais:
+        if ais and callable(getattr(model, "ais", None)):  # a program: AIS over its traces
+            res = model.ais(xs, n_steps=ais_steps, n_chains=32, batch_size=50)
+            out["ais"] = _shift(diagnostics.ais_result_metric(res, per_example=store), deq, store,
+                                "ais")
+            label(out["ais"], "ais")
+        elif ais:
             out["ais"] = _shift(diagnostics.ais_metric(
                 model, xs, x_val=xv, n_steps=ais_steps, per_example=store, progress=progress),
                 deq, store, "ais")
@@ -195,6 +219,13 @@ def evaluate(model, data, split: str = "test", *, k: int | None = None,
              noise_seed: int = 0) -> dict:
     """Every metric ``model`` allows on ``data[split]``, in the one results schema.
 
+    ``model`` is a model with (some of) the protocol's methods, or a Pyro program: a
+    ``(model, guide)`` pair or an object with ``model`` and ``guide`` (and optionally
+    ``sample``), scored from its traces (:mod:`probgen.inference.program_bounds`; its name in
+    the results is the model function's or the object's class). With ``per_example`` (a dict)
+    the per-example values are stored in it for paired comparisons (see
+    :func:`likelihood_metrics`).
+
     ``progress`` shows bars over the likelihood estimates (on a terminal only; the values do
     not depend on it).
 
@@ -202,7 +233,19 @@ def evaluate(model, data, split: str = "test", *, k: int | None = None,
     {"value", "stderr", "unit", "representation", "estimator", ...}}}`` (the fields of
     :mod:`probgen.eval.metrics`); ``dequant_draws`` and ``noise_seed`` as in
     :func:`likelihood_metrics`.
+    Raises
+    ------
+    probgen.errors.ConfigError
+        For something with nothing to score, saying what is needed; for a program the
+        trace-based bounds cannot score (no data plate, no observed site, a latent the guide
+        misses, ...), naming the site and the fix.
     """
+    from probgen.inference.program_bounds import is_program
+
+    scorable = as_scorable(model)
+    if model_name is None and is_program(model):
+        model_name = scorable.name
+    model = scorable
     x = data.split(split)
     n = x.shape[0] if limit is None else min(limit, x.shape[0])
     metrics: dict[str, Metric] = {}
@@ -223,10 +266,35 @@ def evaluate(model, data, split: str = "test", *, k: int | None = None,
     }
 
 
+_SCORING = ("log_prob", "elbo", "iwae_bound", "ais", "log_likelihood", "decode", "sample")
+
+
+def as_scorable(model):
+    """``model`` itself when the evaluation layer can score it; a Pyro program (see the module
+    docstring) wrapped by :func:`probgen.inference.program_bounds.as_program`; else a
+    :class:`probgen.errors.ConfigError` that says what is needed."""
+    from probgen.inference.program_bounds import as_program, is_program
+
+    if is_program(model):
+        return as_program(model)
+    if not any(callable(getattr(model, a, None)) for a in _SCORING):
+        raise ConfigError(
+            f"cannot evaluate {type(model).__name__}: it has none of log_prob(x), elbo(x), "
+            f"iwae_bound(x, k), log_likelihood(x, z) or decode(z) (for AIS), or sample(n). Give "
+            f"a Pyro program as a (model, guide) pair or an object with model(x) and guide(x) "
+            f"methods, or a model with at least one of those methods.")
+    return model
+
+
 def _sample_metrics(model, data, split, *, n_samples=None) -> dict[str, Metric]:
     """Sample-based metrics for any model with ``sample(n)``: mode coverage on toy mixtures,
     feature-network distances (and the class histogram) on labelled images."""
     if not callable(getattr(model, "sample", None)):
+        if callable(getattr(model, "model", None)) and callable(getattr(model, "guide", None)):
+            return {"samples": unavailable(
+                "the program has no sample(n): model(x) needs the data for its shapes, so "
+                "probgen cannot draw from it by itself; give the object a sample(n) method to "
+                "get the sample metrics")}
         return {}
     out: dict[str, Metric] = {}
     if data.density is not None and getattr(data.density, "means", None) is not None:

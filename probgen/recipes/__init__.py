@@ -23,6 +23,13 @@ and ``probgen train MODEL --help`` stay fast) and defines:
     Rebuild the fitted model from ``run.config`` and the latest checkpoint.
 ``figures(model, data, run) -> list[Path]`` (optional)
     Figures written into ``run.figures_dir``.
+``defaults_for_data(options, kind, shape) -> dict`` (optional)
+    Fill the options left unset (``None``) that depend on the data (its kind, ``"image"``,
+    ``"vector"`` or ``"toy"``, and per-example shape); return ``{option: {"value", "why"}}``
+    for what it chose, which config.json records under ``defaults_from_data``.
+``prepare_config(options) -> dict``, ``check(config, data, device)`` (optional)
+    Rewrite the options before they are recorded, and refuse what cannot be trained before
+    the run folder is written (user programs).
 
 The returned models implement the protocol the evaluation layer sees (DESIGN.md):
 ``sample(n)``, and where they can ``log_prob(x)``, ``elbo(x)``, ``iwae_bound(x, k)``,
@@ -49,6 +56,7 @@ RECIPES: dict[str, str] = {
     "gmm": "probgen.recipes.gmm",
     "bmm": "probgen.recipes.bmm",
     "flow": "probgen.recipes.flow",
+    "program": "probgen.recipes.program",
 }
 
 

@@ -18,7 +18,9 @@ HELP = "probabilistic PCA (exact likelihood; closed form or SVI)"
 def add_arguments(parser) -> None:
     from probgen.recipes import positive_float, positive_int
 
-    parser.add_argument("--latent-dim", type=int, default=10, help="size of z (default 10)")
+    parser.add_argument("--latent-dim", type=int, default=None,
+                        help="size of z (default: 10, or one less than the data's dimension "
+                             "where that is smaller)")
     parser.add_argument("--fit", choices=["closed-form", "svi"], default="closed-form",
                         help="maximum likelihood in closed form (default) or SVI on the ELBO")
     parser.add_argument("--guide", choices=["full", "diagonal"], default="full",
@@ -26,6 +28,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=positive_int, default=20, help="SVI passes over the data (default 20)")
     parser.add_argument("--batch-size", type=positive_int, default=100, help="SVI examples per step (default 100)")
     parser.add_argument("--lr", type=positive_float, default=1e-2, help="SVI Adam learning rate (default 1e-2)")
+
+
+def defaults_for_data(options: dict, kind: str, shape) -> dict:
+    """``latent_dim`` where unset: 10, below the data's dimension (PPCA needs L < D)."""
+    import math
+
+    if options.get("latent_dim") is not None:
+        return {}
+    dim = math.prod(shape)
+    options["latent_dim"] = max(1, min(10, dim - 1))
+    if options["latent_dim"] == 10:
+        return {}
+    return {"latent_dim": {"value": options["latent_dim"],
+                           "why": f"one less than the data's {dim} dimensions"}}
 
 
 def data_options(args) -> dict:
@@ -36,7 +52,7 @@ def data_options(args) -> dict:
 def build(config: dict, data):
     from probgen.models.ppca import PPCA
 
-    return PPCA(data.shape, config.get("latent_dim", 10), guide=config.get("guide", "full"))
+    return PPCA(data.shape, config.get("latent_dim") or 10, guide=config.get("guide", "full"))
 
 
 def _mean_log_prob(model, data, split: str, batch_size: int = 2000) -> float | None:

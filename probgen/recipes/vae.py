@@ -99,7 +99,9 @@ def add_arguments(parser) -> None:
     from probgen.recipes import positive_float, positive_int
 
     parser.add_argument("--epochs", type=positive_int, default=20, help="passes over the training set (default 20)")
-    parser.add_argument("--latent-dim", type=int, default=50, help="size of z (default 50)")
+    parser.add_argument("--latent-dim", type=int, default=None,
+                        help="size of z (default: 50 for images, the data's dimension up to 50 "
+                             "for vectors)")
     parser.add_argument("--hidden", type=_ints, default=None,
                         help="hidden widths, comma-separated (default: 400 for mlp, 256 for conv)")
     parser.add_argument("--arch", choices=["mlp", "conv"], default="mlp",
@@ -140,15 +142,37 @@ def add_arguments(parser) -> None:
 
 
 def add_likelihood_arguments(parser) -> None:
-    parser.add_argument("--likelihood", choices=LIKELIHOOD_CHOICES, default="bernoulli",
-                        help="p(x|z): bernoulli for binarised pixels (default), continuous-bernoulli "
-                        "or gaussian for grey values")
+    parser.add_argument("--likelihood", choices=LIKELIHOOD_CHOICES, default=None,
+                        help="p(x|z): bernoulli for binarised pixels, continuous-bernoulli or "
+                        "gaussian for grey values (default: bernoulli for images, gaussian for "
+                        "real-valued vectors)")
     parser.add_argument("--gaussian-scale", type=_scale, default=None, metavar="learned|S",
                         help="pixel standard deviation of the gaussian likelihood (default: learned)")
 
 
+def defaults_for_data(options: dict, kind: str, shape) -> dict:
+    """Fill ``likelihood`` and ``latent_dim`` where unset: a Bernoulli over binarised pixels
+    and 50 latents for images; a Gaussian over the values as they are (no binarisation) and
+    as many latents as dimensions, up to 50, for real-valued vectors. Returns what it chose."""
+    import math
+
+    notes = {}
+    image = kind == "image"
+    if options.get("likelihood") is None:
+        options["likelihood"] = "bernoulli" if image else "gaussian"
+        notes["likelihood"] = {"value": options["likelihood"], "why": (
+            "pixels binarised afresh every batch" if image else
+            "real-valued vectors: no binarisation")}
+    if options.get("latent_dim") is None:
+        dim = math.prod(shape)
+        options["latent_dim"] = 50 if image else min(50, dim)
+        notes["latent_dim"] = {"value": options["latent_dim"], "why": (
+            "the image default" if image else f"the data's {dim} dimension(s), at most 50")}
+    return notes
+
+
 def data_options(args) -> dict:
-    if args.likelihood == "bernoulli":
+    if args.likelihood in ("bernoulli", None):
         return {"binarize": "dynamic", "value_range": [0.0, 1.0]}
     if args.likelihood == "continuous-bernoulli":
         return {"binarize": "none", "value_range": [0.0, 1.0]}
@@ -174,8 +198,8 @@ def build(config: dict, data):
                            activation=config.get("activation") or "tanh")
     from probgen.models.vae import VAE
 
-    return VAE(data.shape, config.get("latent_dim", 50), config.get("hidden"),
-               arch=config.get("arch", "mlp"), likelihood=config.get("likelihood", "bernoulli"),
+    return VAE(data.shape, config.get("latent_dim") or 50, config.get("hidden"),
+               arch=config.get("arch", "mlp"), likelihood=config.get("likelihood") or "bernoulli",
                activation=config.get("activation"), gaussian_scale=config.get("gaussian_scale"))
 
 

@@ -1,0 +1,629 @@
+"""``probgen compare``: explicit against implicit density estimators on the same data.
+
+Each model is trained into its own run folder (or an existing run is reused), kept in memory,
+and scored by the same evaluation code on the same test split. Built-in models and the
+user's own programs (``path/to/file.py:Name``) sit in the same table; each takes its options
+in parentheses (``vae(likelihood=gaussian,latent_dim=2)``) and otherwise the defaults of its
+data. The result is one table with a
+row per model and a column per metric, each cell a value with its standard error or a blank
+with the reason; the lecture's VAE-against-GAN comparison filled with measured values; paired
+differences of per-example log-likelihoods; and a report a person reads
+(``results.json``, ``report.md``, ``report.html`` with its figures).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from probgen.errors import ConfigError
+from probgen.report import REFERENCE_ROW_NAME
+
+__all__ = ["compare", "COLUMNS", "CompareSpec", "parse_models", "parse_model_item"]
+
+# (metric name in eval.json, column title, better) -- the table's columns, in order
+COLUMNS: list[tuple[str, str, str]] = [
+    ("log_likelihood", "exact log-lik", "higher"),
+    ("elbo", "ELBO", "higher"),
+    ("iwae", "IWAE-k", "higher"),
+    ("ais", "AIS", "higher"),
+    ("parzen", "Parzen", "higher"),
+    ("true_log_likelihood", "true log-lik", "higher"),
+    ("modes_covered", "modes", "higher"),
+    ("high_quality_fraction", "HQ frac", "higher"),
+    ("reverse_kl", "reverse KL", "lower"),
+    ("frechet_distance", "Frechet", "lower"),
+    ("kernel_distance", "kernel", "lower"),
+    ("precision", "precision", "higher"),
+    ("recall", "recall", "higher"),
+    ("density", "density", "higher"),
+    ("coverage", "coverage", "higher"),
+    ("class_histogram", "classes", "higher"),
+    ("train_time", "train s", "lower"),
+]
+
+
+@dataclass
+class CompareSpec:
+    """What to compare: one data set, several models, a training budget.
+
+    ``models`` holds model names (``"vae"``), user programs (``"path/to/file.py:Name"``) or
+    program classes, each optionally with its options in parentheses (``"vae(likelihood=
+    gaussian,latent_dim=2)"``; see :func:`parse_models`); ``model_options`` maps a row's name
+    to more options (Python values). ``runs`` maps a row's name to a trained run folder to
+    score instead of training.
+    """
+
+    data: str
+    models: list
+    out: Path
+    budget_minutes: float = 5.0
+    runs: dict[str, Path] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    data_root: str | None = None
+    k: int | None = None
+    ais: bool = False
+    ais_steps: int = 200
+    parzen: bool = False
+    limit: int | None = None
+    eval_limit: int | None = None
+    model_options: dict[str, dict] = field(default_factory=dict)
+    overwrite: bool = False
+    allow_changed_model: bool = False
+    allow_changed_data: bool = False
+    quiet: bool = False  # no progress bars (they are drawn on a terminal only)
+
+
+@dataclass
+class ModelEntry:
+    """One row of a comparison: its name in the table, the model and its options."""
+
+    name: str
+    model: object          # a recipe name, "file.py:Name", or a program class
+    options: dict
+
+
+def _split_top(text: str, sep: str = ",") -> list[str]:
+    """``text`` split at ``sep`` outside parentheses and brackets."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+            if depth < 0:
+                raise ConfigError(f"unbalanced parentheses in {text!r}.")
+        if ch == sep and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if depth:
+        raise ConfigError(f"unbalanced parentheses in {text!r}.")
+    return [*parts, cur]
+
+
+def parse_model_item(text: str) -> tuple[str, dict]:
+    """``"vae(likelihood=gaussian,latent_dim=2)"`` -> ``("vae", {"likelihood": "gaussian",
+    "latent_dim": "2"})``; a list value goes in brackets: ``hidden=[512,256]``."""
+    text = text.strip()
+    if "(" not in text:
+        return text, {}
+    if not text.endswith(")"):
+        raise ConfigError(f"model {text!r}: options go in parentheses at the end, e.g. "
+                          "vae(latent_dim=2,likelihood=gaussian).")
+    head, inner = text.split("(", 1)
+    opts = {}
+    for item in _split_top(inner[:-1]):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise ConfigError(f"model {text!r}: each option is NAME=VALUE; got {item!r}.")
+        k, v = item.split("=", 1)
+        v = v.strip()
+        if v.startswith("[") and v.endswith("]"):
+            v = v[1:-1]
+        opts[k.strip().replace("-", "_")] = v
+    return head.strip(), opts
+
+
+def parse_models(models) -> list[ModelEntry]:
+    """Rows from ``--models`` (a comma-separated string) or a list of names, specs and classes."""
+    from probgen.programs import is_program_spec, parse_program_spec
+    from probgen.recipes import RECIPES
+
+    items = _split_top(models) if isinstance(models, str) else list(models)
+    entries: list[ModelEntry] = []
+    for item in items:
+        if isinstance(item, str):
+            if not item.strip():
+                continue
+            head, opts = parse_model_item(item)
+            if is_program_spec(head):
+                name = parse_program_spec(head).name
+            elif head in RECIPES and head != "program":
+                name = head
+            else:
+                from probgen.errors import suggest
+
+                known = [m for m in RECIPES if m != "program"]
+                raise ConfigError(
+                    f"unknown model(s) {head!r}.{suggest(head, known)} Known models: "
+                    f"{', '.join(known)}; or your own program as path/to/file.py:Name."
+                )
+            model = head
+        else:
+            from probgen.training import model_spec
+
+            model, opts = item, {}
+            name = parse_program_spec(model_spec(item)[1]["program"]).name
+        base, i = name, 2
+        while any(e.name == name for e in entries):
+            name, i = f"{base}-{i}", i + 1
+        entries.append(ModelEntry(name, model, opts))
+    if not entries:
+        raise ConfigError("--models names no model: give a comma-separated list, e.g. vae,gmm,gan.")
+    return entries
+
+
+# Neural models trained by epochs would stop at their default epoch count however much of the
+# budget is left: they get epochs without end, so that their share of the budget is what stops
+# them (as it stops the GAN). EM and PPCA converge well inside any share and train first, so
+# that the time they leave goes to the models after them.
+_FILLS_BUDGET = {"vae", "ae", "dae", "program"}
+_QUICK = {"gmm", "ppca"}
+
+
+def _recipe_of(entry: ModelEntry) -> str:
+    from probgen.training import model_spec
+
+    return model_spec(entry.model)[0]
+
+
+def _completed(run_dir: Path) -> bool:
+    """A run folder whose training ended by its own budget (``config.json``'s ``completed``:
+    not stopped by a signal, an error or a kill, nor resumed since)."""
+    cfg = Path(run_dir) / "config.json"
+    try:
+        return bool(json.loads(cfg.read_text()).get("completed"))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _signature(e: ModelEntry, spec: CompareSpec) -> dict:
+    """What a comparison's own run of row ``e`` was trained for: a completed run with the same
+    signature in the same folder is reused instead of trained again."""
+    return {"row": e.name, "model": str(e.model), "options": {k: str(v) for k, v in e.options.items()},
+            "data": spec.data, "seed": spec.seed, "limit": spec.limit,
+            "budget_minutes": spec.budget_minutes, "models": [str(m) for m in spec.models]}
+
+
+def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, budget: float | None = None,
+            **kwargs) -> dict:
+    """Train (or reuse), evaluate and report every model; returns results.json's dict with,
+    added, ``"trained"`` (row name -> the model, kept in memory) and ``"per_example"`` (row
+    name -> per-example log-likelihoods and bounds, tensors).
+
+    Call it with a :class:`CompareSpec`, or as ``compare(data, models, out, budget=MINUTES,
+    **CompareSpec fields)``: ``probgen.compare("grid25", ["gmm", "vae(latent_dim=2)"], "cmp",
+    budget=2)``.
+    """
+    if not isinstance(spec, CompareSpec):
+        if spec is None or models is None or out is None:
+            raise ConfigError("compare(data, models, out, budget=MINUTES, ...): give the data, the "
+                              "models and the output folder (or one CompareSpec).")
+        if budget is not None:
+            kwargs["budget_minutes"] = budget
+        try:
+            spec = CompareSpec(data=spec, models=models, out=Path(out), **kwargs)
+        except TypeError as e:
+            raise ConfigError(f"compare: {e}") from e
+    from probgen.progress import write
+    from probgen.training import recipe_options
+
+    out = Path(spec.out)
+    entries = parse_models(spec.models)
+    unknown_runs = set(spec.runs) - {e.name for e in entries}
+    if unknown_runs:
+        raise ConfigError(f"--runs names {', '.join(sorted(unknown_runs))}, which --models does not "
+                          f"list (rows: {', '.join(e.name for e in entries)}).")
+    for e in entries:  # every option is checked before anything trains
+        e.options = {**e.options, **spec.model_options.get(e.name, {})}
+        recipe_options(*_train_options(e))
+        given = spec.runs.get(e.name)
+        if given is not None and not (Path(given) / "config.json").exists():
+            raise ConfigError(f"--runs {e.name}={given}: that folder holds no run (no config.json).")
+        if given is not None and not _completed(given) and \
+                not (Path(given) / "checkpoints" / "latest.pt").exists():
+            raise ConfigError(f"--runs {e.name}={given}: that run has not finished training and "
+                              "has no checkpoint to resume from; train it again, or leave it out "
+                              "of --runs to train it here.")
+    if (out / "results.json").exists() and not spec.overwrite:
+        raise ConfigError(f"{out} already holds a comparison (results.json). Pass --overwrite to "
+                          "replace it, or choose another --out.")
+    budget_s = 60.0 * spec.budget_minutes
+    to_train = [e for e in entries if e.name not in spec.runs]
+    # the quick ones first: what they leave of their share goes to the rest
+    order = sorted(to_train, key=lambda e: _recipe_of(e) not in _QUICK)
+    for e in order:  # a program is checked before any model trains or --out is written
+        if _recipe_of(e) == "program":
+            _check_program_entry(e, spec)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
+
+    from probgen.progress import bar as progress_bar
+
+    # one bar over the stages: each model's training and scoring, then the reference row
+    stages = progress_bar(len(order) + len(entries) + 1, desc="compare", unit="stage",
+                          progress=not spec.quiet)
+    trained: dict[str, dict] = {}
+    training: dict[str, str] = {}  # row -> what was done to have its run: trained, reused, resumed
+    spent = 0.0
+    timing = {"budget_s": budget_s, "train_s": {}, "share_s": {}, "score_s": {}}
+    for i, e in enumerate(order):
+        share = max(1.0, (budget_s - spent) / (len(order) - i))
+        try:
+            trained[e.name] = _train_entry(e, spec, out / "runs" / e.name, share)
+            training[e.name] = trained[e.name]["how"]
+        except BaseException:
+            stages.close()
+            raise
+        stages.update(1)
+        spent += trained[e.name]["seconds"]
+        timing["share_s"][e.name] = share
+        timing["train_s"][e.name] = trained[e.name]["seconds"]
+        timing.setdefault("data_and_figures_s", {})[e.name] = trained[e.name]["other_seconds"]
+
+    rows: dict[str, dict] = {}
+    for e in entries:
+        t0 = time.perf_counter()
+        if e.name in trained:
+            write(f"[compare] scoring {e.name}")
+            rows[e.name] = _evaluate_model(e.name, trained[e.name], spec)
+        else:
+            training[e.name] = _finish_given(e.name, Path(spec.runs[e.name]), spec)
+            write(f"[compare] scoring {e.name} ({spec.runs[e.name]})")
+            rows[e.name] = _evaluate_run(Path(spec.runs[e.name]), spec, name=e.name)
+        timing["score_s"][e.name] = time.perf_counter() - t0
+        stages.update(1)
+        write(f"[compare] scored {e.name} in {timing['score_s'][e.name]:.0f} s")
+
+    results = {
+        "data": spec.data,
+        "split": "test",
+        "models": {n: r["eval"] for n, r in rows.items()},
+        "runs": {n: str(r["run"]) for n, r in rows.items()},
+        "data_options": {n: r["data_options"] for n, r in rows.items()},
+        "training": training,
+    }
+    if rows:
+        write("[compare] scoring the reference row (validation data as samples)")
+        t0 = time.perf_counter()
+        first, row = next(iter(rows.items()))
+        results["models"][REFERENCE_ROW] = _reference(row["data"], spec)
+        results["reference"] = {"representation_of": first, "data_options": row["data_options"],
+                                "n": sample_count(row["data"])}
+        timing["score_s"][REFERENCE_ROW] = time.perf_counter() - t0
+    stages.update(1)
+    stages.close()
+    results["paired_differences"] = _paired(rows, out)
+    results["vae_vs_gan"] = _lecture_table(rows, spec)
+    t0 = time.perf_counter()
+    results["model_choice"] = _model_choice(rows, spec, out)
+    if results["model_choice"] is not None:
+        timing["score_s"]["model choice (BIC, PSIS-LOO)"] = time.perf_counter() - t0
+    timing["train_total_s"] = sum(timing["train_s"].values())
+    timing["score_total_s"] = sum(timing["score_s"].values())
+    timing["note"] = ("the budget bounds training only: each model trains for at most its share, "
+                      "the budget left over divided among the models still to train (the quick "
+                      "ones train first); loading data, drawing each run's figures and scoring "
+                      "are not counted in it")
+    results["time"] = timing
+    from probgen import report
+
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    report.write_reports(results, rows, out, columns=COLUMNS)
+    write(f"[compare] training {timing['train_total_s']:.0f} s of a {budget_s:.0f} s budget; "
+          f"scoring {timing['score_total_s']:.0f} s (not in the budget)")
+    results["trained"] = {n: r["model"] for n, r in rows.items()}
+    results["per_example"] = {n: r["per_example"] for n, r in rows.items()}
+    return results
+
+
+def _train_options(e: ModelEntry) -> tuple[str, dict]:
+    from probgen.training import model_spec
+
+    recipe, extra = model_spec(e.model)
+    return recipe, {**extra, **e.options}
+
+
+def _check_program_entry(e: ModelEntry, spec: CompareSpec) -> None:
+    """A user program is run once on a few examples before anything trains (its errors name
+    the site and the fix); nothing is written."""
+    from probgen.recipes import get_recipe
+    from probgen.runs import resolve_device
+    from probgen.training import data_config, load_run_data, recipe_options
+
+    recipe_name, opts = _train_options(e)
+    recipe = get_recipe(recipe_name)
+    opts = recipe.prepare_config(recipe_options(recipe_name, opts))
+    config = {"data": spec.data, "seed": spec.seed, "limit": spec.limit, "data_root": spec.data_root,
+              "data_options": data_config(opts, recipe, data=spec.data), **opts}
+    device = resolve_device(spec.device)
+    recipe.check(config, load_run_data(config, device=device, data_root=spec.data_root), device)
+
+
+def _train_entry(e: ModelEntry, spec: CompareSpec, run_dir: Path, share: float) -> dict:
+    """Train row ``e`` into ``run_dir`` within ``share`` seconds, or reuse the completed run a
+    previous comparison with the same rows, data and budget left there (one that failed
+    later, say); an unfinished one is trained again, since its share cannot be split."""
+    from probgen.progress import write
+    from probgen.training import load_run, train
+
+    signature = _signature(e, spec)
+    cfg = run_dir / "config.json"
+    note = ""
+    if cfg.exists() and not spec.overwrite:
+        try:
+            old = json.loads(cfg.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        if old.get("compare") == signature and old.get("completed"):
+            write(f"[compare] reusing {e.name}: the run in {run_dir} completed "
+                  f"({old['completed'].get('stopped_by')})")
+            t0 = time.perf_counter()
+            run, data, model = load_run(run_dir, device=spec.device, data_root=spec.data_root,
+                                        allow_changed_model=spec.allow_changed_model,
+                                        allow_changed_data=spec.allow_changed_data,
+                                        action="compare")
+            from probgen.training import Trained
+
+            result = Trained(model=model, run=run, data=data, seconds=0.0)
+            return {"result": result, "seconds": 0.0, "other_seconds": time.perf_counter() - t0,
+                    "how": f"reused: the run in {run_dir} completed"}
+        if old.get("compare") == signature:
+            note = f"; the run in {run_dir} did not complete, so it is trained again"
+    recipe, opts = _train_options(e)
+    if recipe in _FILLS_BUDGET and "epochs" not in opts:
+        opts["epochs"] = 1_000_000
+    write(f"[compare] training {e.name} on {spec.data} (budget {share:.0f} s{note})")
+    t0 = time.perf_counter()
+    result = train(e.model if recipe == "program" else recipe, spec.data, run_dir, seed=spec.seed,
+                   device=spec.device, overwrite=True, limit=spec.limit, time_budget=share,
+                   data_root=spec.data_root, progress=not spec.quiet, compare_signature=signature,
+                   **{k: v for k, v in opts.items() if k != "program"})
+    if result.stopped_by:
+        raise KeyboardInterrupt
+    # the budget counts the training itself; loading the data and drawing the run's figures
+    # are recorded apart
+    return {"result": result, "seconds": result.seconds,
+            "other_seconds": time.perf_counter() - t0 - result.seconds, "how": f"trained{note}"}
+
+
+def _finish_given(name: str, run_dir: Path, spec: CompareSpec) -> str:
+    """A run given by ``--runs``: used as it is when it completed; resumed from its checkpoint
+    (as ``probgen train ... --resume`` would) when it did not. Returns what was done."""
+    from probgen.progress import write
+
+    if _completed(run_dir):
+        return f"given: the run in {run_dir} completed"
+    from probgen.runs import Run
+    from probgen.training import resume
+
+    run = Run.open(run_dir, writer=False)
+    if not run.checkpoint_path.exists():
+        raise ConfigError(f"--runs {name}={run_dir}: that run did not complete and has no "
+                          "checkpoint to resume from; train it again, or leave it out of --runs "
+                          "to train it here.")
+    write(f"[compare] resuming {name}: the run in {run_dir} did not complete")
+    resume(run_dir, device=spec.device, data_root=spec.data_root, progress=not spec.quiet,
+           allow_changed_model=spec.allow_changed_model, allow_changed_data=spec.allow_changed_data)
+    return f"resumed: the run in {run_dir} did not complete"
+
+
+REFERENCE_ROW = REFERENCE_ROW_NAME  # the row of real validation data, named in report.py
+
+
+class _HeldOut:
+    """Real held-out examples posing as a model's samples: the sample metrics of real data
+    against real data, the floor that every model's sample metrics are read against."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def sample(self, n: int):
+        return self.data.val[:n]
+
+
+def sample_count(data) -> int:
+    """Samples drawn per model for the sample metrics, compared with as many test examples:
+    the size of the validation split (at most 10,000), so that the reference row, which can
+    offer no more real examples than that, is scored with the same count as every model (the
+    Frechet distance between finite sets is biased upwards by about 1/n)."""
+    return min(10_000, data.val.shape[0], data.test.shape[0])
+
+
+def _reference(data, spec: CompareSpec) -> dict:
+    from probgen.eval import evaluate
+
+    ev = evaluate(_HeldOut(data), data, "test", limit=spec.eval_limit, model_name=REFERENCE_ROW,
+                  n_samples=sample_count(data))
+    for m in ev["metrics"].values():
+        if m.get("value") is None:
+            m["reason"] = "reference row: real validation examples, not a model"
+    ev["metrics"]["train_time"] = {"value": None, "stderr": None, "unit": "s",
+                                   "reason": "reference row: real validation examples, not a model"}
+    return ev
+
+
+def _score(name: str, run, model, data, spec: CompareSpec) -> dict:
+    import torch
+
+    from probgen.eval import evaluate
+    from probgen.runs import seed_everything
+
+    per_example: dict[str, torch.Tensor] = {}
+    seed_everything(spec.seed)  # the same samples and Monte Carlo draws on every rescoring
+    t0 = time.perf_counter()
+    from probgen.programs import own_params
+
+    with own_params(model):
+        ev = evaluate(model, data, "test", k=spec.k, limit=spec.eval_limit, ais=spec.ais,
+                      ais_steps=spec.ais_steps, parzen=spec.parzen, model_name=name,
+                      per_example=per_example, n_samples=sample_count(data),
+                      progress=not spec.quiet)
+    ev["eval_seconds"] = time.perf_counter() - t0
+    train = run.path / "train.json"
+    seconds = json.loads(train.read_text()).get("seconds") if train.exists() else None
+    ev["metrics"]["train_time"] = {"value": seconds, "stderr": None, "unit": "s"} if seconds is not None \
+        else {"value": None, "stderr": None, "unit": "s", "reason": "run has no train.json"}
+    run.write_json("eval.json", ev)
+    return {"run": run.path, "eval": ev, "model": model, "data": data,
+            "data_options": run.config.get("data_options"), "per_example": per_example}
+
+
+def _evaluate_model(name: str, trained: dict, spec: CompareSpec) -> dict:
+    """Score a model trained in this comparison, as it is in memory."""
+    r = trained["result"]
+    return _score(name, r.run, r.model, r.data, spec)
+
+
+def _evaluate_run(run_dir: Path, spec: CompareSpec, name: str | None = None) -> dict:
+    """Score a trained run folder (``--runs``), its model reloaded from the checkpoint."""
+    from probgen.training import load_run
+
+    run, data, model = load_run(run_dir, device=spec.device, data_root=spec.data_root,
+                                allow_changed_model=spec.allow_changed_model,
+                                allow_changed_data=spec.allow_changed_data, lock=True,
+                                action="compare")
+    return _score(name or run.config["model"], run, model, data, spec)
+
+
+def _representation(row: dict) -> tuple:
+    """The representation a row was scored on, from its data as loaded: binarisation, and
+    the pixel range of images (a run that left the range unset has the data set's default,
+    the same as one that named it)."""
+    data = row["data"]
+    return data.binarize, tuple(data.value_range) if data.kind == "image" else None
+
+
+def _paired(rows: dict, out: Path) -> list[dict]:
+    """Mean paired difference of per-example log-likelihoods for every pair of models scored on
+    the same representation of the same test points (same binarisation and value range)."""
+    from probgen.eval.paired import paired_difference, plot_per_example
+
+    best = {}
+    for name, r in rows.items():
+        for key in ("log_likelihood", "ais", "iwae", "elbo"):
+            if key in r["per_example"]:
+                best[name] = (key, r["per_example"][key])
+                break
+    pairs = []
+    names = sorted(best)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if _representation(rows[a]) != _representation(rows[b]):
+                pairs.append({"a": a, "b": b, "value": None,
+                              "reason": "scored on different data representations "
+                                        f"({rows[a]['data_options']} vs {rows[b]['data_options']}): "
+                                        "their likelihoods are not comparable"})
+                continue
+            va, vb = best[a][1], best[b][1]
+            n = min(len(va), len(vb))
+            d = paired_difference(va[:n], vb[:n])
+            pairs.append({"a": a, "b": b, "a_estimate": best[a][0], "b_estimate": best[b][0],
+                          "value": d.value, "stderr": d.stderr, "unit": "nats"})
+    if best:
+        # each model's values, then the differences of the comparable pairs only (a difference
+        # between a density of grey pixels and a probability of binary ones means nothing)
+        panels = {f"{n} ({k})": v for n, (k, v) in best.items()}
+        for p in pairs:
+            if p["value"] is not None:
+                va, vb = best[p["a"]][1], best[p["b"]][1]
+                n = min(len(va), len(vb))
+                panels[f"{p['a']} - {p['b']}"] = va[:n] - vb[:n]
+        plot_per_example(panels, out / "figures" / "per_example_loglik.png", differences=False)
+    return pairs
+
+
+def _lecture_table(rows: dict, spec: CompareSpec) -> dict:
+    """VAE against GAN, measured: reconstruction of given x, sharpness, likelihood available."""
+    import torch
+
+    table = {}
+    for name, r in rows.items():
+        model, data = r["model"], r["data"]
+        entry = {}
+        metrics = r["eval"]["metrics"]
+        entry["likelihood"] = ", ".join(
+            k for k in ("log_likelihood", "elbo", "iwae", "ais") if metrics.get(k, {}).get("value") is not None
+        ) or "none"
+        if callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None)):
+            x = data.test[:64]
+            t0 = time.perf_counter()
+            with torch.enable_grad():
+                z = model.encode(x)
+            xhat = model.decode(z).detach().reshape(x.shape)
+            entry["reconstruction_mse"] = float(((xhat - x) ** 2).mean())
+            entry["reconstruction_seconds_per_image"] = (time.perf_counter() - t0) / x.shape[0]
+        else:
+            entry["reconstruction_mse"] = None
+            entry["reconstruction_reason"] = "the model has no encode/decode"
+        if data.kind == "image":
+            with torch.no_grad():
+                s = model.sample(64).detach().reshape(-1, *data.shape)
+            entry["sharpness"] = _sharpness(s)
+            entry["sharpness_of_data"] = _sharpness(data.test[:64].reshape(-1, *data.shape))
+        table[name] = entry
+    return table
+
+
+def _sharpness(x) -> float:
+    """Mean variance of the Laplacian over images: blurrier images score lower."""
+    import torch
+    import torch.nn.functional as F
+
+    k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=x.device)
+    x = x.float().mean(dim=1, keepdim=True)
+    lap = F.conv2d(x, k.view(1, 1, 3, 3))
+    return float(lap.flatten(1).var(dim=1).mean())
+
+
+def _model_choice(rows: dict, spec: CompareSpec, out: Path) -> dict | None:
+    """The number of mixture components chosen by BIC (EM) and by PSIS-LOO (NUTS), side by side,
+    on low-dimensional data. NUTS runs for K <= 4 only (seconds per K on a few hundred points);
+    beyond that BIC is reported alone, and the record says why."""
+    if "gmm" not in rows:
+        return None
+    data = rows["gmm"]["data"]
+    if data.dim > 2:
+        return {"reason": f"model choice runs on 1-D and 2-D data only (this data set has "
+                          f"{data.dim} dimensions per example)"}
+    from probgen.eval.model_choice import choose_n_components
+
+    true_k = getattr(data.density, "n_components", None)
+    k_max = (true_k or 3) + 2
+    with_loo = k_max <= 5
+    smoke = spec.budget_minutes < 1
+    mc = choose_n_components(
+        data.train[:300].cpu(), k_max, loo=with_loo, n_init=2 if smoke else 4,
+        num_warmup=20 if smoke else 150, num_samples=20 if smoke else 150, num_chains=2,
+        seed=spec.seed,
+    )
+    rec = {
+        "bic_choice": mc.chosen_bic, "aic_choice": mc.chosen_aic, "loo_choice": mc.chosen_loo,
+        "loo_within_2se_choice": mc.chosen_loo_within_2se, "true_k": true_k, "n": mc.n,
+        "per_k": [{"k": s.n_components, "bic": s.bic, "elpd_loo": s.elpd_loo,
+                   "elpd_loo_se": s.elpd_loo_se, "pareto_k_max": s.max_pareto_k,
+                   "r_hat_max": s.r_hat_max, "ess_min": s.ess_bulk_min} for s in mc.scores],
+        "table": mc.table(), "warnings": mc.warnings,
+    }
+    if not with_loo:
+        rec["loo_reason"] = (f"PSIS-LOO needs a NUTS fit per K; with K up to {k_max} that is beyond "
+                             "this comparison's budget, so BIC and AIC are reported alone. "
+                             "See examples/mixture_model_choice.py for both on a smaller K.")
+    return rec
