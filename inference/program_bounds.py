@@ -730,18 +730,23 @@ def program_iwae_bound(program, x: torch.Tensor, k: int, *, khat: bool = True,
         block = max(1, min(block, max_elements // k))
     lse1 = torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)
     lse2 = torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)
-    khats, kept, kept_sl = [], [], None
-    for sl, _start, lw in _log_weight_blocks(prog, st, x, k, block, chunk):
+    # With khat, one (k, block) buffer, allocated once, holds the weights of the current
+    # block: a list of per-chunk pieces would scatter small long-lived allocations among the
+    # chunks' large temporaries, and the heap then grows by fragmentation (measured: peak RSS
+    # up to 1.5 GiB above the floor for k = 1000 on 2,000 images, against 0.1-0.3 GiB).
+    keep = torch.empty((k, block), dtype=torch.float64, device=x.device) if khat else None
+    khats, kept_sl = [], None
+    for sl, start, lw in _log_weight_blocks(prog, st, x, k, block, chunk):
         if khat and sl != kept_sl:
-            if kept:
-                khats.append(_khat(torch.cat(kept)))
-            kept, kept_sl = [], sl
+            if kept_sl is not None:
+                khats.append(_khat(keep[:, :kept_sl.stop - kept_sl.start]))
+            kept_sl = sl
         lse1[sl] = torch.logaddexp(lse1[sl], torch.logsumexp(lw, 0))
         lse2[sl] = torch.logaddexp(lse2[sl], torch.logsumexp(2 * lw, 0))
         if khat:
-            kept.append(lw)
-    if khat and kept:
-        khats.append(_khat(torch.cat(kept)))
+            keep[start:start + lw.shape[0], :lw.shape[1]] = lw
+    if khat and kept_sl is not None:
+        khats.append(_khat(keep[:, :kept_sl.stop - kept_sl.start]))
     total = lse1 - math.log(k)
     se = None
     if k > 1:
