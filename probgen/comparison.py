@@ -504,11 +504,14 @@ def _evaluate_run(run_dir: Path, spec: CompareSpec, name: str | None = None) -> 
 
 
 def _representation(row: dict) -> tuple:
-    """The representation a row was scored on, from its data as loaded: binarisation, and
-    the pixel range of images (a run that left the range unset has the data set's default,
-    the same as one that named it)."""
+    """The representation a row was scored on, from its data as loaded
+    (:attr:`probgen.data.Dataset.representation`: binary, dequantized, raw pixels or
+    continuous), and the pixel range of images that are not binary (a run that left the range
+    unset has the data set's default, the same as one that named it). Fixed and dynamic
+    binarisation share their 0/1 test images, so both are ``binary``."""
     data = row["data"]
-    return data.binarize, tuple(data.value_range) if data.kind == "image" else None
+    rng = tuple(data.value_range) if data.kind == "image" and data.binarize == "none" else None
+    return data.representation, rng
 
 
 def _paired(rows: dict, out: Path) -> list[dict]:

@@ -168,7 +168,7 @@ def test_stale_param_store_is_reported():
 def test_options_are_checked():
     with pytest.raises(ConfigError, match="give epochs .* or steps"):
         fit_svi(model, guide, torch.randn(4))
-    with pytest.raises(ConfigError, match="loss must be one of trace, mean-field; got 'trace_elbo'"):
+    with pytest.raises(ConfigError, match="loss must be one of trace, mean-field, enum; got 'trace_elbo'"):
         fit_svi(model, guide, torch.randn(4), steps=1, loss="trace_elbo")
     with pytest.raises(ConfigError, match="on_nan must be one of skip, stop; got 'ignore'"):
         fit_svi(model, guide, torch.randn(4), steps=1, on_nan="ignore")
