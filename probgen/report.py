@@ -54,6 +54,10 @@ def format_metric(m: dict | None) -> str:
     s = f"{v:.4g}" if isinstance(v, float) else str(v)
     if m.get("stderr") is not None:
         s += f" ± {m['stderr']:.2g}"
+    rep = m.get("representation")
+    if rep and rep != "continuous":  # a likelihood of images says of which representation
+        bpd = m.get("bits_per_dim")
+        s += f" [{rep}" + (f"; {bpd:.3g} bits/dim" if bpd is not None else "") + "]"
     return s
 
 
@@ -155,8 +159,11 @@ def write_reports(results: dict, rows: dict, out: Path, *, columns) -> tuple[Pat
           "Every model below was scored by the same evaluation code on the same test split. "
           "Likelihoods are mean nats per test example, ± the standard error over examples. "
           "Bounds are bounds: ELBO <= IWAE-k <= log p(x); AIS is a stochastic lower bound. "
-          "Likelihoods of models trained on different representations of the data (binarised "
-          "against grey pixels) are not comparable; the data options of each run are listed below.", ""]
+          "Each likelihood of images names its representation in brackets: [binary] is the "
+          "probability of the 0/1 image; [dequantized-8bit] a lower bound on the probability of "
+          "the 8-bit image (with bits per dimension, lower is better); [raw-pixels] a density of "
+          "grey values, not a probability of images. Numbers on different representations are "
+          "not comparable, even in one column; the data options of each run are listed below.", ""]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in body]
     if notes:
