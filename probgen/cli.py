@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "checkpoint, at most R times (torchrun's elastic agent)")
             mp.add_argument("--dist-timeout", type=positive_float, default=None, metavar="SECONDS",
                             help="how long a process waits for the others before it fails "
-                                 "(default 300)")
+                                 "(default: torch's, 30 min for gloo)")
         _add_quiet(mp)
         _add_common_data_args(mp)
         recipe.add_arguments(mp)

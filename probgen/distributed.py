@@ -11,8 +11,9 @@ global batch that one process with ``N * B`` examples would see, so that, with g
 averaged by ``DistributedDataParallel``, the parameters follow the single-process run.
 Only rank 0 writes checkpoints, logs and figures.
 
-Faults: every collective operation has a timeout (:data:`DEFAULT_TIMEOUT_S`, ``--dist-timeout``),
-so a process whose peer died or hangs fails after that long instead of waiting forever; and a
+Faults: with ``--dist-timeout`` (or ``$PROBGEN_DIST_TIMEOUT``) every collective operation has
+that timeout, so a process whose peer died or hangs fails after that long instead of waiting
+for torch's default (30 minutes for gloo); and a
 process that fails leaves at once, without the closing barrier. With ``--max-restarts R``,
 torchrun's elastic agent then stops the group and starts it again (at most ``R`` times), and
 every process of the new group continues from the run's last complete checkpoint
@@ -31,8 +32,7 @@ __all__ = ["DistInfo", "setup", "cleanup", "info", "is_main", "barrier", "all_re
            "sync_gradients", "all_reduce_stats", "epoch_seed", "wrap_ddp", "launch",
            "DEFAULT_TIMEOUT_S"]
 
-# seconds a collective operation waits for the other processes before it fails (torch's own
-# defaults are 30 min for gloo and 10 min for NCCL: a long hang after a peer dies)
+# seconds the processes of a restarted group wait for each other at their rendezvous
 DEFAULT_TIMEOUT_S = 300.0
 
 
@@ -58,8 +58,8 @@ def setup(device: torch.device | None = None, timeout: float | None = None) -> D
     """Join the process group that torchrun describes (a no-op for a single process).
 
     ``timeout``: seconds any collective operation may wait for the other processes
-    (default ``$PROBGEN_DIST_TIMEOUT``, else :data:`DEFAULT_TIMEOUT_S`); past it the operation
-    raises instead of hanging.
+    (default ``$PROBGEN_DIST_TIMEOUT``, else torch's own); past it the operation raises
+    instead of hanging. :data:`DEFAULT_TIMEOUT_S` bounds the rendezvous of a restarted group.
     """
     global _INFO
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -77,21 +77,24 @@ def setup(device: torch.device | None = None, timeout: float | None = None) -> D
 
         if use_nccl:  # NCCL's watchdog turns a timed-out collective into an error
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-        seconds = float(timeout if timeout is not None else
-                        os.environ.get("PROBGEN_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
-        kwargs = {}
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-        if attempt is not None:
+        given = timeout if timeout is not None else os.environ.get("PROBGEN_DIST_TIMEOUT")
+        seconds = float(given if given is not None else DEFAULT_TIMEOUT_S)
+        # torch's own gloo timeout unless one is given: with an explicit timeout, gloo processes
+        # were seen to abort at exit ("terminate called without an active exception") after a
+        # run that had finished, failing the whole job
+        kwargs = {} if given is None else {"timeout": datetime.timedelta(seconds=seconds)}
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if attempt != "0":
             # the elastic agent's store outlives a restart: keys under a prefix of their own,
             # or a restarted process reads the address of a dead peer from the last attempt
+            # (the first attempt joins as any torchrun process does)
             from torch.distributed.rendezvous import rendezvous
 
             store, _, _ = next(rendezvous("env://", rank, world,
                                           timeout=datetime.timedelta(seconds=seconds)))
-            kwargs = dict(store=dist.PrefixStore(f"probgen/attempt-{attempt}", store), rank=rank,
+            kwargs.update(store=dist.PrefixStore(f"probgen/attempt-{attempt}", store), rank=rank,
                           world_size=world)
-        dist.init_process_group(backend="nccl" if use_nccl else "gloo",
-                                timeout=datetime.timedelta(seconds=seconds), **kwargs)
+        dist.init_process_group(backend="nccl" if use_nccl else "gloo", **kwargs)
     _INFO = DistInfo(rank=rank, world_size=world, local_rank=local)
     return _INFO
 
