@@ -68,6 +68,7 @@ from pyro.distributions import Independent, constraints
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
+from probgen.checks import positive_int
 from probgen.errors import ConfigError
 from probgen.inference.ais import AISResult
 from probgen.inference.bounds import DEFAULT_MAX_ELEMENTS, ELBORecord, IWAERecord, chunk_plan
@@ -585,11 +586,6 @@ def _terms(prog: ProgramModel, st: ProgramStructure, xb: torch.Tensor, s: int) -
     return _Terms(log_joint, log_q, None, None)
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer; got {value!r}.")
-
-
 def _data_size(x: torch.Tensor) -> int:
     return max(1, math.prod(x.shape[1:]))
 
@@ -622,7 +618,7 @@ def program_elbo(program, x: torch.Tensor, *, num_samples: int = 1, data_plate: 
         site and no enumerated latent, else ``None``; ``mc_stderr`` (N,) with
         ``num_samples >= 2``.
     """
-    _check_positive_int("num_samples", num_samples)
+    positive_int("num_samples", num_samples)
     prog = _resolve(program, data_plate, global_latents)
     st = prog.structure(x)
     n = x.shape[0]
@@ -676,7 +672,7 @@ def program_log_weights(program, x: torch.Tensor, k: int, *, data_plate: str | N
     -------
     Tensor (k, N), float64
     """
-    _check_positive_int("k", k)
+    positive_int("k", k)
     prog = _resolve(program, data_plate, global_latents)
     st = prog.structure(x)
     n = x.shape[0]
@@ -721,7 +717,7 @@ def program_iwae_bound(program, x: torch.Tensor, k: int, *, khat: bool = True,
         ``total`` (N,), ``mc_stderr`` (N,) (delta method; None for k = 1), ``k``,
         ``khat`` (N,) float64 or None.
     """
-    _check_positive_int("k", k)
+    positive_int("k", k)
     prog = _resolve(program, data_plate, global_latents)
     st = prog.structure(x)
     n = x.shape[0]
@@ -796,7 +792,7 @@ def program_ais(program, x: torch.Tensor, *, n_steps: int = 500, n_chains: int =
     prog = _resolve(program, data_plate, global_latents)
     st = prog.structure(x)
     target = _ProgramTarget(prog, st, x)
-    _check_positive_int("n_chains", n_chains)
+    positive_int("n_chains", n_chains)
     if batch_size is None:
         batch_size = max(1, DEFAULT_MAX_ELEMENTS // (_data_size(x) * n_chains))
     res = ais(target, target.index, n_steps=n_steps, n_chains=n_chains, schedule=schedule,
