@@ -110,6 +110,11 @@ def markdown(rec: dict | None) -> list[str]:
     lines = ["", "## Number of mixture components", "", rec["statement"]]
     if "per_k" not in rec:
         return lines
+    if rec.get("seconds") is not None and rec.get("time_limit_s") is not None:
+        lines += ["", f"This step took {rec['seconds']:.1f} s of its {rec['time_limit_s']:.0f} s "
+                      f"share of the budget ({rec['num_chains']} NUTS chains of "
+                      f"{rec['num_warmup']} warm-up and {rec['num_samples']} kept draws per K "
+                      f"when PSIS-LOO runs)."]
     lines += ["", "| K | BIC | elpd_loo | max Pareto k | max R-hat | min bulk ESS | checks |",
               "|---|---|---|---|---|---|---|"]
     for row in rec["per_k"]:
