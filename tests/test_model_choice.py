@@ -292,11 +292,11 @@ def test_chains_with_a_bad_r_hat_give_no_reliable_choice(drawn_posteriors):
     # the better elpd of K = 2 is not trusted: no choice, and the reason names the diagnostics
     assert two.loo_rank == 0
     assert choice.chosen_loo is None and choice.chosen_loo_within_2se is None
-    assert choice.loo_reason.startswith("no reliable choice: only K=1 of 2 passes")
+    assert choice.loo_reason.startswith("no reliable choice, because only K=1 of 2 passes")
     assert "K=2: R-hat" in choice.loo_reason
     rec = record(choice, settings={"num_chains": 2})
     assert rec["loo_choice"] is None and rec["per_k"][1]["passes"] is False
-    assert "PSIS-LOO makes no choice: no reliable choice" in rec["statement"]
+    assert "PSIS-LOO: no reliable choice, because only K=1" in rec["statement"]
     lines = markdown(rec)
     assert rec["statement"] in lines and any("R-hat" in line and "| 2 |" in line for line in lines)
 

@@ -193,7 +193,7 @@ def choose_n_components(x: torch.Tensor, max_components: int = 4, *, n_init: int
         notes = [f"K={k}: EM did not converge" for k, f in em.items() if not f.converged]
         chosen_loo = chosen_2se = None
         candidates: list[int] = []
-        reason = "PSIS-LOO was not run" if not loo else None
+        reason = "not run (loo=False)" if not loo else None
         samples: dict[int, MixtureSamples] = {}
         if loo:
             res = loo_scores(x, ks, em=em, prior=prior, num_warmup=num_warmup,

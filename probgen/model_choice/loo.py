@@ -219,7 +219,7 @@ def loo_scores(x: torch.Tensor, components, *, em: dict[int, EMFit] | None = Non
                                jit_compile=jit_compile, callback=tick)
         except _OutOfTime:
             done = ", ".join(str(j) for j in per_k) or "none"
-            stopped = (f"the {float(time_limit):.0f} s given to model choice ran out while "
+            stopped = (f"the {float(time_limit):.0f} s left to model choice ran out while "
                        f"sampling K={k} (K sampled: {done})")
             notes.append(stopped)
             break
@@ -256,12 +256,12 @@ def loo_scores(x: torch.Tensor, components, *, em: dict[int, EMFit] | None = Non
     candidates = [k for k, row in per_k.items() if not row["problems"]]
     choice = {"best": None, "within_2se": None, "candidates": candidates, "reason": None}
     if stopped is not None:
-        choice["reason"] = f"no reliable choice: {stopped}"
+        choice["reason"] = f"no reliable choice, because {stopped}"
     elif len(candidates) < 2:
         which = "no K" if not candidates else f"only K={candidates[0]}"
         failed = "; ".join(f"K={k}: {', '.join(row['problems'])}" for k, row in per_k.items()
                            if row["problems"])
-        choice["reason"] = (f"no reliable choice: {which} of {len(per_k)} passes the checks "
+        choice["reason"] = (f"no reliable choice, because {which} of {len(per_k)} passes the checks "
                             f"({rel.describe(num_chains)}); {failed}")
     else:
         if len(candidates) == len(per_k):

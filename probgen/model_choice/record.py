@@ -64,7 +64,7 @@ def _statement(rec: dict) -> str:
                f"errors of the best (K = {rec['loo_best']}), among the K whose chains pass the "
                f"checks ({rec['checks']['text']}): K = {cands}")
     else:
-        loo = f"PSIS-LOO makes no choice: {rec['loo_reason']}"
+        loo = f"PSIS-LOO: {rec['loo_reason']}"
     return f"BIC chooses K = {rec['bic_choice']}{truth}; {loo}."
 
 
@@ -92,7 +92,7 @@ def compare_section(data, *, seed: int = 0, smoke: bool = False, time_limit: flo
         num_chains=settings["num_chains"], seed=seed, time_limit=time_limit, progress=progress)
     reason = None
     if not with_loo:
-        reason = (f"it needs a NUTS fit per K, and with K up to {k_max} that is beyond this "
+        reason = (f"not run, because it needs a NUTS fit per K, and K up to {k_max} is beyond this "
                   f"comparison's budget (it runs for K up to {LOO_MAX_COMPONENTS}); see "
                   "examples/mixture_model_choice.py for both criteria on a smaller K")
     return record(mc, true_k=true_k, settings=settings, loo_reason=reason,
