@@ -258,9 +258,9 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
 
     from probgen.progress import bar as progress_bar
 
-    # the model-choice step (K of a mixture, beside a "gmm" row) takes a share of the budget
-    # like a model, right after the gmm row trains (the quick ones train first), so that the
-    # time it leaves goes to the models after it
+    # the model-choice step (K of a mixture, beside a "gmm" row) runs right after the gmm row
+    # trains (the quick ones train first) and takes a share of what is left of the budget like
+    # one more model, so that the time it leaves goes to the models after it
     choice_pending = spec.model_choice and any(e.name == "gmm" for e in entries)
     choice = None
     # one bar over the stages: each model's training and scoring, the model choice, then the
@@ -272,7 +272,7 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
     spent = 0.0
     timing = {"budget_s": budget_s, "train_s": {}, "share_s": {}, "score_s": {}}
     for i, e in enumerate(order):
-        share = max(1.0, (budget_s - spent) / (len(order) - i + choice_pending))
+        share = max(1.0, (budget_s - spent) / (len(order) - i))
         try:
             trained[e.name] = _train_entry(e, spec, out / "runs" / e.name, share)
             training[e.name] = trained[e.name]["how"]
