@@ -1,6 +1,6 @@
 """Annealed importance sampling against IWAE and the exact log-likelihood of a linear-Gaussian model.
 
-What it shows, on a PPCA-like model (z ~ N(0, I_d), x | z ~ N(W z + mu, s^2 I_D)) whose
+What it shows, on a probabilistic PCA model with known parameters (z ~ N(0, I_d), x | z ~ N(W z + mu, s^2 I_D)) whose
 log p(x) = log N(x; mu, W W^T + s^2 I) is known exactly:
 
 * the importance-weighted bound IWAE-k (Burda et al., 2015) with a mean-field proposal (the
@@ -32,57 +32,40 @@ from pathlib import Path
 
 import torch
 
-from probgen.inference.ais import PILOT_CHAINS, bdmc
+from probgen.inference.ais import PILOT_CHAINS, AISOptions, bdmc
+from probgen.models.ppca import PPCA
 
 
-class LinearGaussian:
-    """z ~ N(0, I_d); x | z ~ N(W z + mu, s^2 I_D), with the latent-variable protocol."""
-
-    def __init__(self, latent_dim: int, data_dim: int, noise: float, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        w = torch.randn(data_dim, latent_dim, generator=g, dtype=torch.float64)
-        # correlate the latents so the mean-field proposal cannot be exact
-        w[:, 0] += 0.8 * w[:, -1]
-        self.W = w
-        self.mu = torch.randn(data_dim, generator=g, dtype=torch.float64)
-        self.s = noise
-        self.latent_dim = latent_dim
-
-    def prior_log_prob(self, z):
-        return -0.5 * z.pow(2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
-
-    def decode(self, z):
-        return z @ self.W.T + self.mu
-
-    def log_likelihood(self, x, z):
-        """x (N, D), z (S, N, d) -> (S, N)."""
-        r = (x - self.decode(z)) / self.s
-        return -0.5 * r.pow(2).sum(-1) - x.shape[-1] * (math.log(self.s) + 0.5 * math.log(2 * math.pi))
-
-    def log_prob(self, x):
-        cov = self.W @ self.W.T + self.s**2 * torch.eye(self.W.shape[0], dtype=torch.float64)
-        return torch.distributions.MultivariateNormal(self.mu, cov).log_prob(x)
-
-    def mean_field_posterior(self, x):
-        """Exact posterior mean and the mean-field standard deviations s / sqrt(M_ii): (N, d) each."""
-        m = self.W.T @ self.W + self.s**2 * torch.eye(self.latent_dim, dtype=torch.float64)
-        loc = torch.linalg.solve(m, self.W.T @ (x - self.mu).T).T
-        scale = (self.s / m.diagonal().sqrt()).expand_as(loc)
-        return loc, scale
-
-    def sample_joint(self, n, seed=1):
-        g = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, self.latent_dim, generator=g, dtype=torch.float64)
-        x = self.decode(z) + self.s * torch.randn(n, self.W.shape[0], generator=g, dtype=torch.float64)
-        return x, z
+def linear_gaussian(latent_dim: int, data_dim: int, noise: float, seed: int = 0) -> PPCA:
+    """z ~ N(0, I_d); x | z ~ N(W z + mu, s^2 I_D) with random W and mu, as a PPCA whose guide
+    is the best mean-field proposal: the exact posterior mean with the mean-field standard
+    deviations s / sqrt(M_ii), M = W^T W + s^2 I."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(data_dim, latent_dim, generator=g, dtype=torch.float64)
+    # correlate the latents so the mean-field proposal cannot be exact
+    w[:, 0] += 0.8 * w[:, -1]
+    mu = torch.randn(data_dim, generator=g, dtype=torch.float64)
+    return PPCA.from_parameters(w, mu, noise, guide="diagonal")
 
 
-def iwae_bound(model: LinearGaussian, x: torch.Tensor, k: int, repeats: int, generator=None):
-    """The IWAE-k bound E[log mean_k w] with the mean-field proposal, per example (N,).
+@torch.no_grad()
+def sample_joint(model: PPCA, n: int, seed: int = 1):
+    """(x, z): z ~ N(0, I), x ~ p(x | z); x (n, D), z (n, d)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, model.latent_dim, generator=g, dtype=torch.float64)
+    x = model.decode(z) + model.noise_std * torch.randn(n, model.dim, generator=g, dtype=torch.float64)
+    return x, z
+
+
+@torch.no_grad()
+def iwae_bound(model: PPCA, x: torch.Tensor, k: int, repeats: int, generator=None):
+    """The IWAE-k bound E[log mean_k w] with the model's mean-field guide as proposal, per
+    example (N,).
 
     Averages ``repeats`` independent IWAE-k estimates; returns their mean and its standard error.
     """
-    loc, scale = model.mean_field_posterior(x)
+    q = model.encoder_distribution(x)
+    loc, scale = q.mean, q.stddev  # (N, d) each
     eps = torch.randn((repeats, k, *loc.shape), dtype=loc.dtype, generator=generator)  # (R, k, N, d)
     z = loc + scale * eps
     log_q = (-0.5 * eps.pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)  # (R, k, N)
@@ -102,9 +85,10 @@ def run(args) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    model = LinearGaussian(args.latent_dim, args.data_dim, args.noise, seed=args.seed)
-    x, z = model.sample_joint(args.n_examples, seed=args.seed + 1)
-    exact = model.log_prob(x)
+    model = linear_gaussian(args.latent_dim, args.data_dim, args.noise, seed=args.seed)
+    x, z = sample_joint(model, args.n_examples, seed=args.seed + 1)
+    with torch.no_grad():
+        exact = model.log_prob(x)
     rows = []
     for k in args.iwae_k:
         t = time.perf_counter()
@@ -112,10 +96,10 @@ def run(args) -> dict:
         err, err_se = _mean_and_se(est, exact, se)
         rows.append({"estimator": "iwae", "k": k, "cost": k, "error": err, "mc_stderr": err_se,
                      "seconds": time.perf_counter() - t})
+    opts = AISOptions(n_chains=args.chains, n_leapfrog=args.leapfrog, step_size=0.3)
     for steps in args.ais_steps:
         t = time.perf_counter()
-        res = bdmc(model, x, z, n_steps=steps, n_chains=args.chains, n_leapfrog=args.leapfrog,
-                   step_size=0.3, generator=gen)
+        res = bdmc(model, x, z, opts, n_steps=steps, generator=gen)
         seconds = time.perf_counter() - t
         # likelihood gradients per example: the step-size pilot (at most 8 chains) and the
         # forward run; the reverse run costs as much again

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _gan_common import train_gan  # noqa: E402
+from _gan_common import add_arguments, prepare, train_gan  # noqa: E402
 
 from probgen import plots  # noqa: E402
 from probgen.data import load_dataset  # noqa: E402
@@ -41,9 +41,7 @@ class _Replay:
 
 
 def main(args):
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1 if args.smoke else args.threads)
+    out = prepare(args)
     name = "mnist-5k" if args.smoke else args.data
     data = load_dataset(name, root=args.data_root, value_range=(-1, 1),
                         limit=512 if args.smoke else None)
@@ -91,13 +89,7 @@ if __name__ == "__main__":
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="dcgan-mnist-output")
-    p.add_argument("--data", default="mnist")
-    p.add_argument("--data-root", default="../shared/data/mnist")
-    p.add_argument("--steps", type=int, default=3000)
+    add_arguments(p, out="dcgan-mnist-output", data="mnist", data_root="../shared/data/mnist")
     p.add_argument("--n-eval", type=int, default=5000)
     p.add_argument("--width", type=int, default=64, help="DCGAN channels of the first D layer")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--smoke", action="store_true")
     main(p.parse_args())

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _gan_common import train_gan  # noqa: E402
+from _gan_common import add_arguments, prepare, train_gan  # noqa: E402
 
 from probgen import plots  # noqa: E402
 from probgen.data import load_dataset  # noqa: E402
@@ -46,9 +46,7 @@ def train_vae(data, *, epochs: int, latent_dim: int, seed: int):
 
 
 def main(args):
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1 if args.smoke else args.threads)
+    out = prepare(args)
     name = "digits" if args.smoke else args.data
     data = load_dataset(name, root=args.data_root, value_range=(0, 1))
     steps = 40 if args.smoke else args.steps
@@ -88,16 +86,10 @@ if __name__ == "__main__":
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="gan-inversion-output")
-    p.add_argument("--data", default="mnist-5k")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--steps", type=int, default=3000)
+    add_arguments(p, out="gan-inversion-output", data="mnist-5k")
     p.add_argument("--latent-dim", type=int, default=16)
     p.add_argument("--vae-epochs", type=int, default=30)
     p.add_argument("--n", type=int, default=200, help="test images to encode")
     p.add_argument("--restarts", type=int, default=4)
     p.add_argument("--inversion-steps", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--smoke", action="store_true")
     main(p.parse_args())

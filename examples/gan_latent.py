@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _gan_common import train_gan  # noqa: E402
+from _gan_common import add_arguments, prepare, print_losses, train_gan  # noqa: E402
 
 from probgen import plots  # noqa: E402
 from probgen.data import load_dataset  # noqa: E402
@@ -56,16 +56,13 @@ def class_vectors(model, fn, *, n: int = 4000, seed: int = 0):
 
 
 def main(args):
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1 if args.smoke else args.threads)
+    out = prepare(args)
     name = "digits" if args.smoke else args.data
     data = load_dataset(name, root=args.data_root, value_range=(-1, 1))
     steps = 40 if args.smoke else args.steps
     small = dict(width=32) if args.smoke else {}
-    model, _, res = train_gan(data, steps=steps, seed=args.seed, log_every=max(1, steps // 5), **small,
-                              callback=lambda s, r, m: print(f"step {s}: loss_d {r['loss_d']:.3f} "
-                                                              f"loss_g {r['loss_g']:.3f}", flush=True))
+    model, _, res = train_gan(data, steps=steps, seed=args.seed, log_every=max(1, steps // 5),
+                              callback=print_losses, **small)
     print(f"trained {steps} steps on {name} in {res.seconds:.0f} s")
     fn = feature_network(data)
 
@@ -116,11 +113,5 @@ if __name__ == "__main__":
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="gan-latent-output")
-    p.add_argument("--data", default="mnist-5k")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--smoke", action="store_true")
+    add_arguments(p, out="gan-latent-output", data="mnist-5k")
     main(p.parse_args())

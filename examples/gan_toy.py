@@ -28,6 +28,7 @@ high quality, reverse KL 0.04; PacGAN2 on ring8: 7.9 modes, 95.6%, 0.07; 10 tria
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -35,9 +36,10 @@ import torch
 from probgen import plots
 from probgen.data import load_dataset
 from probgen.eval.modes import mode_statistics
-from probgen.inference.adversarial import EpochSampler, GANTrainer, fit_gan
-from probgen.models.nets import gan_networks
 from probgen.recipes.gan import DEFAULTS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _gan_common import build_gan, fit, prepare  # noqa: E402
 
 SETTINGS = {
     "default": dict(DEFAULTS["toy"]),
@@ -53,10 +55,8 @@ SETTINGS = {
 def train_one(data, setting: dict, *, seed: int, steps: int, snapshots=()):
     """Train one GAN; return (final stats, {step: samples}, seconds)."""
     torch.manual_seed(seed)
-    g, d = gan_networks(data.shape, setting["latent_dim"], pack=setting["pack"],
-                        norm=setting["norm"], width=setting["width"], depth=setting["depth"])
-    tr = GANTrainer(g, d, latent_dim=setting["latent_dim"], loss=setting["loss"], lr=setting["lr"],
-                    lr_d=setting["lr_d"], betas=(setting["beta1"], setting["beta2"]))
+    model, tr, _ = build_gan(data, **setting)
+    g = model.generator
     z = torch.randn(1000, setting["latent_dim"], generator=torch.Generator().manual_seed(seed))
     kept = {}
     with torch.no_grad():
@@ -69,9 +69,7 @@ def train_one(data, setting: dict, *, seed: int, steps: int, snapshots=()):
                 kept[step] = g(z).detach()
                 g.train()
 
-    res = fit_gan(tr, EpochSampler(data.train, setting["batch_size"], seed=seed), steps,
-                  d_steps=setting["d_steps"], log_every=min(100, steps), callback=cb,
-                  lr_schedule=setting["lr_decay"])
+    res = fit(tr, data, setting, steps=steps, seed=seed, log_every=min(100, steps), callback=cb)
     with torch.no_grad():
         g.eval()
         x = g(torch.randn(2500, setting["latent_dim"], generator=torch.Generator().manual_seed(10_000 + seed)))
@@ -86,9 +84,7 @@ def _median_distance(x, means) -> float:
 
 
 def main(args):
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1 if args.smoke else args.threads)
+    out = prepare(args)
     steps = 200 if args.smoke else args.steps
     seeds = [0] if args.smoke else list(range(args.first_seed, args.first_seed + args.seeds))
     if args.smoke:

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from probgen.data.toy import GaussianMixture as TrueMixture
-from probgen.eval.model_choice import choose_n_components, fit_em
 from probgen.eval.paired import paired_difference, plot_per_example
+from probgen.model_choice import choose_n_components, fit_em
 from probgen.models.bayes_mixture import pointwise_log_likelihood
 from probgen.runs import atomic_write_json
 
@@ -108,8 +108,9 @@ def check(choice, *, smoke: bool) -> None:
             failures.append(f"BIC chose K={choice.chosen_bic}, not {TRUE_K}")
         if choice.chosen_loo_within_2se != TRUE_K:
             failures.append(f"LOO (smallest K within 2 SE of the best) chose "
-                            f"K={choice.chosen_loo_within_2se}, not {TRUE_K}")
-        if choice.chosen_loo != TRUE_K:
+                            f"K={choice.chosen_loo_within_2se}, not {TRUE_K}"
+                            + (f" ({choice.loo_reason})" if choice.loo_reason else ""))
+        if choice.chosen_loo is not None and choice.chosen_loo != TRUE_K:
             best = choice.scores[choice.chosen_loo - 1]
             true = choice.scores[TRUE_K - 1]
             print(f"LOO ranks K={choice.chosen_loo} first, ahead of K={TRUE_K} by "

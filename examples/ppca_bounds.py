@@ -90,9 +90,9 @@ def main(args) -> dict:
 
 
 def _figure(ks, bounds, e, exact, path) -> None:
-    from probgen.plots import _plt, _save
+    from probgen.plots import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.plot(ks, [float(bounds[k].total.mean()) for k in ks], "o-", label="IWAE-k")
     ax.axhline(float(exact.mean()), color="k", lw=1, label="exact log p(x)")
@@ -102,7 +102,7 @@ def _figure(ks, bounds, e, exact, path) -> None:
     ax.set_ylabel("nats per example")
     ax.legend()
     ax.set_title("bounds on log p(x), PPCA with a mean-field guide")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ module             what it does
 ``objectives``     :class:`IWAE` and :class:`DReG`: importance-weighted training objectives
 ``bounds``         :func:`elbo` and :func:`iwae_bound` per example, chunked over samples
 ``program_bounds`` the same bounds and AIS for any Pyro program, from its traces alone
-``ais``            annealed importance sampling with HMC, and the BDMC sandwich
+``ais``            annealed importance sampling (:class:`AISOptions`), and the BDMC sandwich
+``hmc``            the HMC transition on a tempered posterior and its step-size adaptation
+``grid``           the best value of a grid on validation data, with a warning at its edge
 ``parzen``         the Parzen-window estimate (with the warning it must carry)
 ``em``             EM for Gaussian mixtures on sufficient statistics (log space, Cholesky)
 ``kmeans``         k-means++ seeding and Lloyd iterations
@@ -31,6 +33,7 @@ _EXPORTS = {
     "ProgramModel": "program_bounds", "ProgramStructure": "program_bounds",
     "ais": "ais", "bdmc": "ais", "reverse_ais": "ais", "select_sigma": "ais",
     "gaussian_observation": "ais", "AISResult": "ais", "BDMCResult": "ais",
+    "AISOptions": "ais", "hmc_transition": "hmc", "best_on_grid": "grid",
     "parzen": "parzen", "select_bandwidth": "parzen", "PARZEN_WARNING": "parzen",
     "run_em": "em", "e_step": "em", "m_step": "em", "ConvergenceWarning": "em",
     "KMeans": "kmeans", "kmeans_plusplus": "kmeans", "lloyd": "kmeans",

@@ -41,13 +41,19 @@ reverse from it (``beta`` from 1 to 0) gives an unbiased estimate of ``1 / p(x)`
 *stochastic upper bound*; the forward and reverse estimates sandwich ``log p(x)`` and their
 gap bounds the error of the forward one on such data.
 
-HMC step sizes are adapted per chain toward an acceptance rate of 0.65 with Wu et al.'s rule
-(multiplied by 1.02 when a running average of the acceptance probability is above the target,
-by 0.98 otherwise). Adapting during the estimate makes each chain's step size depend on its
+The HMC transition and Wu et al.'s step-size rule live in :mod:`probgen.inference.hmc`; the
+step size is adapted per chain toward an acceptance rate of 0.65. Adapting during the estimate makes each chain's step size depend on its
 own past, which voids the unbiasedness argument of AIS and, measured, biases the estimate
 upward; by default the adaptation therefore runs in a pilot pass (at 5% a step) and the
 estimate uses its step sizes frozen per ``beta`` (``adapt="pilot"``; ``"online"`` is Wu et
 al.'s cheaper way).
+
+Settings
+--------
+Every setting of a run is a field of one :class:`AISOptions`, which :func:`ais`,
+:func:`reverse_ais`, :func:`bdmc` and :func:`select_sigma` all take; each of them also
+takes the fields as keywords (``ais(model, x, n_steps=200)`` is
+``ais(model, x, AISOptions(n_steps=200))``), which change the options given.
 
 The model protocol used here: ``latent_dim``, ``prior_log_prob(z)`` (``(..., d) -> (...)``),
 and either ``log_likelihood(x, z)`` (``x (N, *shape)``, ``z (S, N, d) -> (S, N)``) or
@@ -63,26 +69,32 @@ log weights are accumulated in float64.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from probgen.checks import one_of, positive_float, positive_int, probability
 from probgen.errors import ConfigError, suggest
 from probgen.inference.bounds import DEFAULT_MAX_ELEMENTS
+from probgen.inference.grid import best_on_grid
+from probgen.inference.hmc import adapt_step_size, hmc_transition, tempered_log_ratio
+from probgen.progress import NullBar
 from probgen.progress import bar as progress_bar
 
 __all__ = [
+    "AISOptions",
     "AISResult",
     "BDMCResult",
     "GaussianObservation",
     "SCHEDULES",
+    "SELECT_SIGMA_OPTIONS",
     "SigmaSelection",
     "ais",
     "bdmc",
     "gaussian_observation",
     "linear_schedule",
+    "log_mean_exp_with_stderr",
     "reverse_ais",
     "select_sigma",
     "sigmoid_schedule",
@@ -102,14 +114,14 @@ def sigmoid_schedule(n_steps: int, radius: float = 4.0) -> torch.Tensor:
     -------
     Tensor, shape (n_steps + 1,), float64, from exactly 0 to exactly 1.
     """
-    _check_positive_int("n_steps", n_steps)
+    positive_int("n_steps", n_steps)
     s = torch.sigmoid(torch.linspace(-radius, radius, n_steps + 1, dtype=torch.float64))
     return (s - s[0]) / (s[-1] - s[0])
 
 
 def linear_schedule(n_steps: int) -> torch.Tensor:
     """Evenly spaced ``beta`` from 0 to 1; shape (n_steps + 1,), float64."""
-    _check_positive_int("n_steps", n_steps)
+    positive_int("n_steps", n_steps)
     return torch.linspace(0.0, 1.0, n_steps + 1, dtype=torch.float64)
 
 
@@ -248,94 +260,142 @@ def gaussian_observation(model, sigma: float) -> GaussianObservation:
     return GaussianObservation(model, sigma)
 
 
-# ----------------------------------------------------------------------------- public API
-_COMMON_PARAMS = """n_steps : int
-        Number of transitions in the schedule (``n_steps + 1`` values of ``beta``).
+# ----------------------------------------------------------------------------- options
+ADAPT_MODES = ("pilot", "online", "none")
+PILOT_CHAINS = 8  # chains per example in the step-size pilot
+WU_RATE = 0.02  # online adaptation: step size times 1.02 or 0.98 per transition (Wu et al.)
+PILOT_RATE = 0.05  # the pilot only tunes, so it may move faster: short schedules reach the target
+
+
+@dataclass(frozen=True)
+class AISOptions:
+    """The settings of one AIS run, shared by :func:`ais`, :func:`reverse_ais`, :func:`bdmc`
+    and :func:`select_sigma`; checked when made.
+
+    Attributes
+    ----------
+    n_steps : int
+        Transitions in the schedule (``n_steps + 1`` values of ``beta``).
     n_chains : int
         Independent chains per example (``C``).
     schedule : {"sigmoid", "linear"}
+        The spacing of ``beta`` (:data:`SCHEDULES`).
     n_leapfrog : int
         Leapfrog steps per HMC transition.
     step_size : float
         Initial leapfrog step size.
     adapt : {"pilot", "online", "none"}
-        ``"pilot"`` (default): a first pass of ``min(n_chains, 8)`` chains adapts the step size
-        per chain (Wu et al.'s rule, at 5% a step instead of 2% so that short schedules reach
-        the target acceptance too); its per-example step size at each ``beta`` (geometric
-        mean over the pilot's chains) is then frozen for a second, independent pass that gives
-        the estimate, which is therefore an exact AIS estimate (at most twice the cost).
-        ``"online"``: Wu et al.'s per-chain adaptation during the estimate itself (one pass,
-        but the step size then depends on the chain's own past, which biases the estimate
-        upward: +0.012 and +0.018 nats, 2.4 and 3.5 standard errors, in two runs of 256 chains
-        at 1600 steps on the 2-d linear-Gaussian model of the tests, where the pilot gave
-        +0.001). ``"none"``: ``step_size`` throughout.
+        How the step size is tuned toward ``target_accept``.
+
+        - ``"pilot"`` (default): a first pass of ``min(n_chains, 8)`` chains adapts the step
+          size per chain (Wu et al.'s rule, at 5% a step instead of 2% so that short
+          schedules reach the target too); its per-example step size at each ``beta``
+          (geometric mean over the pilot's chains) is then frozen for a second, independent
+          pass that gives the estimate, which is therefore an exact AIS estimate (at most
+          twice the cost).
+        - ``"online"``: Wu et al.'s per-chain adaptation during the estimate itself. One
+          pass, but the step size then depends on the chain's own past, which biases the
+          estimate upward: +0.012 and +0.018 nats (2.4 and 3.5 standard errors) in two runs
+          of 256 chains at 1600 steps on a 2-d linear-Gaussian model, where the pilot gave
+          +0.001.
+        - ``"none"``: ``step_size`` throughout.
     target_accept : float
-        Acceptance rate the adaptation aims at (0.65, as Wu et al.).
+        Acceptance rate the adaptation aims at, in (0, 1) (0.65, as Wu et al.).
     jitter : float
-        Each transition scales its step size by ``Uniform(1 - jitter, 1 + jitter)`` (Neal, 2011,
-        sec. 5.4.2.2): it breaks the near-periodic trajectories that make HMC mix slowly on
-        Gaussian-like posteriors (it narrowed the spread of the log weights by about a third
-        in the tests). 0 turns it off.
+        In [0, 1): each transition scales its step size by ``Uniform(1 - jitter, 1 + jitter)``
+        (Neal, 2011, sec. 5.4.2.2), which breaks the near-periodic trajectories that make HMC
+        mix slowly on Gaussian-like posteriors (it narrowed the spread of the log weights by
+        about a third in the tests). 0 turns it off.
     sigma : float, optional
         Width of a Gaussian observation model around ``decode(z)``; required when the model
         has no ``log_likelihood``, ignored otherwise (a model's own likelihood is kept).
     batch_size : int, optional
-        Examples per pass (each pass holds ``C * batch_size`` chains); default: as many as keep
-        ``C * batch_size * data values`` within 2**23
+        Examples per pass (each pass holds ``C * batch_size`` chains). Default: as many as
+        keep ``C * batch_size * data values`` within 2**23
         (:data:`probgen.inference.bounds.DEFAULT_MAX_ELEMENTS`), so that the memory of a pass
         does not grow with N (668 MNIST images with 16 chains; the HMC gradients make a pass
         hold about 11 tensors of that size: 435-440 MiB above the process's floor for the
         MNIST VAE at N = 2,000 and 5,000, benchmarks/eval_memory.py).
-    generator : torch.Generator, optional
-        Source of randomness (on ``x``'s device), for repeatable estimates.
     progress : bool
         Show a bar over the annealing steps of every pass (pilot included) with the rate and
-        time left (:mod:`probgen.progress`: on a terminal only). It draws no random numbers."""
+        time left (:mod:`probgen.progress`: on a terminal only). It draws no random numbers.
+    """
+
+    n_steps: int = 500
+    n_chains: int = 16
+    schedule: str = "sigmoid"
+    n_leapfrog: int = 10
+    step_size: float = 0.05
+    adapt: str = "pilot"
+    target_accept: float = 0.65
+    jitter: float = 0.5
+    sigma: float | None = None
+    batch_size: int | None = None
+    progress: bool = False
+
+    def __post_init__(self):
+        one_of("schedule", self.schedule, sorted(SCHEDULES))
+        positive_int("n_steps", self.n_steps)
+        positive_int("n_chains", self.n_chains)
+        positive_int("n_leapfrog", self.n_leapfrog)
+        if self.batch_size is not None:
+            positive_int("batch_size", self.batch_size)
+        object.__setattr__(self, "step_size", positive_float("step_size", self.step_size))
+        one_of("adapt", self.adapt, ADAPT_MODES)
+        object.__setattr__(self, "target_accept", probability("target_accept", self.target_accept))
+        object.__setattr__(self, "jitter", probability("jitter", self.jitter, low_open=False))
+
+    @classmethod
+    def of(cls, options: AISOptions | None = None, **changes) -> AISOptions:
+        """``options`` (default: the defaults) with the fields named in ``changes`` replaced;
+        an unknown name is an error that lists the fields."""
+        base = cls() if options is None else options
+        if not isinstance(base, cls):
+            raise ConfigError(f"options must be an AISOptions; got {type(base).__name__}.")
+        unknown = [k for k in changes if k not in cls.__dataclass_fields__]
+        if unknown:
+            names = list(cls.__dataclass_fields__)
+            raise ConfigError(
+                f"unknown AIS option(s) {', '.join(map(repr, unknown))}."
+                f"{suggest(unknown[0], names)} The options are: {', '.join(names)}.")
+        return replace(base, **changes) if changes else base
 
 
-def _doc(f):
-    f.__doc__ = f.__doc__.replace("{common}", _COMMON_PARAMS)
-    return f
-
-
-@_doc
+# ----------------------------------------------------------------------------- public API
 @torch.no_grad()
-def ais(model, x: torch.Tensor, *, n_steps: int = 500, n_chains: int = 16,
-        schedule: str = "sigmoid", n_leapfrog: int = 10, step_size: float = 0.05,
-        adapt: str = "pilot", target_accept: float = 0.65, jitter: float = 0.5,
-        sigma: float | None = None, batch_size: int | None = None,
-        generator: torch.Generator | None = None, progress: bool = False) -> AISResult:
+def ais(model, x: torch.Tensor, options: AISOptions | None = None, *,
+        generator: torch.Generator | None = None, **changes) -> AISResult:
     """Forward AIS estimate of log p(x) per example: a stochastic lower bound.
 
     Parameters
     ----------
     model
-        Has ``latent_dim``, ``prior_log_prob(z)`` and ``log_likelihood(x, z)``; or, with
-        ``sigma`` given, ``decode(z)`` (wrapped by :func:`gaussian_observation`).
+        Has ``latent_dim``, ``prior_log_prob(z)`` and ``log_likelihood(x, z)``; or
+        ``latent_dim`` and ``log_joint(x, z)``; or, with ``sigma`` given, ``decode(z)``
+        (wrapped by :func:`gaussian_observation`).
     x : Tensor, shape (N, *data_shape)
-    {common}
+    options : AISOptions, optional
+        The settings (default: ``AISOptions()``).
+    generator : torch.Generator, optional
+        Source of randomness (on ``x``'s device), for repeatable estimates.
+    **changes
+        Fields of :class:`AISOptions` to change, e.g. ``n_steps=200, n_chains=64``.
 
     Returns
     -------
     AISResult
         ``direction="forward"``.
     """
-    target, used_sigma = _as_target(model, sigma)
-    betas = _schedule(schedule, n_steps)
-    opts = _Options.check(x, n_chains, n_leapfrog, step_size, adapt, target_accept, jitter, batch_size)
-    with _bar(x, betas, opts, 1, progress) as bar:
-        eps_table = _pilot(target, x, betas, opts, generator, bar) if opts.adapt == "pilot" else None
-        return _run(target, x, betas, _prior_init(target, opts, generator), "forward", schedule,
-                    used_sigma, opts, eps_table, generator, bar=bar)
+    run = _Annealer.make(model, x, AISOptions.of(options, **changes), generator)
+    with run.progress_bar(passes=1):
+        eps = run.pilot()
+        return run.run("forward", run.prior_start(), eps)
 
 
-@_doc
 @torch.no_grad()
-def reverse_ais(model, x: torch.Tensor, z_posterior: torch.Tensor, *, n_steps: int = 500,
-                n_chains: int = 16, schedule: str = "sigmoid", n_leapfrog: int = 10,
-                step_size: float = 0.05, adapt: str = "pilot", target_accept: float = 0.65,
-                jitter: float = 0.5, sigma: float | None = None, batch_size: int | None = None,
-                generator: torch.Generator | None = None, progress: bool = False) -> AISResult:
+def reverse_ais(model, x: torch.Tensor, z_posterior: torch.Tensor,
+                options: AISOptions | None = None, *, generator: torch.Generator | None = None,
+                **changes) -> AISResult:
     """Reverse AIS from exact posterior samples: a stochastic upper bound on log p(x).
 
     The chain runs the schedule backwards (``beta`` from 1 to 0) from ``z ~ p(z | x)``; the mean
@@ -346,58 +406,52 @@ def reverse_ais(model, x: torch.Tensor, z_posterior: torch.Tensor, *, n_steps: i
 
     Parameters
     ----------
-    model, x
+    model, x, options, generator, **changes
         As for :func:`ais`.
     z_posterior : Tensor, shape (N, latent_dim) or (C, N, latent_dim)
         Exact posterior samples; with shape (N, d) every chain of an example starts from the
         same one (still unbiased, only more correlated).
-    {common}
 
     Returns
     -------
     AISResult
         ``direction="reverse"``; ``log_px`` is the upper estimate.
     """
-    target, used_sigma = _as_target(model, sigma)
-    betas = _schedule(schedule, n_steps)
-    opts = _Options.check(x, n_chains, n_leapfrog, step_size, adapt, target_accept, jitter, batch_size)
-    init = _posterior_init(target, x, z_posterior, opts)
-    with _bar(x, betas, opts, 1, progress) as bar:
-        eps_table = _pilot(target, x, betas, opts, generator, bar) if opts.adapt == "pilot" else None
-        return _run(target, x, betas.flip(0), init, "reverse", schedule, used_sigma, opts,
-                    None if eps_table is None else eps_table.flip(0), generator, bar=bar)
+    run = _Annealer.make(model, x, AISOptions.of(options, **changes), generator)
+    start = run.posterior_start(z_posterior)
+    with run.progress_bar(passes=1):
+        eps = run.pilot()
+        return run.run("reverse", start, eps)
 
 
 @torch.no_grad()
-def bdmc(model, x: torch.Tensor, z: torch.Tensor, *, n_steps: int = 500, n_chains: int = 16,
-         schedule: str = "sigmoid", n_leapfrog: int = 10, step_size: float = 0.05,
-         adapt: str = "pilot", target_accept: float = 0.65, jitter: float = 0.5,
-         sigma: float | None = None, batch_size: int | None = None,
-         generator: torch.Generator | None = None, progress: bool = False) -> BDMCResult:
+def bdmc(model, x: torch.Tensor, z: torch.Tensor, options: AISOptions | None = None, *,
+         generator: torch.Generator | None = None, **changes) -> BDMCResult:
     """Bidirectional Monte Carlo (Grosse et al., 2015) on data simulated from the model.
 
     Forward AIS from the prior (lower) and reverse AIS from ``z`` (upper), with the same
     transitions: with ``adapt="pilot"`` one forward pilot tunes the step size at each ``beta``
     and both directions use it. For ``x`` simulated jointly with ``z``,
     ``lower <= log p(x) <= upper`` up to Monte Carlo error, and the gap shrinks as ``n_steps``
-    grows. Parameters are those of :func:`reverse_ais` (``z`` is its ``z_posterior``).
+    grows. Arguments as for :func:`reverse_ais` (``z`` is its ``z_posterior``).
     """
-    target, used_sigma = _as_target(model, sigma)
-    betas = _schedule(schedule, n_steps)
-    opts = _Options.check(x, n_chains, n_leapfrog, step_size, adapt, target_accept, jitter, batch_size)
-    rev_init = _posterior_init(target, x, z, opts)
-    with _bar(x, betas, opts, 2, progress) as bar:
-        eps_table = _pilot(target, x, betas, opts, generator, bar) if opts.adapt == "pilot" else None
-        lower = _run(target, x, betas, _prior_init(target, opts, generator), "forward", schedule,
-                     used_sigma, opts, eps_table, generator, bar=bar)
-        upper = _run(target, x, betas.flip(0), rev_init, "reverse", schedule, used_sigma, opts,
-                     None if eps_table is None else eps_table.flip(0), generator, bar=bar)
+    run = _Annealer.make(model, x, AISOptions.of(options, **changes), generator)
+    rev_start = run.posterior_start(z)
+    with run.progress_bar(passes=2):
+        eps = run.pilot()
+        lower = run.run("forward", run.prior_start(), eps)
+        upper = run.run("reverse", rev_start, eps)
     return BDMCResult(lower=lower, upper=upper, gap=upper.log_px - lower.log_px)
+
+
+SELECT_SIGMA_OPTIONS = AISOptions(n_steps=100, n_chains=4)
+"""The short runs :func:`select_sigma` makes for each width unless told otherwise."""
 
 
 @torch.no_grad()
 def select_sigma(model, x_val: torch.Tensor, sigmas: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
-                 *, n_steps: int = 100, n_chains: int = 4, **ais_options) -> SigmaSelection:
+                 options: AISOptions | None = None, *, generator: torch.Generator | None = None,
+                 **changes) -> SigmaSelection:
     """Choose the Gaussian observation width on validation data (Wu et al., 2017).
 
     Runs a short AIS for each width in ``sigmas`` on ``x_val`` and keeps the one with the
@@ -410,288 +464,202 @@ def select_sigma(model, x_val: torch.Tensor, sigmas: Sequence[float] = (0.01, 0.
     x_val : Tensor, shape (N, *data_shape)
         Validation data (not the data the estimate will be reported on).
     sigmas : sequence of float
-        The grid, in the data's units.
-    n_steps, n_chains, **ais_options
-        Passed to :func:`ais` (every keyword of it but ``sigma``).
+        The grid, in the data's units, in increasing order.
+    options : AISOptions, optional
+        The AIS settings of each run (default :data:`SELECT_SIGMA_OPTIONS`: 100 steps, 4
+        chains); its ``sigma`` is replaced by each width in turn.
+    generator, **changes
+        As for :func:`ais`.
     """
+    opts = AISOptions.of(SELECT_SIGMA_OPTIONS if options is None else options, **changes)
     sigmas = tuple(float(s) for s in sigmas)
     if not sigmas:
         raise ConfigError("sigmas must hold at least one width; got an empty grid.")
     scores, stderrs = [], []
     for s in sigmas:
-        res = ais(gaussian_observation(model, s), x_val, n_steps=n_steps, n_chains=n_chains,
-                  **ais_options)
+        res = ais(gaussian_observation(model, s), x_val, opts, generator=generator)
         v = res.log_px.double()
         scores.append(float(v.mean()))
         stderrs.append(float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else float("nan"))
-    best = max(range(len(sigmas)), key=lambda i: scores[i] if math.isfinite(scores[i]) else -math.inf)
-    if len(sigmas) > 1 and best in (0, len(sigmas) - 1):
-        warnings.warn(
-            f"the best observation width sigma={sigmas[best]} is at the "
-            f"{'lower' if best == 0 else 'upper'} end of the grid {sigmas}; extend the grid in "
-            f"that direction.", UserWarning, stacklevel=2)
+    best = best_on_grid(sigmas, scores, "observation width sigma", stacklevel=2)
     return SigmaSelection(sigma=sigmas[best], sigmas=sigmas, scores=scores, stderrs=stderrs)
 
 
 # ----------------------------------------------------------------------------- the sampler
-@dataclass(frozen=True)
-class _Options:
-    n_chains: int
-    n_leapfrog: int
-    step_size: float
-    adapt: str
-    target_accept: float
-    jitter: float
-    batch_size: int | None
+@dataclass
+class _Annealer:
+    """One estimate's model, data, schedule and settings; runs the passes over batches."""
+
+    target: object
+    x: torch.Tensor
+    betas: torch.Tensor  # (T + 1,) increasing
+    options: AISOptions
+    sigma: float | None  # of the Gaussian observation model, when one wraps decode
+    batch_size: int
+    generator: torch.Generator | None
+    bar: object = field(default_factory=NullBar)
 
     @classmethod
-    def check(cls, x, n_chains, n_leapfrog, step_size, adapt, target_accept, jitter, batch_size):
+    def make(cls, model, x, options: AISOptions, generator) -> _Annealer:
+        target, sigma = _as_target(model, options.sigma)
+        betas = SCHEDULES[options.schedule](options.n_steps)
         if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
             raise ConfigError(
                 f"x must be a floating-point tensor of shape (N, *data_shape); got "
                 f"{type(x).__name__} of shape {tuple(getattr(x, 'shape', ()))}.")
-        _check_positive_int("n_chains", n_chains)
-        _check_positive_int("n_leapfrog", n_leapfrog)
-        if batch_size is not None:
-            _check_positive_int("batch_size", batch_size)
-        else:
-            per_example = max(1, math.prod(x.shape[1:])) * n_chains
+        batch_size = options.batch_size
+        if batch_size is None:
+            per_example = max(1, math.prod(x.shape[1:])) * options.n_chains
             batch_size = max(1, DEFAULT_MAX_ELEMENTS // per_example)
-        if not (float(step_size) > 0 and math.isfinite(float(step_size))):
-            raise ConfigError(f"step_size must be a positive finite number; got {step_size!r}.")
-        if adapt not in ADAPT_MODES:
-            raise ConfigError(f"adapt must be one of {', '.join(ADAPT_MODES)}; got {adapt!r}."
-                              + suggest(str(adapt), ADAPT_MODES))
-        if not 0.0 < float(target_accept) < 1.0:
-            raise ConfigError(f"target_accept must lie in (0, 1); got {target_accept!r}.")
-        if not 0.0 <= float(jitter) < 1.0:
-            raise ConfigError(f"jitter must lie in [0, 1); got {jitter!r}.")
-        return cls(n_chains, n_leapfrog, float(step_size), adapt, float(target_accept),
-                   float(jitter), batch_size)
+        return cls(target, x, betas, options, sigma, batch_size, generator)
 
+    @property
+    def latent_dim(self) -> int:
+        d = int(self.target.latent_dim)
+        if d < 1:
+            raise ConfigError(f"latent_dim must be a positive int; the model has "
+                              f"{self.target.latent_dim!r}.")
+        return d
 
-ADAPT_MODES = ("pilot", "online", "none")
-PILOT_CHAINS = 8  # chains per example in the step-size pilot
-WU_RATE = 0.02  # online adaptation: step size times 1.02 or 0.98 per transition (Wu et al.)
-PILOT_RATE = 0.05  # the pilot only tunes, so it may move faster: short schedules reach the target
+    def batches(self):
+        n = self.x.shape[0]
+        for start in range(0, n, self.batch_size):
+            yield slice(start, min(start + self.batch_size, n))
 
+    def progress_bar(self, passes: int):
+        """One bar over the annealing steps of ``passes`` estimate passes and the pilot, if any."""
+        n = self.x.shape[0]
+        per_pass = -(-n // self.batch_size) * (len(self.betas) - 1)  # batches x steps
+        passes += self.options.adapt == "pilot"
+        self.bar = progress_bar(passes * per_pass, desc="AIS", unit="step",
+                                progress=self.options.progress)
+        return self.bar
 
-def _prior_init(target, opts, generator):
-    d = _latent_dim(target)
+    def prior_start(self, n_chains: int | None = None):
+        """Chains from ``N(0, I)``: a function of (batch of x, its slice) -> z (C, B, d)."""
+        c, d = n_chains or self.options.n_chains, self.latent_dim
 
-    def init(xb, _sl):
-        return torch.randn((opts.n_chains, xb.shape[0], d), dtype=xb.dtype, device=xb.device,
-                           generator=generator)
-    return init
+        def start(xb, _sl):
+            return torch.randn((c, xb.shape[0], d), dtype=xb.dtype, device=xb.device,
+                               generator=self.generator)
+        return start
 
+    def posterior_start(self, z_posterior):
+        """Chains from the given exact posterior samples, (N, d) or (C, N, d)."""
+        d, n, c = self.latent_dim, self.x.shape[0], self.options.n_chains
+        z_posterior = torch.as_tensor(z_posterior)
+        if z_posterior.shape == (n, d):
+            z_posterior = z_posterior.unsqueeze(0).expand(c, n, d)
+        elif z_posterior.shape != (c, n, d):
+            raise ConfigError(
+                f"z_posterior must have shape (N, latent_dim) = {(n, d)} or (n_chains, N, "
+                f"latent_dim) = {(c, n, d)}; got {tuple(z_posterior.shape)}. Pass the latent "
+                f"codes that generated x.")
+        z_posterior = z_posterior.to(dtype=self.x.dtype, device=self.x.device)
 
-def _posterior_init(target, x, z_posterior, opts):
-    d = _latent_dim(target)
-    n, c = x.shape[0], opts.n_chains
-    z_posterior = torch.as_tensor(z_posterior)
-    if z_posterior.shape == (n, d):
-        z_posterior = z_posterior.unsqueeze(0).expand(c, n, d)
-    elif z_posterior.shape != (c, n, d):
-        raise ConfigError(
-            f"z_posterior must have shape (N, latent_dim) = {(n, d)} or (n_chains, N, latent_dim) "
-            f"= {(c, n, d)}; got {tuple(z_posterior.shape)}. Pass the latent codes that "
-            f"generated x.")
-    z_posterior = z_posterior.to(dtype=x.dtype, device=x.device)
+        def start(_xb, sl):
+            return z_posterior[:, sl].clone()
+        return start
 
-    def init(_xb, sl):
-        return z_posterior[:, sl].clone()
-    return init
+    def pilot(self) -> torch.Tensor | None:
+        """With ``adapt="pilot"``: the step size per ``beta`` and example (T + 1, N), tuned by a
+        forward pass of ``min(n_chains, PILOT_CHAINS)`` chains with online adaptation (the
+        geometric mean over its chains of the step size each transition used; rows 0 and T,
+        where no transition runs, repeat their neighbours). None otherwise."""
+        if self.options.adapt != "pilot":
+            return None
+        self.bar.set_description("AIS step-size pilot")
+        start = self.prior_start(min(self.options.n_chains, PILOT_CHAINS))
+        tables = [self.anneal(self.x[sl], start(self.x[sl], sl), self.betas, None,
+                              rate=PILOT_RATE)[2] for sl in self.batches()]
+        return torch.cat(tables, dim=1)
 
+    def run(self, direction: str, start, eps_table: torch.Tensor | None) -> AISResult:
+        """The estimate pass over every batch, ``"forward"`` (beta from 0 to 1) or
+        ``"reverse"``, with the step sizes of ``eps_table`` (in increasing beta) if given."""
+        reverse = direction == "reverse"
+        betas = self.betas.flip(0) if reverse else self.betas
+        if eps_table is not None and reverse:
+            eps_table = eps_table.flip(0)
+        self.bar.set_description(f"AIS {direction}")
+        parts = []
+        for sl in self.batches():
+            xb = self.x[sl]
+            table = None if eps_table is None else eps_table[:, sl]
+            parts.append(self.anneal(xb, start(xb, sl), betas, table))
+        log_w = torch.cat([p[0] for p in parts], dim=1)  # (C, N)
+        acc = torch.cat([p[1] for p in parts], dim=1)
+        eps = torch.cat([p[2] for p in parts], dim=1)
+        if reverse:
+            eps = eps.flip(0)  # rows follow increasing beta in every record
+        est, se = log_mean_exp_with_stderr(log_w)
+        if reverse:
+            est = -est
+        o = self.options
+        return AISResult(log_px=est.to(self.x.dtype), stderr=se.to(self.x.dtype),
+                         log_weights=log_w, acceptance=acc, step_size=eps,
+                         n_steps=len(betas) - 1, n_chains=log_w.shape[0],
+                         n_leapfrog=o.n_leapfrog, schedule=o.schedule, direction=direction,
+                         adapt=o.adapt, sigma=self.sigma)
 
-def _bar(x, betas, opts, passes: int, progress: bool):
-    """One bar over the annealing steps of ``passes`` estimate passes and the pilot, if any."""
-    n = x.shape[0]
-    bs = opts.batch_size or max(n, 1)
-    per_pass = -(-n // bs) * (len(betas) - 1)  # batches x steps
-    passes += opts.adapt == "pilot"
-    return progress_bar(passes * per_pass, desc="AIS", unit="step", progress=progress)
+    def anneal(self, x, z, betas, eps_table, rate=WU_RATE):
+        """One pass of AIS along ``betas`` (increasing: forward; decreasing: reverse) for a
+        batch ``x`` (B, *shape) from the chains ``z`` (C, B, d).
 
+        For i = 1..T: ``log w += (beta_i - beta_{i-1}) * h(z)`` (see
+        :func:`probgen.inference.hmc.tempered_log_ratio`), then (except after the last) one
+        HMC transition that leaves ``f_{beta_i}`` invariant. With ``eps_table`` (T + 1, B) the
+        step size of transition i is ``eps_table[i]``; without it, it adapts per chain at
+        ``rate`` unless ``adapt == "none"``.
 
-def _pilot(target, x, betas, opts, generator, bar=None) -> torch.Tensor:
-    """Step size per ``beta`` and example, tuned by a forward pass with online adaptation.
-
-    The pilot runs ``min(n_chains, PILOT_CHAINS)`` chains per example. Returns a table
-    (T + 1, N): the geometric mean over the pilot's chains of the step size
-    each transition used; rows 0 and T (no transition there) repeat their neighbours.
-    """
-    tables = []
-    n = x.shape[0]
-    bs = opts.batch_size or max(n, 1)
-    opts = replace(opts, n_chains=min(opts.n_chains, PILOT_CHAINS))
-    init = _prior_init(target, opts, generator)
-    if bar is not None:
-        bar.set_description("AIS step-size pilot")
-    for start in range(0, n, bs):
-        sl = slice(start, min(start + bs, n))
-        xb = x[sl]
-        tables.append(_anneal(target, xb, init(xb, sl), betas, opts, None, generator,
-                              rate=PILOT_RATE, bar=bar)[2])
-    return torch.cat(tables, dim=1)
-
-
-def _run(target, x, betas, init, direction, schedule, sigma, opts, eps_table, generator, *,
-         bar=None) -> AISResult:
-    """Run the annealing loop over batches of examples and assemble the record."""
-    n = x.shape[0]
-    bs = opts.batch_size or max(n, 1)
-    parts = []
-    if bar is not None:
-        bar.set_description(f"AIS {direction}")
-    for start in range(0, n, bs):
-        sl = slice(start, min(start + bs, n))
-        xb = x[sl]
-        table = None if eps_table is None else eps_table[:, sl]
-        parts.append(_anneal(target, xb, init(xb, sl), betas, opts, table, generator, bar=bar))
-    log_w = torch.cat([p[0] for p in parts], dim=1)  # (C, N)
-    acc = torch.cat([p[1] for p in parts], dim=1)
-    eps = torch.cat([p[2] for p in parts], dim=1)
-    if direction == "reverse":
-        eps = eps.flip(0)  # rows follow increasing beta in every record
-    est, se = _log_mean_exp_with_stderr(log_w)
-    if direction == "reverse":
-        est = -est
-    return AISResult(log_px=est.to(x.dtype), stderr=se.to(x.dtype), log_weights=log_w,
-                     acceptance=acc, step_size=eps, n_steps=len(betas) - 1,
-                     n_chains=log_w.shape[0], n_leapfrog=opts.n_leapfrog, schedule=schedule,
-                     direction=direction, adapt=opts.adapt, sigma=sigma)
-
-
-def _anneal(target, x, z, betas, opts, eps_table, generator, rate=WU_RATE, bar=None):
-    """One pass of AIS along ``betas`` (increasing: forward; decreasing: reverse).
-
-    For i = 1..T: ``log w += (beta_i - beta_{i-1}) * h(z)`` with
-    ``h = log p(z) + log p(x|z) - log q0(z)``, then (except after the last) one HMC transition
-    that leaves ``f_{beta_i}`` invariant. z: (C, N, d). With ``eps_table`` (T + 1, N) the step
-    size of transition i is ``eps_table[i]``; without it, it adapts per chain unless
-    ``opts.adapt == "none"``, multiplied by ``1 + rate`` or ``1 - rate`` each step.
-
-    ``bar``, when given, advances by one at every ``beta``.
-
-    Returns log weights (C, N) float64, mean acceptance probability (C, N), and the step size
-    used at each beta (T + 1, N) (geometric mean over chains).
-    """
-    c, n, _ = z.shape
-    T = len(betas) - 1
-    b = betas.tolist()
-    online = eps_table is None and opts.adapt != "none"
-    eps = torch.full((c, n, 1), opts.step_size, dtype=x.dtype, device=x.device)
-    avg_acc = torch.full((c, n), opts.target_accept, dtype=x.dtype, device=x.device)
-    acc_sum = torch.zeros((c, n), dtype=torch.float64, device=x.device)
-    log_w = torch.zeros((c, n), dtype=torch.float64, device=x.device)
-    used = torch.empty((T + 1, n), dtype=x.dtype, device=x.device)
-    h, grad_h = _h_and_grad(target, x, z)
-    if not torch.isfinite(h).all():
-        bad = int((~torch.isfinite(h)).sum())
-        raise ConfigError(
-            f"log p(z) + log p(x|z) (or its gradient) is not finite at {bad} of {h.numel()} "
-            f"starting points; the model must give a finite log density wherever the chains "
-            f"start (for the reverse direction: at the given posterior samples).")
-    for i in range(1, T + 1):
-        log_w += (b[i] - b[i - 1]) * h.double()
-        if bar is not None:
-            bar.update(1)
-        if i == T:
-            break
-        if eps_table is not None:
-            eps = eps_table[i].to(x.dtype).view(1, n, 1).expand(c, n, 1)
-        used[i] = eps.log().mean(0).squeeze(-1).exp()
-        z, h, grad_h, a = _hmc(target, x, z, h, grad_h, b[i], eps, opts, generator)
-        acc_sum += a.double()
-        if online:
-            avg_acc = 0.9 * avg_acc + 0.1 * a
-            up = (avg_acc > opts.target_accept).unsqueeze(-1)
-            eps = torch.where(up, eps * (1.0 + rate), eps * (1.0 - rate)).clamp_(1e-4, 1.0)
-    if T >= 2:
-        used[0], used[T] = used[1], used[T - 1]
-    else:
-        used[:] = opts.step_size
-    acceptance = acc_sum / max(T - 1, 1)
-    return log_w, acceptance.to(x.dtype), used
-
-
-def _hmc(target, x, z, h, grad_h, beta, eps, opts, generator):
-    """One HMC transition (Neal, 2011, "MCMC using Hamiltonian dynamics") leaving f_beta invariant.
-
-    ``log f_beta(z) = log q0(z) + beta * h(z)`` with ``q0 = N(0, I)`` (gradient ``-z``).
-    ``eps`` (C, N, 1) is scaled by a random factor in ``[1 - jitter, 1 + jitter]`` per chain.
-    Proposals where the model's log density is not finite are rejected.
-    Returns the new state (z, h, grad_h) and the acceptance probability (C, N).
-    """
-    def log_f(z_, h_):
-        return _std_normal_log_prob(z_) + beta * h_
-
-    def grad_log_f(z_, g_):
-        return -z_ + beta * g_
-
-    p0 = torch.randn(z.shape, dtype=z.dtype, device=z.device, generator=generator)
-    if opts.jitter > 0:
-        u = torch.rand(eps.shape, dtype=z.dtype, device=z.device, generator=generator)
-        eps = eps * (1.0 + opts.jitter * (2.0 * u - 1.0))
-    zn, hn, gn = z, h, grad_h
-    p = p0 + 0.5 * eps * grad_log_f(zn, gn)
-    for step in range(opts.n_leapfrog):
-        zn = zn + eps * p
-        hn, gn = _h_and_grad(target, x, zn)
-        if step < opts.n_leapfrog - 1:
-            p = p + eps * grad_log_f(zn, gn)
-    p = p + 0.5 * eps * grad_log_f(zn, gn)
-    log_ratio = (log_f(zn, hn) - 0.5 * p.pow(2).sum(-1)) - (log_f(z, h) - 0.5 * p0.pow(2).sum(-1))
-    log_ratio = torch.where(torch.isfinite(log_ratio), log_ratio,
-                            torch.full_like(log_ratio, -math.inf))
-    accept_prob = log_ratio.clamp(max=0.0).exp()
-    u = torch.rand(accept_prob.shape, dtype=z.dtype, device=z.device, generator=generator)
-    accept = u < accept_prob
-    z = torch.where(accept.unsqueeze(-1), zn, z)
-    h = torch.where(accept, hn, h)
-    grad_h = torch.where(accept.unsqueeze(-1), gn, grad_h)
-    return z, h, grad_h, accept_prob
-
-
-def _h_and_grad(target, x, z):
-    """``h(z) = log p(z) + log p(x|z) - log N(z; 0, I)`` (C, N) and its gradient in z (C, N, d).
-
-    Points where the value or the gradient is not finite get ``h = -inf`` (so HMC rejects them)
-    and a zero gradient.
-    """
-    with torch.enable_grad():
-        z = z.detach().requires_grad_(True)
-        if callable(getattr(target, "log_joint", None)):
-            parts = (("log_joint(x, z)", target.log_joint(x, z)),)
+        Returns log weights (C, B) float64, mean acceptance probability (C, B), and the step
+        size used at each beta (T + 1, B) (geometric mean over chains).
+        """
+        o = self.options
+        c, n, _ = z.shape
+        T = len(betas) - 1
+        b = betas.tolist()
+        online = eps_table is None and o.adapt != "none"
+        eps = torch.full((c, n, 1), o.step_size, dtype=x.dtype, device=x.device)
+        avg_acc = torch.full((c, n), o.target_accept, dtype=x.dtype, device=x.device)
+        acc_sum = torch.zeros((c, n), dtype=torch.float64, device=x.device)
+        log_w = torch.zeros((c, n), dtype=torch.float64, device=x.device)
+        used = torch.empty((T + 1, n), dtype=x.dtype, device=x.device)
+        h, grad_h = tempered_log_ratio(self.target, x, z)
+        if not torch.isfinite(h).all():
+            bad = int((~torch.isfinite(h)).sum())
+            raise ConfigError(
+                f"log p(z) + log p(x|z) (or its gradient) is not finite at {bad} of {h.numel()} "
+                f"starting points; the model must give a finite log density wherever the chains "
+                f"start (for the reverse direction: at the given posterior samples).")
+        for i in range(1, T + 1):
+            log_w += (b[i] - b[i - 1]) * h.double()
+            self.bar.update(1)
+            if i == T:
+                break
+            if eps_table is not None:
+                eps = eps_table[i].to(x.dtype).view(1, n, 1).expand(c, n, 1)
+            used[i] = eps.log().mean(0).squeeze(-1).exp()
+            z, h, grad_h, a = hmc_transition(self.target, x, z, h, grad_h, b[i], eps,
+                                             n_leapfrog=o.n_leapfrog, jitter=o.jitter,
+                                             generator=self.generator)
+            acc_sum += a.double()
+            if online:
+                eps, avg_acc = adapt_step_size(eps, avg_acc, a, target_accept=o.target_accept,
+                                               rate=rate)
+        if T >= 2:
+            used[0], used[T] = used[1], used[T - 1]
         else:
-            parts = (("prior_log_prob(z)", target.prior_log_prob(z)),
-                     ("log_likelihood(x, z)", target.log_likelihood(x, z)))
-        for name, v in parts:
-            if v.shape != z.shape[:-1]:
-                raise ConfigError(
-                    f"{name} has shape {tuple(v.shape)} for x of shape {tuple(x.shape)} and z of "
-                    f"shape {tuple(z.shape)}; expected {tuple(z.shape[:-1])} (one value per chain "
-                    f"and example): prior_log_prob maps (..., d) to (...), log_likelihood and "
-                    f"log_joint map x (N, ...) and z (S, N, d) to (S, N).")
-        lp = parts[0][1] if len(parts) == 1 else parts[0][1] + parts[1][1]
-        (g,) = torch.autograd.grad(lp.sum(), z)
-    z = z.detach()
-    h = lp.detach() - _std_normal_log_prob(z)
-    grad_h = g + z
-    ok = torch.isfinite(h) & torch.isfinite(grad_h).all(-1)
-    h = torch.where(ok, h, torch.full_like(h, -math.inf))
-    grad_h = torch.where(ok.unsqueeze(-1), grad_h, torch.zeros_like(grad_h))
-    return h, grad_h
+            used[:] = o.step_size
+        acceptance = acc_sum / max(T - 1, 1)
+        return log_w, acceptance.to(x.dtype), used
 
 
-def _std_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    return -0.5 * z.pow(2).sum(-1) - 0.5 * z.shape[-1] * _LOG_2PI
-
-
-def _log_mean_exp_with_stderr(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def log_mean_exp_with_stderr(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``log mean_c exp(log_w)`` over dim 0 and its delta-method standard error.
 
     ``se = sd(w) / (sqrt(C) mean(w)) = sqrt((r - 1) / (C - 1))``, ``r = mean(w^2) / mean(w)^2``.
-    log_w: (C, N) -> two tensors (N,), float64.
+    log_w: (C, N) -> two tensors (N,), float64; the error is NaN with one chain.
     """
     log_w = log_w.double()
     c = log_w.shape[0]
@@ -715,7 +683,7 @@ def _require(model, names, purpose):
 
 def _as_target(model, sigma):
     """The model itself when it has log_likelihood (or log_joint), else a Gaussian observation
-    around decode."""
+    around decode; and the width of that observation model (None for the model itself)."""
     if callable(getattr(model, "log_joint", None)) and hasattr(model, "latent_dim"):
         return model, None
     _require(model, ("latent_dim", "prior_log_prob"), "annealed importance sampling")
@@ -730,23 +698,3 @@ def _as_target(model, sigma):
             f"data with select_sigma().")
     obs = GaussianObservation(model, sigma)
     return obs, obs.sigma
-
-
-def _latent_dim(target) -> int:
-    d = int(target.latent_dim)
-    if d < 1:
-        raise ConfigError(f"latent_dim must be a positive int; the model has {target.latent_dim!r}.")
-    return d
-
-
-def _schedule(name: str, n_steps: int) -> torch.Tensor:
-    if name not in SCHEDULES:
-        raise ConfigError(
-            f"schedule must be one of {', '.join(sorted(SCHEDULES))}; got {name!r}."
-            + suggest(name, SCHEDULES))
-    return SCHEDULES[name](n_steps)
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be an int >= 1; got {value!r}.")

@@ -21,13 +21,14 @@ memory stays at ``batch_size * sample_batch_size`` distances.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from probgen.checks import positive_float
 from probgen.errors import ConfigError
+from probgen.inference.grid import best_on_grid
 
 __all__ = ["PARZEN_WARNING", "ParzenResult", "parzen", "parzen_log_prob", "select_bandwidth"]
 
@@ -87,9 +88,7 @@ def parzen_log_prob(x: torch.Tensor, samples: torch.Tensor, bandwidth: float, *,
     -------
     log_px, stderr : Tensor (N,), float64
     """
-    h = float(bandwidth)
-    if not (h > 0 and math.isfinite(h)):
-        raise ConfigError(f"bandwidth must be a positive finite number; got {bandwidth!r}.")
+    h = positive_float("bandwidth", bandwidth)
     x2, s2 = _flat_pair(x, samples)
     n, d = x2.shape
     m = s2.shape[0]
@@ -152,12 +151,7 @@ def select_bandwidth(samples: torch.Tensor, x_val: torch.Tensor,
         lp, _ = parzen_log_prob(x_val, samples, h, batch_size=batch_size,
                                 sample_batch_size=sample_batch_size)
         scores.append(float(lp.mean()))
-    best = max(range(len(grid)), key=lambda i: scores[i] if math.isfinite(scores[i]) else -math.inf)
-    if len(grid) > 1 and best in (0, len(grid) - 1):
-        warnings.warn(
-            f"the best Parzen bandwidth {grid[best]:.4g} is at the "
-            f"{'lower' if best == 0 else 'upper'} end of the grid [{grid[0]:.4g}, {grid[-1]:.4g}]; "
-            f"extend the grid in that direction.", UserWarning, stacklevel=2)
+    best = best_on_grid(grid, scores, "Parzen bandwidth", stacklevel=2)
     return grid[best], grid, scores
 
 

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pyro
 import torch
@@ -68,8 +68,9 @@ from pyro.distributions import Independent, constraints
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
+from probgen.checks import positive_int
 from probgen.errors import ConfigError
-from probgen.inference.ais import AISResult
+from probgen.inference.ais import AISOptions, AISResult
 from probgen.inference.bounds import DEFAULT_MAX_ELEMENTS, ELBORecord, IWAERecord, chunk_plan
 
 __all__ = [
@@ -585,11 +586,6 @@ def _terms(prog: ProgramModel, st: ProgramStructure, xb: torch.Tensor, s: int) -
     return _Terms(log_joint, log_q, None, None)
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer; got {value!r}.")
-
-
 def _data_size(x: torch.Tensor) -> int:
     return max(1, math.prod(x.shape[1:]))
 
@@ -622,7 +618,7 @@ def program_elbo(program, x: torch.Tensor, *, num_samples: int = 1, data_plate: 
         site and no enumerated latent, else ``None``; ``mc_stderr`` (N,) with
         ``num_samples >= 2``.
     """
-    _check_positive_int("num_samples", num_samples)
+    positive_int("num_samples", num_samples)
     prog = _resolve(program, data_plate, global_latents)
     st = prog.structure(x)
     n = x.shape[0]
@@ -676,7 +672,7 @@ def program_log_weights(program, x: torch.Tensor, k: int, *, data_plate: str | N
     -------
     Tensor (k, N), float64
     """
-    _check_positive_int("k", k)
+    positive_int("k", k)
     prog = _resolve(program, data_plate, global_latents)
     st = prog.structure(x)
     n = x.shape[0]
@@ -721,7 +717,7 @@ def program_iwae_bound(program, x: torch.Tensor, k: int, *, khat: bool = True,
         ``total`` (N,), ``mc_stderr`` (N,) (delta method; None for k = 1), ``k``,
         ``khat`` (N,) float64 or None.
     """
-    _check_positive_int("k", k)
+    positive_int("k", k)
     prog = _resolve(program, data_plate, global_latents)
     st = prog.structure(x)
     n = x.shape[0]
@@ -766,11 +762,9 @@ def _khat(log_w: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- AIS
-def program_ais(program, x: torch.Tensor, *, n_steps: int = 500, n_chains: int = 16,
-                schedule: str = "sigmoid", n_leapfrog: int = 10, step_size: float = 0.05,
-                adapt: str = "pilot", target_accept: float = 0.65, jitter: float = 0.5,
-                batch_size: int | None = None, generator: torch.Generator | None = None,
-                data_plate: str | None = None, global_latents: str | None = None) -> ProgramAISResult:
+def program_ais(program, x: torch.Tensor, options: AISOptions | None = None, *,
+                generator: torch.Generator | None = None, data_plate: str | None = None,
+                global_latents: str | None = None, **changes) -> ProgramAISResult:
     """Forward AIS estimate of log p(x) per example (a stochastic lower bound), from traces.
 
     Runs :func:`probgen.inference.ais.ais` (its HMC kernel, schedules, step-size adaptation
@@ -779,8 +773,9 @@ def program_ais(program, x: torch.Tensor, *, n_steps: int = 500, n_chains: int =
     ``biject_to(support)(u)`` and the target density carries the log-determinant of the
     Jacobian, so the annealing path goes from N(0, I) over u to p(u | x). Enumerated discrete
     latents are summed out inside the target; the guide is not used (only the model's
-    structure). Keywords as :func:`probgen.inference.ais.ais`; ``data_plate`` and
-    ``global_latents`` as :func:`check_program`. The transform of each site is taken from its
+    structure). ``options``, ``generator`` and the keywords that change the options as
+    :func:`probgen.inference.ais.ais` (``sigma`` is not used: a program has its own
+    likelihood); ``data_plate`` and ``global_latents`` as :func:`check_program`. The transform of each site is taken from its
     support on the first examples, so supports must not depend on the example (``Normal``,
     ``Gamma``, ``Beta``, ``Dirichlet`` ... do not; a ``Uniform(0, x_n)`` would).
 
@@ -796,13 +791,10 @@ def program_ais(program, x: torch.Tensor, *, n_steps: int = 500, n_chains: int =
     prog = _resolve(program, data_plate, global_latents)
     st = prog.structure(x)
     target = _ProgramTarget(prog, st, x)
-    _check_positive_int("n_chains", n_chains)
-    if batch_size is None:
-        batch_size = max(1, DEFAULT_MAX_ELEMENTS // (_data_size(x) * n_chains))
-    res = ais(target, target.index, n_steps=n_steps, n_chains=n_chains, schedule=schedule,
-              n_leapfrog=n_leapfrog, step_size=step_size, adapt=adapt,
-              target_accept=target_accept, jitter=jitter, batch_size=batch_size,
-              generator=generator)
+    opts = AISOptions.of(options, **changes)
+    if opts.batch_size is None:  # the chains' memory is the program's data size, not index's
+        opts = replace(opts, batch_size=max(1, DEFAULT_MAX_ELEMENTS // (_data_size(x) * opts.n_chains)))
+    res = ais(target, target.index, opts, generator=generator)
     fields = {f: getattr(res, f) for f in res.__dataclass_fields__}
     return ProgramAISResult(**fields, khat=pareto_khat(res.log_weights), sites=st.latent)
 

@@ -42,15 +42,17 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from probgen.checks import int_at_least
 from probgen.errors import ConfigError, DataError
 
 __all__ = [
     "MixturePrior",
+    "as_points",
     "MixtureSamples",
     "mixture_model",
     "pointwise_log_likelihood",
@@ -93,13 +95,13 @@ class MixturePrior:
     @classmethod
     def from_data(cls, x: torch.Tensor, **hyper) -> MixturePrior:
         """The data-scaled prior for ``x`` (N, D); ``hyper`` overrides the defaults."""
-        x = _as_points(x)
+        x = as_points(x)
         spread = x.std(dim=0, unbiased=True) if x.shape[0] > 1 else torch.ones(x.shape[1])
         spread = torch.where(spread > 0, spread, torch.ones_like(spread))
         return cls(center=x.mean(dim=0), spread=spread, **hyper)
 
 
-def _as_points(x) -> torch.Tensor:
+def as_points(x) -> torch.Tensor:
     """(N,) or (N, D) -> float (N, D); refuse anything else with a message that says why."""
     x = torch.as_tensor(x)
     if not x.is_floating_point():
@@ -166,7 +168,7 @@ def pointwise_log_likelihood(x: torch.Tensor, weights: torch.Tensor, locs: torch
     Tensor (..., N)
         Invariant to permutations of the K components.
     """
-    x = _as_points(x).to(locs.dtype)
+    x = as_points(x).to(locs.dtype)
     xb = x[:, None, :]                                              # (N, 1, D)
     mu = locs.unsqueeze(-3)                                         # (..., 1, K, D)
     sd = scales.unsqueeze(-3)                                       # (..., 1, K, D)
@@ -227,17 +229,12 @@ class MixtureSamples:
         return sort_components(self.weights, self.locs, self.scales)
 
 
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum}; got {value!r}.")
-    return value
-
-
 def fit_nuts(x: torch.Tensor, n_components: int, *, prior: MixturePrior | None = None,
              num_warmup: int = 200, num_samples: int = 200, num_chains: int = 2,
              init: Sequence[dict[str, torch.Tensor]] | None = None, seed: int = 0,
              target_accept_prob: float = 0.8, max_tree_depth: int = 8,
-             jit_compile: bool = False) -> MixtureSamples:
+             jit_compile: bool = False,
+             callback: Callable[[], None] | None = None) -> MixtureSamples:
     """Sample the posterior of :func:`mixture_model` with NUTS, one chain after another.
 
     Chains run sequentially in this process (Pyro's parallel chains spawn processes, which
@@ -260,6 +257,9 @@ def fit_nuts(x: torch.Tensor, n_components: int, *, prior: MixturePrior | None =
     target_accept_prob, max_tree_depth, jit_compile
         Passed to :class:`pyro.infer.NUTS`. ``jit_compile=True`` traces the potential with
         ``torch.jit`` (about 1.5 times faster here, but that torch API is deprecated).
+    callback : callable, optional
+        Called with no arguments after every iteration (warm-up included) of every chain,
+        e.g. to advance a progress bar; an exception it raises stops sampling and propagates.
 
     Returns
     -------
@@ -269,11 +269,11 @@ def fit_nuts(x: torch.Tensor, n_components: int, *, prior: MixturePrior | None =
     from pyro.infer import MCMC, NUTS
     from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 
-    x = _as_points(x)
-    K = _check_count("n_components", n_components, 1)
-    _check_count("num_warmup", num_warmup, 0)
-    _check_count("num_samples", num_samples, 1)
-    _check_count("num_chains", num_chains, 1)
+    x = as_points(x)
+    K = int_at_least("n_components", n_components, 1)
+    int_at_least("num_warmup", num_warmup, 0)
+    int_at_least("num_samples", num_samples, 1)
+    int_at_least("num_chains", num_chains, 1)
     prior = MixturePrior.from_data(x) if prior is None else prior
     init = list(init or [])
     draws: dict[str, list[torch.Tensor]] = {s: [] for s in SITES}
@@ -289,8 +289,9 @@ def fit_nuts(x: torch.Tensor, n_components: int, *, prior: MixturePrior | None =
             kernel = NUTS(mixture_model, target_accept_prob=target_accept_prob,
                           max_tree_depth=max_tree_depth, init_strategy=strategy,
                           jit_compile=jit_compile, ignore_jit_warnings=jit_compile)
+            hook = None if callback is None else (lambda *_: callback())
             mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=num_warmup,
-                        num_chains=1, disable_progbar=True)
+                        num_chains=1, disable_progbar=True, hook_fn=hook)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.*deprecated",
                                         category=FutureWarning)

@@ -148,6 +148,30 @@ class PPCA(nn.Module):
                             "with the data's own shape.")
         return x.reshape(x.shape[0], self.dim)  # (N, D)
 
+    @classmethod
+    @torch.no_grad()
+    def from_parameters(cls, weight: torch.Tensor, mean: torch.Tensor, noise_std: float, *,
+                        guide: str = "full") -> PPCA:
+        """The model with W = ``weight`` (D, L), mu = ``mean`` (D,) and s = ``noise_std``, in
+        ``weight``'s dtype, with the guide set to the posterior (:meth:`set_guide_to_posterior`):
+        a known linear-Gaussian model, e.g. to simulate data from or to check an estimator
+        against its exact ``log_prob``."""
+        weight, mean = torch.as_tensor(weight), torch.as_tensor(mean)
+        if weight.dim() != 2 or mean.shape != weight.shape[:1]:
+            raise ConfigError(f"weight must be (D, L) and mean (D,); got {tuple(weight.shape)} and "
+                              f"{tuple(mean.shape)}.")
+        floor = math.sqrt(_MIN_NOISE)
+        if not float(noise_std) > floor:
+            raise ConfigError(f"noise_std must be above {floor}; got {noise_std!r}.")
+        model = cls(weight.shape[0], weight.shape[1], guide=guide).to(weight.dtype)
+        g = model.generative
+        g.weight.copy_(weight)
+        g.mean.copy_(mean)
+        g.raw_noise.copy_(_inv_softplus(torch.tensor(float(noise_std) - floor, dtype=weight.dtype)))
+        model.set_guide_to_posterior()
+        model.fitted_ = True
+        return model
+
     # -- closed-form maximum likelihood
     @torch.no_grad()
     def fit(self, x: torch.Tensor, *, rotation: torch.Tensor | None = None) -> PPCA:

@@ -200,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ais", action="store_true", help="add annealed importance sampling (default off)")
     p.add_argument("--ais-steps", type=int, default=200, help="AIS transitions (default 200)")
     p.add_argument("--parzen", action="store_true", help="add the Parzen-window estimate (default off)")
+    p.add_argument("--no-model-choice", dest="model_choice", action="store_false",
+                   help="skip choosing the number of mixture components (BIC, PSIS-LOO) that "
+                        "runs beside a gmm row on 1-D and 2-D data (default: run it, within "
+                        "its share of the budget)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="train on at most N examples (default: all)")
     p.add_argument("--eval-limit", type=int, default=None, metavar="N",
@@ -458,7 +462,8 @@ def _cmd_compare(args) -> int:
         data=args.data, models=args.models,
         out=Path(args.out), budget_minutes=args.budget, runs=runs, seed=args.seed,
         device=args.device, data_root=args.data_root, k=args.k, ais=args.ais,
-        ais_steps=args.ais_steps, parzen=args.parzen, limit=args.limit,
+        ais_steps=args.ais_steps, parzen=args.parzen, model_choice=args.model_choice,
+        limit=args.limit,
         eval_limit=args.eval_limit, overwrite=args.overwrite, quiet=args.quiet,
         allow_changed_model=args.allow_changed_model, allow_changed_data=args.allow_changed_data,
     )

@@ -75,6 +75,7 @@ class CompareSpec:
     allow_changed_model: bool = False
     allow_changed_data: bool = False
     quiet: bool = False  # no progress bars (they are drawn on a terminal only)
+    model_choice: bool = True  # choose the number of mixture components beside a "gmm" row
 
 
 @dataclass
@@ -257,9 +258,15 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
 
     from probgen.progress import bar as progress_bar
 
-    # one bar over the stages: each model's training and scoring, then the reference row
-    stages = progress_bar(len(order) + len(entries) + 1, desc="compare", unit="stage",
-                          progress=not spec.quiet)
+    # the model-choice step (K of a mixture, beside a "gmm" row) runs right after the gmm row
+    # trains (the quick ones train first) and takes a share of what is left of the budget like
+    # one more model, so that the time it leaves goes to the models after it
+    choice_pending = spec.model_choice and any(e.name == "gmm" for e in entries)
+    choice = None
+    # one bar over the stages: each model's training and scoring, the model choice, then the
+    # reference row
+    stages = progress_bar(len(order) + len(entries) + 1 + choice_pending, desc="compare",
+                          unit="stage", progress=not spec.quiet)
     trained: dict[str, dict] = {}
     training: dict[str, str] = {}  # row -> what was done to have its run: trained, reused, resumed
     spent = 0.0
@@ -277,6 +284,12 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
         timing["share_s"][e.name] = share
         timing["train_s"][e.name] = trained[e.name]["seconds"]
         timing.setdefault("data_and_figures_s", {})[e.name] = trained[e.name]["other_seconds"]
+        if choice_pending and e.name == "gmm":
+            choice = _model_choice(trained[e.name]["result"].data, spec,
+                                   (budget_s - spent) / (len(order) - i), timing)
+            spent += timing["model_choice_s"]
+            choice_pending = False
+            stages.update(1)
 
     rows: dict[str, dict] = {}
     for e in entries:
@@ -312,15 +325,20 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
     stages.close()
     results["paired_differences"] = _paired(rows, out)
     results["vae_vs_gan"] = _lecture_table(rows, spec)
-    t0 = time.perf_counter()
-    results["model_choice"] = _model_choice(rows, spec, out)
-    if results["model_choice"] is not None:
-        timing["score_s"]["model choice (BIC, PSIS-LOO)"] = time.perf_counter() - t0
+    if choice_pending:  # the gmm row came from --runs: the step gets what training left
+        choice = _model_choice(rows["gmm"]["data"], spec, budget_s - spent, timing)
+        spent += timing["model_choice_s"]
+    if choice is None and "gmm" in rows and not spec.model_choice:
+        from probgen.model_choice.record import skipped
+
+        choice = skipped("--no-model-choice was given")
+    results["model_choice"] = choice
     timing["train_total_s"] = sum(timing["train_s"].values())
     timing["score_total_s"] = sum(timing["score_s"].values())
-    timing["note"] = ("the budget bounds training only: each model trains for at most its share, "
-                      "the budget left over divided among the models still to train (the quick "
-                      "ones train first); loading data, drawing each run's figures and scoring "
+    timing["note"] = ("the budget bounds training and the choice of the number of mixture "
+                      "components: each model trains for at most its share, the budget left "
+                      "over divided among the models still to train and that choice (the quick "
+                      "ones first); loading data, drawing each run's figures and scoring "
                       "are not counted in it")
     results["time"] = timing
     from probgen import report
@@ -596,37 +614,20 @@ def _sharpness(x) -> float:
     return float(lap.flatten(1).var(dim=1).mean())
 
 
-def _model_choice(rows: dict, spec: CompareSpec, out: Path) -> dict | None:
-    """The number of mixture components chosen by BIC (EM) and by PSIS-LOO (NUTS), side by side,
-    on low-dimensional data. NUTS runs for K <= 4 only (seconds per K on a few hundred points);
-    beyond that BIC is reported alone, and the record says why."""
-    if "gmm" not in rows:
-        return None
-    data = rows["gmm"]["data"]
-    if data.dim > 2:
-        return {"reason": f"model choice runs on 1-D and 2-D data only (this data set has "
-                          f"{data.dim} dimensions per example)"}
-    from probgen.eval.model_choice import choose_n_components
+def _model_choice(data, spec: CompareSpec, share: float, timing: dict) -> dict:
+    """The number of mixture components chosen by BIC (EM) and by PSIS-LOO (NUTS), side by
+    side, on low-dimensional data, within ``share`` seconds of the budget
+    (:func:`probgen.model_choice.record.compare_section`); its time goes in ``timing``."""
+    from probgen.model_choice.record import compare_section
+    from probgen.progress import write
 
-    true_k = getattr(data.density, "n_components", None)
-    k_max = (true_k or 3) + 2
-    with_loo = k_max <= 5
-    smoke = spec.budget_minutes < 1
-    mc = choose_n_components(
-        data.train[:300].cpu(), k_max, loo=with_loo, n_init=2 if smoke else 4,
-        num_warmup=20 if smoke else 150, num_samples=20 if smoke else 150, num_chains=2,
-        seed=spec.seed,
-    )
-    rec = {
-        "bic_choice": mc.chosen_bic, "aic_choice": mc.chosen_aic, "loo_choice": mc.chosen_loo,
-        "loo_within_2se_choice": mc.chosen_loo_within_2se, "true_k": true_k, "n": mc.n,
-        "per_k": [{"k": s.n_components, "bic": s.bic, "elpd_loo": s.elpd_loo,
-                   "elpd_loo_se": s.elpd_loo_se, "pareto_k_max": s.max_pareto_k,
-                   "r_hat_max": s.r_hat_max, "ess_min": s.ess_bulk_min} for s in mc.scores],
-        "table": mc.table(), "warnings": mc.warnings,
-    }
-    if not with_loo:
-        rec["loo_reason"] = (f"PSIS-LOO needs a NUTS fit per K; with K up to {k_max} that is beyond "
-                             "this comparison's budget, so BIC and AIC are reported alone. "
-                             "See examples/mixture_model_choice.py for both on a smaller K.")
+    share = max(1.0, share)
+    write(f"[compare] choosing the number of mixture components (BIC, PSIS-LOO; budget "
+          f"{share:.0f} s)")
+    t0 = time.perf_counter()
+    rec = compare_section(data, seed=spec.seed, smoke=spec.budget_minutes < 1, time_limit=share,
+                          progress=not spec.quiet)
+    timing["model_choice_share_s"] = share
+    timing["model_choice_s"] = time.perf_counter() - t0
+    write(f"[compare] model choice in {timing['model_choice_s']:.0f} s: {rec['statement']}")
     return rec

@@ -159,7 +159,7 @@ def _figure(name: str, problem: Problem, fits: dict, scores: dict, path: Path) -
     (at fixed fractions of each density's peak, so that no level falls in underflow noise)."""
     from probgen import plots
 
-    plt = plots._plt()
+    plt = plots.pyplot()
     label = {w: f"{w}: KL(p||q)={scores[w]['kl_p_q']:.2f}, KL(q||p)={scores[w]['kl_q_p']:.2f}"
              for w in ("forward", "reverse")}
     colors = {"forward": "C0", "reverse": "C3"}
@@ -197,7 +197,7 @@ def _figure(name: str, problem: Problem, fits: dict, scores: dict, path: Path) -
     if problem.dim == 1:
         ax.legend(fontsize=8, loc="upper right")
     ax.set_title(f"{name}: {problem.description}", fontsize=9)
-    return plots._save(fig, path)
+    return plots.save_figure(fig, path)
 
 
 def run_kl_demo(out_dir, *, seed: int = 0, smoke: bool = False,

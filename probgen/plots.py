@@ -10,10 +10,12 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["samples_figure", "image_grid", "scatter_2d", "learning_curve", "density_contours"]
+__all__ = ["samples_figure", "image_grid", "scatter_2d", "learning_curve", "density_contours",
+           "pyplot", "save_figure"]
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend, imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,12 +24,16 @@ def _plt():
     return plt
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path) -> Path:
+    """Write ``fig`` to the PNG ``path`` (parent folders created), close it, return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
+
+
+_plt, _save = pyplot, save_figure  # the short names the figures below use
 
 
 def image_grid(x: torch.Tensor, path, *, shape=None, nrow: int | None = None, title: str | None = None,

@@ -202,21 +202,9 @@ def write_reports(results: dict, rows: dict, out: Path, *, columns) -> tuple[Pat
             else:
                 md.append(f"| {p['a']} ({p['a_estimate']}) | {p['b']} ({p['b_estimate']}) | "
                           f"{p['value']:.4g} ± {p['stderr']:.2g} nats | paired over the same test points |")
-    mc = results.get("model_choice")
-    if mc and "per_k" in mc:
-        loo = f"PSIS-LOO chooses K = {mc['loo_choice']}" if mc.get("loo_choice") else mc.get("loo_reason", "")
-        md += ["", "## Number of mixture components", "",
-               f"BIC chooses K = {mc['bic_choice']}; {loo}"
-               + (f" (true K = {mc['true_k']})." if mc.get("true_k") else "."), "",
-               "| K | BIC | elpd_loo | max Pareto k | max R-hat | min ESS |", "|---|---|---|---|---|---|"]
-        num = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
-        for row in mc["per_k"]:
-            se = f" ± {row['elpd_loo_se']:.1f}" if row.get("elpd_loo_se") is not None else ""
-            md.append(f"| {row['k']} | {row['bic']:.1f} | {num(row.get('elpd_loo'), '.1f')}{se} | "
-                      f"{num(row.get('pareto_k_max'), '.2f')} | {num(row.get('r_hat_max'), '.3f')} | "
-                      f"{num(row.get('ess_min'), '.0f')} |")
-    elif mc and "reason" in mc:
-        md += ["", "## Number of mixture components", "", mc["reason"]]
+    from probgen.model_choice.record import markdown as model_choice_section
+
+    md += model_choice_section(results.get("model_choice"))
     md += ["", "## Figures", ""] + [f"![{t}](figures/{p.name})" for t, p in figs]
     md_path = out / "report.md"
     md_path.write_text("\n".join(md) + "\n")

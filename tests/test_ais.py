@@ -1,59 +1,57 @@
 """Annealed importance sampling and the BDMC sandwich, checked against closed forms.
 
-The oracle is a linear-Gaussian latent-variable model (PPCA-like), defined here so that these
-tests depend on no other model file: z ~ N(0, I_d), x | z ~ N(W z + mu, s^2 I_D), whose
-marginal N(mu, W W^T + s^2 I) is scored by torch's MultivariateNormal.
+The oracle is the linear-Gaussian latent-variable model of :mod:`probgen.models.ppca` with
+known parameters: z ~ N(0, I_d), x | z ~ N(W z + mu, s^2 I_D), whose exact log p(x) is the
+log-density of N(mu, W W^T + s^2 I); PPCA's ``log_prob`` is itself checked against torch's
+MultivariateNormal below.
 """
 
-import math
 
 import numpy as np
 import pytest
 import torch
 
 from probgen.errors import ConfigError
-from probgen.inference.ais import _log_mean_exp_with_stderr as log_mean_exp_with_stderr
 from probgen.inference.ais import (
+    AISOptions,
     ais,
     bdmc,
     gaussian_observation,
     linear_schedule,
+    log_mean_exp_with_stderr,
     reverse_ais,
     select_sigma,
     sigmoid_schedule,
 )
+from probgen.models.ppca import PPCA
 
 
-class LinearGaussian(torch.nn.Module):
-    """z ~ N(0, I_d); x | z ~ N(W z + mu, s^2 I_D); exact log p(x) in closed form."""
+def linear_gaussian(d=2, D=4, s=0.5, scale=0.7, dtype=torch.float64, seed=0, cls=PPCA):
+    """PPCA with W ~ scale * N(0, 1) (D, d), mu ~ 0.3 * N(0, 1) (D,) and noise s."""
+    g = torch.Generator().manual_seed(seed)
+    w = scale * torch.randn(D, d, generator=g, dtype=dtype)
+    mu = 0.3 * torch.randn(D, generator=g, dtype=dtype)
+    return cls.from_parameters(w, mu, s)
 
-    def __init__(self, d=2, D=4, s=0.5, scale=0.7, dtype=torch.float64, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.W = torch.nn.Parameter(scale * torch.randn(D, d, generator=g, dtype=dtype))
-        self.mu = torch.nn.Parameter(0.3 * torch.randn(D, generator=g, dtype=dtype))
-        self.s = s
-        self.latent_dim = d
 
-    def prior_log_prob(self, z):
-        return -0.5 * z.pow(2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+@torch.no_grad()
+def sample_joint(model, n, seed=1):
+    """(x, z): n codes z ~ N(0, I) and the data x | z they generate."""
+    g = torch.Generator().manual_seed(seed)
+    dtype = model.weight.dtype
+    z = torch.randn(n, model.latent_dim, generator=g, dtype=dtype)
+    x = model.decode(z) + model.noise_std * torch.randn(n, model.dim, generator=g, dtype=dtype)
+    return x, z
 
-    def decode(self, z):
-        return z @ self.W.T + self.mu
 
-    def log_likelihood(self, x, z):
-        r = (x - self.decode(z)) / self.s
-        return -0.5 * r.pow(2).sum(-1) - x.shape[-1] * (math.log(self.s) + 0.5 * math.log(2 * math.pi))
-
-    def log_prob(self, x):
-        cov = self.W @ self.W.T + self.s**2 * torch.eye(self.W.shape[0], dtype=self.W.dtype)
-        return torch.distributions.MultivariateNormal(self.mu, cov).log_prob(x)
-
-    def sample_joint(self, n, seed=1):
-        g = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, self.latent_dim, generator=g, dtype=self.W.dtype)
-        x = self.decode(z) + self.s * torch.randn(n, self.W.shape[0], generator=g, dtype=self.W.dtype)
-        return x.detach(), z
+@torch.no_grad()
+def test_the_oracle_is_the_linear_gaussian_marginal():
+    model = linear_gaussian()
+    x, _ = sample_joint(model, 5)
+    cov = model.weight @ model.weight.T + 0.25 * torch.eye(4, dtype=torch.float64)
+    exact = torch.distributions.MultivariateNormal(model.mean, cov).log_prob(x)
+    torch.testing.assert_close(model.log_prob(x), exact)
+    assert float(model.noise_std) == pytest.approx(0.5, rel=1e-12)
 
 
 class GeneratorOnly:
@@ -73,8 +71,8 @@ def _gen(seed=0):
 def test_bdmc_sandwiches_exact_log_prob_and_gap_shrinks():
     """Forward AIS <= exact <= reverse AIS (within MC error); at 500 steps both are within
     0.05 nats of the exact value on average; the gap shrinks from 20 to 500 steps."""
-    model = LinearGaussian()
-    x, z = model.sample_joint(4)
+    model = linear_gaussian()
+    x, z = sample_joint(model, 4)
     with torch.no_grad():
         exact = model.log_prob(x)
     opts = dict(n_chains=256, n_leapfrog=5, step_size=0.3, generator=_gen())
@@ -97,8 +95,8 @@ def test_bdmc_sandwiches_exact_log_prob_and_gap_shrinks():
 
 
 def test_online_and_fixed_step_sizes_also_estimate_log_prob():
-    model = LinearGaussian(d=1, D=3, s=0.8, seed=3)
-    x, _ = model.sample_joint(3, seed=4)
+    model = linear_gaussian(d=1, D=3, s=0.8, seed=3)
+    x, _ = sample_joint(model, 3, seed=4)
     with torch.no_grad():
         exact = model.log_prob(x)
     for adapt in ("online", "none"):
@@ -108,8 +106,8 @@ def test_online_and_fixed_step_sizes_also_estimate_log_prob():
 
 
 def test_float32_follows_the_data():
-    model = LinearGaussian(dtype=torch.float32)
-    x, _ = model.sample_joint(3)
+    model = linear_gaussian(dtype=torch.float32)
+    x, _ = sample_joint(model, 3)
     with torch.no_grad():
         exact = model.log_prob(x)
     res = ais(model, x, n_steps=200, n_chains=64, n_leapfrog=5, generator=_gen())
@@ -119,9 +117,9 @@ def test_float32_follows_the_data():
 
 def test_gaussian_observation_recovers_the_linear_gaussian_model():
     """A decoder with a Gaussian observation of width s is the linear-Gaussian model with noise s."""
-    model = LinearGaussian(s=0.6)
+    model = linear_gaussian(s=0.6)
     gen_only = GeneratorOnly(model)
-    x, _ = model.sample_joint(3)
+    x, _ = sample_joint(model, 3)
     with torch.no_grad():
         exact = model.log_prob(x)
     with pytest.raises(ConfigError, match="no log_likelihood.*pass sigma"):
@@ -153,8 +151,8 @@ def test_gaussian_observation_log_likelihood_matches_torch_normal():
 
 
 def test_select_sigma_finds_the_true_noise_level_and_warns_at_the_grid_edge():
-    model = LinearGaussian(s=0.5)
-    x, _ = model.sample_joint(40, seed=5)
+    model = linear_gaussian(s=0.5)
+    x, _ = sample_joint(model, 40, seed=5)
     sel = select_sigma(GeneratorOnly(model), x, sigmas=(0.25, 0.5, 1.0), n_steps=100, n_chains=8,
                        n_leapfrog=5, generator=_gen())
     assert sel.sigma == 0.5
@@ -185,12 +183,12 @@ def test_log_mean_exp_stderr_is_the_delta_method():
 
 
 def test_no_gradients_reach_the_parameters_and_generator_repeats():
-    model = LinearGaussian()
-    x, z = model.sample_joint(2)
+    model = linear_gaussian()
+    x, z = sample_joint(model, 2)
     a = ais(model, x, n_steps=10, n_chains=4, generator=_gen(7))
     b = ais(model, x, n_steps=10, n_chains=4, generator=_gen(7))
     torch.testing.assert_close(a.log_weights, b.log_weights)
-    assert model.W.grad is None and model.mu.grad is None
+    assert model.weight.grad is None and model.mean.grad is None
     assert not a.log_px.requires_grad
     # batching over examples gives the same per-example estimates as one pass, up to MC error
     c = ais(model, x, n_steps=10, n_chains=4, batch_size=1, generator=_gen(7))
@@ -202,33 +200,46 @@ def test_default_batch_keeps_each_pass_under_the_memory_bound(monkeypatch):
     estimate is the one an explicit batch of that size gives."""
     import probgen.inference.ais as ais_module
 
-    model = LinearGaussian()  # D = 4 data values
-    x, _ = model.sample_joint(7)
+    model = linear_gaussian()  # D = 4 data values
+    x, _ = sample_joint(model, 7)
     monkeypatch.setattr(ais_module, "DEFAULT_MAX_ELEMENTS", 4 * 4 * 3)  # 4 chains x 3 examples
     seen = []
 
-    class Recorder(LinearGaussian):
+    class Recorder(PPCA):
         def log_likelihood(self, x, z):
             seen.append(tuple(z.shape[:2]))
             return super().log_likelihood(x, z)
 
-    a = ais(Recorder(), x, n_steps=5, n_chains=4, generator=_gen(3))
+    a = ais(linear_gaussian(cls=Recorder), x, n_steps=5, n_chains=4, generator=_gen(3))
     b = ais(model, x, n_steps=5, n_chains=4, batch_size=3, generator=_gen(3))
     assert max(n for _, n in seen) == 3 and all(c * n * 4 <= 48 for c, n in seen)
     torch.testing.assert_close(a.log_weights, b.log_weights)
 
 
+def test_an_options_object_gives_what_its_keywords_give():
+    model = linear_gaussian()
+    x, z = sample_joint(model, 3)
+    opts = AISOptions(n_steps=12, n_chains=5, n_leapfrog=3, jitter=0.2)
+    a = bdmc(model, x, z, opts, generator=_gen(2))
+    b = bdmc(model, x, z, n_steps=12, n_chains=5, n_leapfrog=3, jitter=0.2, generator=_gen(2))
+    torch.testing.assert_close(a.lower.log_weights, b.lower.log_weights, rtol=0, atol=0)
+    torch.testing.assert_close(a.upper.log_weights, b.upper.log_weights, rtol=0, atol=0)
+    # keywords change the options given
+    c = ais(model, x, opts, n_steps=7, generator=_gen(2))
+    assert c.n_steps == 7 and c.n_chains == 5 and c.n_leapfrog == 3
+
+
 def test_reverse_accepts_one_code_per_chain():
-    model = LinearGaussian()
-    x, z = model.sample_joint(2)
+    model = linear_gaussian()
+    x, z = sample_joint(model, 2)
     zc = z.unsqueeze(0).expand(3, 2, 2).clone()
     res = reverse_ais(model, x, zc, n_steps=5, n_chains=3, generator=_gen())
     assert res.direction == "reverse" and res.log_px.shape == (2,)
 
 
 def test_errors_name_the_argument():
-    model = LinearGaussian()
-    x, z = model.sample_joint(2)
+    model = linear_gaussian()
+    x, z = sample_joint(model, 2)
     with pytest.raises(ConfigError, match="schedule must be one of linear, sigmoid; got 'sigmod'.*'sigmoid'"):
         ais(model, x, schedule="sigmod")
     with pytest.raises(ConfigError, match="adapt must be one of pilot, online, none; got 'auto'"):
@@ -241,24 +252,28 @@ def test_errors_name_the_argument():
         ais(type("M", (), {"latent_dim": 2})(), x)
     with pytest.raises(ConfigError, match="x must be a floating-point tensor"):
         ais(model, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ConfigError, match="unknown AIS option.*'n_step'.*Did you mean 'n_steps'"):
+        ais(model, x, n_step=3)
+    with pytest.raises(ConfigError, match=r"jitter must lie in \[0, 1\); got 1.5"):
+        AISOptions(jitter=1.5)
 
-    class BadShape(LinearGaussian):
+    class BadShape(PPCA):
         def log_likelihood(self, x, z):
             return super().log_likelihood(x, z).sum(0)  # (N,): would broadcast silently
 
     with pytest.raises(ConfigError, match=r"log_likelihood\(x, z\) has shape \(2,\).*expected \(16, 2\)"):
-        ais(BadShape(), x, n_steps=3, adapt="none")
+        ais(linear_gaussian(cls=BadShape), x, n_steps=3, adapt="none")
 
 
 def test_ais_and_bdmc_on_probgen_ppca():
     """The library's PPCA: AIS from the prior and reverse AIS from its exact posterior bracket
     its exact log p(x)."""
     ppca_module = pytest.importorskip("probgen.models.ppca")
-    truth = LinearGaussian(d=2, D=5, s=0.5, scale=1.0, seed=4)
-    x_train, _ = truth.sample_joint(500, seed=5)
+    truth = linear_gaussian(d=2, D=5, s=0.5, scale=1.0, seed=4)
+    x_train, _ = sample_joint(truth, 500, seed=5)
     rotation = torch.tensor([[0.6, -0.8], [0.8, 0.6]])
     model = ppca_module.PPCA(5, 2).fit(x_train.float(), rotation=rotation)
-    x, _ = truth.sample_joint(4, seed=6)
+    x, _ = sample_joint(truth, 4, seed=6)
     x = x.float()
     with torch.no_grad():
         exact = model.log_prob(x)

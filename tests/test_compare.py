@@ -21,6 +21,10 @@ def test_compare_on_a_toy_density_writes_table_and_report(tmp_path):
     assert results["model_choice"]["bic_choice"] == 8  # ring8 has eight components (BIC only: K > 4)
     md = (out / "report.md").read_text()
     assert "| gmm |" in md and REFERENCE_ROW in md and "BIC chooses K = 8" in md
+    # the report states the choice in the words results.json holds
+    assert results["model_choice"]["loo_choice"] is None
+    assert f"\n{results['model_choice']['statement']}\n" in md
+    assert results["time"]["model_choice_s"] <= results["time"]["model_choice_share_s"]
     assert (out / "report.html").read_text().count("<table") >= 2
 
     # reuse the trained run instead of training again; a second compare into the same folder
@@ -31,11 +35,15 @@ def test_compare_on_a_toy_density_writes_table_and_report(tmp_path):
 
         compare(CompareSpec(data="ring8", models=["gmm"], out=out, runs={"gmm": run}))
     assert main(["compare", "--data", "ring8", "--models", "gmm", "--runs", f"gmm={run}",
-                 "--out", str(out), "--overwrite", "--eval-limit", "200"]) == 0
+                 "--out", str(out), "--overwrite", "--eval-limit", "200",
+                 "--no-model-choice"]) == 0
     # rescoring the same run gives the same sample metrics: evaluation is seeded with --seed
     again = json.loads((out / "results.json").read_text())["models"]["gmm"]["metrics"]
     assert again["reverse_kl"]["value"] == gmm["reverse_kl"]["value"]
     assert again["high_quality_fraction"]["value"] == gmm["high_quality_fraction"]["value"]
+    skipped = json.loads((out / "results.json").read_text())["model_choice"]
+    assert "--no-model-choice" in skipped["statement"] and "per_k" not in skipped
+    assert skipped["statement"] in (out / "report.md").read_text()
 
 
 def test_compare_unknown_model_is_a_clear_error(tmp_path, capsys):

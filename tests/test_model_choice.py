@@ -11,7 +11,8 @@ import torch
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from probgen.errors import ConfigError, DataError
-from probgen.eval.model_choice import (
+from probgen.model_choice import (
+    Reliability,
     choose_n_components,
     fit_em,
     inference_data,
@@ -21,6 +22,7 @@ from probgen.eval.model_choice import (
 )
 from probgen.models.bayes_mixture import (
     MixturePrior,
+    MixtureSamples,
     fit_nuts,
     pointwise_log_likelihood,
     sort_components,
@@ -92,10 +94,16 @@ def test_nuts_runs_on_2d_data_with_the_documented_shapes():
 
 
 # ----------------------------------------------------------------------------- LOO with NUTS
+# Chains of 60 draws cannot reach the default checks (bulk ESS >= 100 per chain); these
+# looser ones let the short run below choose, and the checks themselves are tested apart.
+SHORT_RUN_CHECKS = Reliability(max_r_hat=1.05, min_ess_per_chain=25, max_pareto_k=0.7)
+
+
 @pytest.fixture(scope="module")
 def two_bumps():
     x = mixture_data(200, [-3.0, 3.0], 0.7, seed=0)
-    choice = choose_n_components(x, 2, n_init=3, num_warmup=60, num_samples=60, num_chains=2)
+    choice = choose_n_components(x, 2, n_init=3, num_warmup=60, num_samples=60, num_chains=2,
+                                 reliability=SHORT_RUN_CHECKS)
     return x, choice
 
 
@@ -231,3 +239,90 @@ def test_model_choice_to_dict_is_json_ready(two_bumps):
     d = choice.to_dict()
     assert "samples" not in d and d["chosen_loo"] == 2
     assert json.loads(json.dumps(d))["scores"][1]["n_components"] == 2
+
+
+# ----------------------------------------------------------------------------- only reliable chains
+def _draws(fit, n_chains, n_draws, sd, shift=0.0, seed=0):
+    """Draws scattered iid (sd) around an EM solution; chain c's means moved by c * shift."""
+    g = torch.Generator().manual_seed(seed)
+    k, d = fit.locs.shape
+    locs = fit.locs + sd * torch.randn(n_chains, n_draws, k, d, generator=g)
+    locs = locs + shift * torch.arange(n_chains, dtype=locs.dtype).view(-1, 1, 1, 1)
+    scales = fit.scales * torch.exp(sd * torch.randn(n_chains, n_draws, k, d, generator=g))
+    weights = fit.weights.expand(n_chains, n_draws, k).clone()
+    return MixtureSamples(weights=weights, locs=locs, scales=scales,
+                          divergences=[0] * n_chains, seconds=0.0)
+
+
+@pytest.fixture
+def drawn_posteriors(monkeypatch):
+    """``fit_nuts`` replaced by draws made here: chains that agree, unless told to disagree
+    for some K (their means half a data unit apart: R-hat far above 1.01)."""
+    import probgen.model_choice.loo as loo_module
+
+    disagree: set[int] = set()
+
+    def fake_fit_nuts(x, k, *, num_chains, num_samples, seed, init, **_):
+        fit = fit_em(x, k, n_init=3)
+        return _draws(fit, num_chains, num_samples, 0.02, shift=0.5 if k in disagree else 0.0,
+                      seed=k)
+
+    monkeypatch.setattr(loo_module, "fit_nuts", fake_fit_nuts)
+    return disagree
+
+
+def test_chains_that_pass_the_checks_give_a_choice(drawn_posteriors):
+    x = mixture_data(200, [-3.0, 3.0], 0.7, seed=0)
+    choice = choose_n_components(x, 3, n_init=3, num_samples=300, num_chains=2)
+    assert [s.problems for s in choice.scores] == [[], [], []]
+    assert all(s.r_hat_max < 1.01 and s.ess_bulk_min >= 200 for s in choice.scores)
+    assert choice.loo_candidates == [1, 2, 3] and choice.loo_reason is None
+    assert choice.chosen_loo_within_2se == 2  # K = 3 adds nothing the data need
+
+
+def test_chains_with_a_bad_r_hat_give_no_reliable_choice(drawn_posteriors):
+    from probgen.model_choice.record import markdown, record
+
+    x = mixture_data(200, [-3.0, 3.0], 0.7, seed=0)
+    drawn_posteriors.add(2)
+    choice = choose_n_components(x, 2, n_init=3, num_samples=300, num_chains=2)
+    one, two = choice.scores
+    assert one.problems == [] and two.r_hat_max > 1.5
+    assert two.problems[0].startswith("R-hat") and "> 1.01" in two.problems[0]
+    # the better elpd of K = 2 is not trusted: no choice, and the reason names the diagnostics
+    assert two.loo_rank == 0
+    assert choice.chosen_loo is None and choice.chosen_loo_within_2se is None
+    assert choice.loo_reason.startswith("no reliable choice, because only K=1 of 2 passes")
+    assert "K=2: R-hat" in choice.loo_reason
+    rec = record(choice, settings={"num_chains": 2})
+    assert rec["loo_choice"] is None and rec["per_k"][1]["passes"] is False
+    assert "PSIS-LOO: no reliable choice, because only K=1" in rec["statement"]
+    lines = markdown(rec)
+    assert rec["statement"] in lines and any("R-hat" in line and "| 2 |" in line for line in lines)
+
+
+def test_a_failing_k_is_left_out_of_the_choice_among_the_others(drawn_posteriors):
+    x = mixture_data(200, [-3.0, 3.0], 0.7, seed=0)
+    drawn_posteriors.add(3)
+    choice = choose_n_components(x, 3, n_init=3, num_samples=300, num_chains=2)
+    assert choice.loo_candidates == [1, 2] and choice.chosen_loo == 2
+
+
+def test_model_choice_stops_when_its_time_runs_out():
+    x = mixture_data(100, [-3.0, 3.0], 0.7, seed=0)
+    choice = choose_n_components(x, 2, n_init=1, num_warmup=50, num_samples=50, time_limit=0.0)
+    assert choice.chosen_bic == 2  # EM always completes
+    assert choice.chosen_loo is None and "ran out while sampling K=1" in choice.loo_reason
+    assert all(s.elpd_loo is None for s in choice.scores)
+
+
+def test_reliability_checks_read_every_diagnostic():
+    rel = Reliability()
+    good = {"r_hat_max": 1.004, "ess_bulk_min": 350.0, "max_pareto_k": 0.3,
+            "pareto_k_threshold": 0.6, "n_high_pareto_k": 0}
+    assert rel.problems(good, 2) == []
+    bad = {"r_hat_max": 2.87, "ess_bulk_min": 4.0, "max_pareto_k": float("inf"),
+           "pareto_k_threshold": 0.6, "n_high_pareto_k": 3}
+    assert rel.problems(bad, 2) == ["R-hat 2.87 > 1.01", "bulk ESS 4 < 200",
+                                    "Pareto k inf > 0.60 at 3 points"]
+    assert rel.problems({**good, "r_hat_max": float("nan")}, 1)[0].startswith("R-hat undefined")

@@ -121,11 +121,11 @@ def plot_per_example(values: dict[str, torch.Tensor], path, *, differences: bool
     -------
     Path
     """
-    from probgen.plots import _plt, _save
+    from probgen.plots import pyplot, save_figure
 
     az = az or __import__("arviz")
     panels = _panels(values, differences)
-    plt = _plt()
+    plt = pyplot()
     params = list(inspect.signature(az.plot_dist).parameters)
     if params and params[0] == "values":  # ArviZ 0.x: arrays in, one axis per call
         fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
@@ -137,7 +137,7 @@ def plot_per_example(values: dict[str, torch.Tensor], path, *, differences: bool
             ax.set_title(name)
             ax.set_xlabel("per-example value")
         fig.tight_layout()
-        return _save(fig, path)
+        return save_figure(fig, path)
     # ArviZ 1.x: a DataTree in, one panel per variable; the N values play the draws.
     posterior = {name: v.numpy()[None, :] for name, v in panels.items()}  # (1 chain, N)
     dt = az.from_dict({"posterior": posterior})
