@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["samples_figure", "image_grid", "scatter_2d", "learning_curve", "density_contours"]
+__all__ = ["samples_figure", "image_grid", "scatter_2d", "learning_curve", "density_contours",
+           "likelihood_vs_samples"]
 
 
 def _plt():
@@ -121,23 +122,106 @@ def learning_curve(records: list[dict], keys: list[str], path, *, xkey: str = "s
     return _save(fig, path)
 
 
-def samples_figure(x: torch.Tensor, data, path) -> Path:
-    """Samples drawn the way the data looks: an image grid or a 2-D scatter over the data."""
+def samples_figure(x: torch.Tensor, data, path, *, title: str = "samples") -> Path:
+    """Samples drawn the way the data looks: an image grid or a 2-D scatter over the data,
+    titled ``title`` (the report names the model: "samples: vae")."""
     if data.kind == "image":
-        return image_grid(x[:100], path, shape=data.shape, value_range=data.value_range, title="samples")
+        return image_grid(x[:100], path, shape=data.shape, value_range=data.value_range, title=title)
     if x.dim() == 2 and x.shape[1] == 2:
-        return scatter_2d({"data": data.test, "samples": x}, path, title="samples")
+        return scatter_2d({"data": data.test, "samples": x}, path, title=title)
     if x.dim() == 2 and x.shape[1] == 1:
         plt = _plt()
         fig, ax = plt.subplots(figsize=(6, 3))
         ax.hist(data.test[:, 0].cpu().numpy(), bins=80, density=True, alpha=0.5, label="data")
         ax.hist(x[:, 0].cpu().numpy(), bins=80, density=True, alpha=0.5, label="samples")
         ax.legend()
+        ax.set_title(title)
         return _save(fig, path)
     side = int(round(x.shape[1] ** 0.5)) if x.dim() == 2 else 0
     if side * side == (x.shape[1] if x.dim() == 2 else -1):
-        return image_grid(x[:100], path, title="samples", value_range=data.value_range)
-    return scatter_2d({"data": data.test[:, :2], "samples": x[:, :2]}, path, title="samples (first 2 dims)")
+        return image_grid(x[:100], path, title=title, value_range=data.value_range)
+    return scatter_2d({"data": data.test[:, :2], "samples": x[:, :2]}, path, title=f"{title} (first 2 dims)")
+
+
+# the sample metrics the likelihood figure sets likelihoods against, first those the data has
+_QUALITY_AXES = (("frechet_distance", "Frechet distance (lower is better)"),
+                 ("precision", "precision (higher is better)"),
+                 ("recall", "recall (higher is better)"),
+                 ("coverage", "coverage (higher is better)"),
+                 ("modes_covered", "modes covered (higher is better)"),
+                 ("high_quality_fraction", "high-quality fraction (higher is better)"),
+                 ("energy_distance", "energy distance (lower is better)"),
+                 ("mmd", "MMD (lower is better)"))
+
+
+def likelihood_vs_samples(results: dict, path, *, title: str | None = None) -> Path | None:
+    """Likelihood against sample quality, one point per model labelled with its name.
+
+    One row of panels per representation some model has a likelihood on (bits/dim on images,
+    lower is better; nats on continuous data, higher is better), one column per sample metric
+    the data has (Frechet distance, precision, recall, coverage on images; modes covered and
+    the high-quality fraction on toy mixtures). Error bars are ± one standard error. The
+    reference row (real validation data) is a point where its likelihood is known (the true
+    density of toy data), else a dashed line at its sample metric. Models without a likelihood
+    are named under the figure. Returns None when no model has both a likelihood and a sample
+    metric.
+    """
+    from probgen import verdict as vd
+
+    models = results["models"]
+    ref = models.get(vd.REFERENCE_ROW_NAME) or {}
+    names = [n for n in models if n != vd.REFERENCE_ROW_NAME]
+
+    def metric(ev, key):
+        m = (ev.get("metrics") or {}).get(key)
+        return m if m and m.get("value") is not None else None
+
+    axes_q = [(k, t) for k, t in _QUALITY_AXES if any(metric(models[n], k) for n in names)]
+    reps = vd.representations(results)
+    if not axes_q or not reps:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(reps), len(axes_q), figsize=(3.6 * len(axes_q), 3.2 * len(reps)),
+                             squeeze=False)
+    for i, rep in enumerate(reps):
+        image = rep == "binary" or rep.startswith("dequantized")
+        for j, (key, label) in enumerate(axes_q):
+            ax = axes[i][j]
+            for c, n in enumerate(names):
+                lik = vd.model_likelihoods(models[n]).get(rep)
+                q = metric(models[n], key)
+                if lik is None or q is None:
+                    continue
+                y = lik.get("bits_per_dim") if image else lik["value"]
+                yerr = lik.get("bits_per_dim_stderr") if image else lik.get("stderr")
+                if y is None:
+                    continue
+                flagged = bool(models[n].get("flags"))
+                ax.errorbar([q["value"]], [y], xerr=[q.get("stderr") or 0.0], yerr=[yerr or 0.0],
+                            fmt="X" if flagged else "o", color=f"C{c % 10}", ms=8, capsize=3)
+                ax.annotate(n + (" (flagged)" if flagged else ""), (q["value"], y),
+                            textcoords="offset points", xytext=(6, 4), fontsize=8)
+            rq = metric(ref, key)
+            true_ll = metric(ref, "true_log_likelihood")
+            if rq is not None and true_ll is not None and not image and                     (true_ll.get("representation") or "continuous") == rep:
+                ax.plot([rq["value"]], [true_ll["value"]], "*", color="k", ms=12)
+                ax.annotate("reference (true density)", (rq["value"], true_ll["value"]),
+                            textcoords="offset points", xytext=(6, -10), fontsize=8)
+            elif rq is not None:
+                ax.axvline(rq["value"], color="k", ls="--", lw=1)
+                ax.annotate("reference", (rq["value"], 0.97), xycoords=("data", "axes fraction"),
+                            fontsize=8, rotation=90, va="top", ha="right")
+            ax.set_xlabel(label)
+            ax.set_ylabel(f"{rep}: bits/dim (lower is better)" if image
+                          else f"{rep}: log-lik, nats (higher is better)")
+            ax.margins(0.2)
+    no_lik = [n for n in names if not vd.model_likelihoods(models[n])]
+    head = title or f"Likelihood against sample quality on {results.get('data', '')}"
+    if no_lik:
+        head += f"\n(no likelihood, not shown: {', '.join(no_lik)})"
+    fig.suptitle(head)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- GAN figures
