@@ -201,25 +201,33 @@ def likelihood_vs_samples(results: dict, path, *, title: str | None = None) -> P
                             fmt="X" if flagged else "o", color=f"C{c % 10}", ms=8, capsize=3)
                 ax.annotate(n + (" (flagged)" if flagged else ""), (q["value"], y),
                             textcoords="offset points", xytext=(6, 4), fontsize=8)
+            # models without a likelihood: their sample quality as a tick on the x axis
+            for c, n in enumerate(names):
+                q = metric(models[n], key)
+                if q is not None and not vd.model_likelihoods(models[n]):
+                    ax.plot([q["value"]], [0.02], "^", color=f"C{c % 10}", ms=8,
+                            transform=ax.get_xaxis_transform(), clip_on=False)
+                    ax.annotate(f"{n} (no likelihood)", (q["value"], 0.06), rotation=90,
+                                xycoords=("data", "axes fraction"), fontsize=7, va="bottom")
             rq = metric(ref, key)
             true_ll = metric(ref, "true_log_likelihood")
-            if rq is not None and true_ll is not None and not image and                     (true_ll.get("representation") or "continuous") == rep:
-                ax.plot([rq["value"]], [true_ll["value"]], "*", color="k", ms=12)
-                ax.annotate("reference (true density)", (rq["value"], true_ll["value"]),
-                            textcoords="offset points", xytext=(6, -10), fontsize=8)
+            if rq is not None and true_ll is not None and not image and \
+                    (true_ll.get("representation") or "continuous") == rep:
+                ax.plot([rq["value"]], [true_ll["value"]], "*", color="k", ms=12, zorder=0)
+                ax.annotate("reference\n(true density)", (rq["value"], true_ll["value"]),
+                            textcoords="offset points", xytext=(-4, -6), fontsize=7,
+                            ha="right", va="top")
             elif rq is not None:
                 ax.axvline(rq["value"], color="k", ls="--", lw=1)
                 ax.annotate("reference", (rq["value"], 0.97), xycoords=("data", "axes fraction"),
                             fontsize=8, rotation=90, va="top", ha="right")
-            ax.set_xlabel(label)
-            ax.set_ylabel(f"{rep}: bits/dim (lower is better)" if image
-                          else f"{rep}: log-lik, nats (higher is better)")
-            ax.margins(0.2)
-    no_lik = [n for n in names if not vd.model_likelihoods(models[n])]
+            ax.set_xlabel(label, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"{rep}\nbits/dim (lower is better)" if image
+                              else f"{rep}\nlog-lik, nats (higher is better)", fontsize=9)
+            ax.margins(0.25)
     head = title or f"Likelihood against sample quality on {results.get('data', '')}"
-    if no_lik:
-        head += f"\n(no likelihood, not shown: {', '.join(no_lik)})"
-    fig.suptitle(head)
+    fig.suptitle(head + "\n(one point per model, ± one standard error; X: flagged)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
