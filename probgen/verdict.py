@@ -482,6 +482,11 @@ def verdict(results: dict) -> str:
             s = (f"On {where}, {_names([best_name, *tied], results)} tie for the best likelihood "
                  f"(within two standard errors): "
                  + "; ".join(f"{n} {_lik_short(e)}" for n, e in ranking if n in [best_name, *tied]))
+            rest = [(n, e) for n, e in ranking if n not in [best_name, *tied]]
+            if rest:
+                s += f"; then {_names([rest[0][0]], results)} with {_lik_short(rest[0][1])}"
+                if rest[1:]:
+                    s += f" (then {_names([n for n, _ in rest[1:]], results)})"
         else:
             runner, e2 = next((n, e) for n, e in ranking[1:])
             s = (f"On {where}, {_names([best_name], results)} has the best likelihood, "
