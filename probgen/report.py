@@ -203,7 +203,12 @@ def comparison_table(results: dict, columns, *, details: bool = True):
         true_ll = ev["metrics"].get("true_log_likelihood") if is_ref else None
         for rep in reps:
             if rep in liks:
-                row.append(vd.format_likelihood(liks[rep]))
+                cell = vd.format_likelihood(liks[rep])
+                caveat = liks[rep].get("caveat") or liks[rep].get("note")
+                if caveat:  # e.g. the observation model behind a GAN's AIS likelihood
+                    notes.append(f"{name} / {_rep_title(rep)}: {caveat}")
+                    cell += f" [{len(notes)}]"
+                row.append(cell)
             elif true_ll is not None and true_ll.get("value") is not None and \
                     (true_ll.get("representation") or "continuous") == rep:
                 row.append(vd.format_likelihood(vd.metric_entry("true_log_likelihood", true_ll, rep),
@@ -380,7 +385,7 @@ def _main_section(results: dict, columns) -> list[str]:
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in body]
     if notes:
-        md += ["", "Blanks:", ""] + [f"{i + 1}. {n}" for i, n in enumerate(notes)]
+        md += ["", "Blanks and notes:", ""] + [f"{i + 1}. {n}" for i, n in enumerate(notes)]
     md += ["", "Columns:", ""] + glossary(results, columns)
     ref_text = _reference_text(results)
     if ref_text:

@@ -110,7 +110,8 @@ def model_likelihoods(ev: dict) -> dict[str, dict]:
     (``true_log_likelihood``) is not a model's likelihood and is never taken.
     """
     if isinstance(ev.get("likelihoods"), dict):
-        return {rep: dict(e) for rep, e in ev["likelihoods"].items() if _value(e) is not None}
+        return {rep: {"representation": rep, **e} for rep, e in ev["likelihoods"].items()
+                if _value(e) is not None}
     metrics = ev.get("metrics", {})
     default_rep = ev.get("representation") or "continuous"
     out: dict[str, dict] = {}
@@ -528,9 +529,9 @@ def verdict(results: dict) -> str:
             s = (f"By {by}, {_names([best, *tied], results)} tie for the best samples: "
                  + "; ".join(f"{n} {quote(n)}" for n in [best, *tied]))
         else:
-            s = f"By {by}, {_names([best], results)} has the best samples ({quote(best)})"
+            s = f"By {by}, {_names([best], results)} has the best samples, {quote(best)}"
             if len(order) > 1:
-                s += f", ahead of {_names([order[1]], results)} ({quote(order[1])})"
+                s += f", ahead of {_names([order[1]], results)} with {quote(order[1])}"
         if ref and all(_metric(ref, k) for k in keys):
             s += f"; real validation data score {', '.join(f'{_WORDS[k]} {_fmt_metric(k, _metric(ref, k))}' for k in keys)}"
         sentences.append(s + ".")
@@ -540,14 +541,13 @@ def verdict(results: dict) -> str:
         for rep in representations(results):
             ranking = _likelihood_ranking(results, rep)
             for i, (a, ea) in enumerate(ranking):
-                for b, eb in ranking[i + 1:]:
-                    if a not in scored or b not in scored:
-                        continue
-                    if _likelihood_tie(results, a, ea, b, eb):
-                        continue
-                    if _sample_compare(models[a], models[b], keys) < 0:
-                        disagree.append(f"{a} has the better likelihood on {_rep_words(rep)} but "
-                                        f"{b} the better samples")
+                better_samples = [b for b, eb in ranking[i + 1:]
+                                  if a in scored and b in scored
+                                  and not _likelihood_tie(results, a, ea, b, eb)
+                                  and _sample_compare(models[a], models[b], keys) < 0]
+                if better_samples:
+                    disagree.append(f"{a} has a better likelihood on {_rep_words(rep)} than "
+                                    f"{_names(better_samples, results)}, but worse samples")
         if disagree:
             sentences.append("The two rankings disagree: " + "; ".join(disagree) + ".")
         elif any(len(_likelihood_ranking(results, rep)) > 1 for rep in representations(results)):

@@ -165,11 +165,11 @@ def test_verdict_names_the_best_per_representation_the_best_samples_and_the_disa
     bpd = 1100.0 / (D * math.log(2))
     assert f"On dequantized 8-bit images, flow has the best likelihood, {bpd:.4g} ± " in text
     assert "gan has no likelihood in this table" in text
-    assert "By Frechet distance, gan has the best samples (Frechet distance 200" in text
-    assert "ahead of vae (Frechet distance 300" in text
+    assert "By Frechet distance, gan has the best samples, Frechet distance 200" in text
+    assert "ahead of vae with Frechet distance 300" in text
     # the flow's likelihood beats the GMM's, the GMM's samples beat the flow's
-    assert ("The two rankings disagree: flow has the better likelihood on dequantized 8-bit "
-            "images but gmm the better samples") in text
+    assert ("The two rankings disagree: flow has a better likelihood on dequantized 8-bit "
+            "images than gmm, but worse samples.") in text
     assert "The model with the best samples, gan, has no likelihood" in text
     assert "flagged" not in text
 
@@ -185,7 +185,7 @@ def test_ties_within_two_standard_errors_are_named_as_ties():
     text = vd.verdict(res)
     assert "gmm has the best likelihood, 4.3 ± 0.01 nats (exact), ahead of flow" in text
     # samples: both cover 8/8, and HQ 0.99 ± 0.001 against 0.97 ± 0.002 is no tie
-    assert "gmm has the best samples (modes covered 8/8, high-quality fraction 0.99" in text
+    assert "gmm has the best samples, modes covered 8/8, high-quality fraction 0.99" in text
     res["models"]["flow"]["metrics"]["high_quality_fraction"] = val(0.988, 0.002)
     assert "gmm and flow tie for the best samples" in vd.verdict(res)
     # the data's true density is quoted beside the continuous likelihoods
@@ -269,3 +269,24 @@ def test_headline_rows_have_a_likelihood_column_per_representation():
     header, rows = headline_rows(image_results(), COLUMNS)
     assert header[:3] == ["model", "log-lik binary (bits/dim)", "log-lik dequantized-8bit (bits/dim)"]
     assert rows[-1][0] == REF and rows[-1][1] == "—"
+
+
+def test_a_rows_own_likelihoods_entry_is_rendered_with_its_caveat():
+    res = image_results()
+    res["models"]["gan"]["likelihoods"] = {"dequantized-8bit": {
+        "metric": "ais", "value": -1500.0, "stderr": 5.0, "unit": "nats",
+        "bits_per_dim": 1500.0 / (D * math.log(2)), "bits_per_dim_stderr": 5.0 / (D * math.log(2)),
+        "estimator": "ais", "inner_estimator": "dequantization bound",
+        "caveat": "Gaussian observation model, sigma chosen on validation images"}}
+    header, rows, notes = comparison_table(res, COLUMNS)
+    cell = {r[0]: r for r in rows}["gan"][header.index("log-lik dequantized-8bit (bits/dim)")]
+    assert cell.startswith(f"{1500.0 / (D * math.log(2)):.4g} ± ") and "(-1500 nats; AIS dequantization bound)" in cell
+    k = int(cell.rsplit("[", 1)[1].rstrip("]"))
+    assert notes[k - 1] == ("gan / log-lik dequantized-8bit (bits/dim): Gaussian observation model, "
+                            "sigma chosen on validation images")
+    # now ranked: last on dequantized images, and no longer a model without a likelihood
+    text = vd.verdict(res)
+    assert "(then gan)" in text and "has no likelihood" not in text
+    assert ("The two rankings disagree: flow has a better likelihood on dequantized 8-bit "
+            "images than gmm and gan, but worse samples; gmm has a better likelihood on "
+            "dequantized 8-bit images than gan, but worse samples.") in text
