@@ -216,6 +216,9 @@ def comparison_table(results: dict, columns, *, details: bool = True):
             elif is_ref:
                 row.append(blank(name, _rep_title(rep),
                                  "reference row: real validation examples, not a model"))
+            elif liks:
+                row.append(blank(name, _rep_title(rep), f"scored on {', '.join(liks)} data only "
+                                 "(the representation its run was trained on)"))
             else:
                 reasons = [m.get("reason") for k, m in ev["metrics"].items()
                            if k in ("log_likelihood", "elbo", "ais") and m.get("reason")]
@@ -402,7 +405,9 @@ def _main_section(results: dict, columns) -> list[str]:
                f"high-quality fraction is below {vd.HQ_FRACTION:g} x the reference's.", ""]
         for n, fl in flagged.items():
             effort = results["models"][n].get("training")
-            md.append(f"- **{n}**: not trained well enough at its budget: "
+            what = ("not trained well enough at its budget" if vd.budget_bound(effort) else
+                    "samples far from the data although its training ended by itself")
+            md.append(f"- **{n}**: {what}: "
                       f"{'; '.join(f['message'] for f in fl)}. It had {vd.effort_text(effort)}. "
                       f"What would help: {fl[0]['advice']}.")
     return md

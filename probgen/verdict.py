@@ -25,7 +25,7 @@ import math
 from pathlib import Path
 
 __all__ = ["model_likelihoods", "likelihood_label", "format_likelihood", "representations",
-           "flag_model", "compute_flags", "run_effort", "effort_text", "settings_text",
+           "flag_model", "compute_flags", "budget_bound", "run_effort", "effort_text", "settings_text",
            "verdict", "sample_ranking_metrics", "short_effort", "metric_entry", "REFERENCE_ROW_NAME", "PRECISION_FRACTION",
            "COVERAGE_FRACTION", "CLASS_ENTROPY_FRACTION", "HQ_FRACTION", "TIE_SE",
            "LIKELIHOOD_PREFERENCE", "SAMPLE_METRICS"]
@@ -322,15 +322,30 @@ def flag_model(ev: dict, reference: dict | None, *, effort: dict | None = None,
                                      f"reference's {_fmt_metric(key, r)}"})
     if flags:
         recipe = (effort or {}).get("recipe")
-        more = "more training: a larger --budget"
-        if effort and effort.get("share_s") is not None:
-            more += f" (its share was {effort['share_s']:.0f} s"
-            more += f" of {budget_s:.0f} s)" if budget_s else ")"
+        bound = budget_bound(effort)
+        if bound:
+            more = "more training: a larger --budget"
+            if effort and effort.get("share_s") is not None:
+                more += f" (its share was {effort['share_s']:.0f} s"
+                more += f" of {budget_s:.0f} s)" if budget_s else ")"
+        else:
+            more = (f"not more time: its training ended by itself ({effort['stopped_by']}), so "
+                    "the model's settings are what limit it")
         extra = _recipe_advice(recipe, data_kind)
         advice = more + (f"; {extra}" if extra else "")
         for f in flags:
             f["advice"] = advice
+            f["budget_bound"] = bound
     return flags
+
+
+def budget_bound(effort: dict | None) -> bool:
+    """Whether a row's training was stopped by its time budget (True when the run does not
+    say): a flagged model that was is "not trained well enough at its budget"; one whose
+    training ended by itself (EM converged, a schedule ran to its end) is limited by its
+    settings instead."""
+    stopped = (effort or {}).get("stopped_by")
+    return stopped is None or "budget" in str(stopped)
 
 
 def compute_flags(results: dict, efforts: dict | None = None, *, data_kind: str = "") -> dict[str, list]:
@@ -558,20 +573,29 @@ def verdict(results: dict) -> str:
             sentences.append(f"The model with the best samples, {best}, has no likelihood to set "
                              "against them.")
     flagged = [n for n in names if _flags_of(results, n)]
-    if flagged:
-        why = []
-        for n in flagged:
-            effort = short_effort(models[n].get("training"))
-            secs = (models[n].get("training") or {}).get("seconds")
-            effort += f" in {secs:.0f} s" if effort and secs is not None else ""
-            why.append(f"{n} ({'; '.join(f['message'] for f in _flags_of(results, n))}"
-                       + (f"; {effort}" if effort else "") + ")")
+    undertrained = [n for n in flagged if budget_bound(models[n].get("training"))]
+    limited = [n for n in flagged if n not in undertrained]
+
+    def why(n):
+        effort = short_effort(models[n].get("training"))
+        secs = (models[n].get("training") or {}).get("seconds")
+        effort += f" in {secs:.0f} s" if effort and secs is not None else ""
+        return (f"{n} ({'; '.join(f['message'] for f in _flags_of(results, n))}"
+                + (f"; {effort}" if effort else "") + ")")
+
+    if undertrained:
         sentences.append(("Flagged as not trained well enough at its budget, so that its place in "
                           "these rankings says little about what the model can do: "
-                          if len(flagged) == 1 else
+                          if len(undertrained) == 1 else
                           "Flagged as not trained well enough at their budgets, so that their "
                           "places in these rankings say little about what the models can do: ")
-                         + "; ".join(why) + " (see Flagged models for what would help).")
+                         + "; ".join(why(n) for n in undertrained) + ".")
+    if limited:
+        sentences.append("Flagged for samples far from the data although training ended by itself "
+                         "(the model's settings, not the budget, limit it): "
+                         + "; ".join(why(n) for n in limited) + ".")
+    if flagged:
+        sentences.append("See Flagged models for what would help.")
     if not sentences:
         return "No model of this comparison has a likelihood or sample metrics to rank."
     return " ".join(sentences)

@@ -290,3 +290,31 @@ def test_a_rows_own_likelihoods_entry_is_rendered_with_its_caveat():
     assert ("The two rankings disagree: flow has a better likelihood on dequantized 8-bit "
             "images than gmm and gan, but worse samples; gmm has a better likelihood on "
             "dequantized 8-bit images than gan, but worse samples.") in text
+
+
+def test_a_blank_likelihood_cell_says_why():
+    header, rows, notes = comparison_table(image_results(), COLUMNS)
+    by = {r[0]: r for r in rows}
+    k = int(by["bmm"][header.index("log-lik dequantized-8bit (bits/dim)")].strip("— []"))
+    assert notes[k - 1].startswith("bmm / log-lik dequantized-8bit (bits/dim): scored on binary data only")
+    k = int(by["gan"][header.index("log-lik binary (bits/dim)")].strip("— []"))
+    assert notes[k - 1] == "gan / log-lik binary (bits/dim): the model has no exact density (no log_prob)"
+
+
+def test_a_model_whose_training_ended_by_itself_is_not_told_to_train_longer():
+    res = image_results()
+    ref = res["models"][REF]
+    ev = res["models"]["gmm"]
+    ev["metrics"]["coverage"]["value"] = 0.4
+    converged = {"recipe": "gmm", "iterations": 13, "stopped_by": "its schedule ran to the end"}
+    (flag,) = vd.flag_model(ev, ref, effort=converged)
+    assert not flag["budget_bound"] and "--budget" not in flag["advice"]
+    assert "gmm(components=K)" in flag["advice"]
+    ev["flags"] = [flag]
+    ev["training"] = converged
+    text = vd.verdict(res)
+    assert "Flagged for samples far from the data although training ended by itself" in text
+    assert "not trained well enough" not in text
+    timed = {"recipe": "gan", "steps": 21, "stopped_by": "time budget of 28 s spent", "share_s": 28.0}
+    (flag,) = vd.flag_model({"metrics": {"coverage": val(0.0, 0.0)}}, ref, effort=timed, budget_s=60)
+    assert flag["budget_bound"] and "a larger --budget (its share was 28 s of 60 s)" in flag["advice"]
