@@ -221,6 +221,9 @@ def likelihood_vs_samples(results: dict, path, *, title: str | None = None) -> P
                 ax.axvline(rq["value"], color="k", ls="--", lw=1)
                 ax.annotate("reference", (rq["value"], 0.97), xycoords=("data", "axes fraction"),
                             fontsize=8, rotation=90, va="top", ha="right")
+            xs = [metric(ev, key)["value"] for ev in [*(models[n] for n in names), ref] if metric(ev, key)]
+            if key == "frechet_distance" and min(xs) > 0 and max(xs) > 20 * min(xs):
+                ax.set_xscale("log")  # a collapsed model's distance is orders of magnitude away
             ax.set_xlabel(label, fontsize=9)
             if j == 0:
                 ax.set_ylabel(f"{rep}\nbits/dim (lower is better)" if image

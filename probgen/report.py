@@ -170,6 +170,12 @@ def _rep_title(rep: str) -> str:
     return f"log-lik {rep} (nats)"
 
 
+# the flag column's words for each reason (the Flagged models section gives the numbers)
+_FLAG_WORDS = {"precision": "low precision", "coverage": "low coverage",
+               "class_histogram": "collapsed classes", "modes_covered": "missing modes",
+               "high_quality_fraction": "low HQ frac"}
+
+
 def comparison_table(results: dict, columns, *, details: bool = True):
     """The report's table: header, rows and footnotes (the reasons for blanks).
 
@@ -234,7 +240,7 @@ def comparison_table(results: dict, columns, *, details: bool = True):
                 cell = blank(name, title, reason or MISSING_REASONS.get(col, "not computed for this model"))
             row.append(cell)
         if flagged:
-            row.append("; ".join(f["rule"].split(" (")[0] for f in ev.get("flags") or []))
+            row.append(", ".join(_FLAG_WORDS.get(f["metric"], f["metric"]) for f in ev.get("flags") or []))
         rows.append(row)
     return header, rows, notes
 
@@ -460,7 +466,7 @@ def _estimates_section(results: dict, columns) -> list[str]:
     return md
 
 
-_CSS = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.4}"
+_CSS = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;line-height:1.4}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;"
         "text-align:right;vertical-align:top}td:first-child,th:first-child{text-align:left}"
         "th{background:#eee}figure{display:inline-block;margin:8px;vertical-align:top}"
