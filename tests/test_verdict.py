@@ -148,13 +148,16 @@ def test_true_log_likelihood_is_in_the_reference_row_and_caption_only():
 
 def test_glossary_defines_every_column_with_a_unit():
     res = image_results()
-    res["models"]["gan"]["flags"] = [{"rule": "x", "message": "y", "advice": "z"}]
+    res["models"]["gan"]["metrics"]["precision"]["value"] = 0.1
+    res["models"]["gan"]["flags"] = vd.flag_model(res["models"]["gan"], res["models"][REF])
     header, _, _ = comparison_table(res, COLUMNS)
     lines = glossary(res, COLUMNS)
     defined = [line.split("**")[1] for line in lines]
     assert defined == header[1:]  # every column but the model's name, in the table's order
     assert any(line.startswith("- **classes** (normalised entropy)") for line in lines)
     assert any(line.startswith("- **kernel** (") for line in lines) or "kernel" not in header
+    _, rows, _ = comparison_table(res, COLUMNS)
+    assert {r[0]: r[-1] for r in rows}["gan"] == "low precision" and header[-1] == "flag"
 
 
 # ----------------------------------------------------------------------------- the verdict
