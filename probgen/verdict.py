@@ -475,18 +475,14 @@ def _lik_short(entry: dict) -> str:
     return f"{_num(entry['value'], entry.get('stderr'))} nats ({likelihood_label(entry)})"
 
 
-def verdict(results: dict) -> str:
-    """The report's first paragraph: which model has the best likelihood on each
-    representation, which has the best samples, where the two rankings disagree, ties within
-    two standard errors named as ties, and the flagged models named as flagged."""
+def _likelihood_sentences(results: dict) -> list[str]:
+    """The best likelihood on each representation, ties named, and the rows without one."""
     models = results["models"]
-    ref = models.get(REFERENCE_ROW_NAME) or {}
     names = [n for n in models if n != REFERENCE_ROW_NAME]
     sentences = []
+    ref = models.get(REFERENCE_ROW_NAME) or {}
     true_ll = _metric(ref, "true_log_likelihood") or next(
         (_metric(models[n], "true_log_likelihood") for n in names if _metric(models[n], "true_log_likelihood")), None)
-
-    # likelihood, per representation
     for rep in representations(results):
         ranking = _likelihood_ranking(results, rep)
         best_name, best = ranking[0]
@@ -522,56 +518,74 @@ def verdict(results: dict) -> str:
         sentences.append(f"{_names(no_lik, results)} {'has' if len(no_lik) == 1 else 'have'} no "
                          "likelihood in this table.")
 
-    # samples
+    return sentences
+
+
+def _sample_sentences(results: dict) -> list[str]:
+    """The best samples, ties named, and where the sample ranking disagrees with the
+    likelihood ranking on each representation."""
+    models = results["models"]
+    names = [n for n in models if n != REFERENCE_ROW_NAME]
+    sentences = []
+    ref = models.get(REFERENCE_ROW_NAME) or {}
     keys = sample_ranking_metrics(results)
-    if keys:
-        scored = [n for n in names if _metric(models[n], keys[0])]
-        order = sorted(scored, key=lambda n: tuple(
-            (-1 if _BETTER[k] == "higher" else 1) * float((_metric(models[n], k) or {"value": 0})["value"])
-            for k in keys))
-        best = order[0]
-        tied = [n for n in order[1:] if _sample_compare(models[best], models[n], keys) == 0]
+    if not keys:
+        return sentences
+    scored = [n for n in names if _metric(models[n], keys[0])]
+    order = sorted(scored, key=lambda n: tuple(
+        (-1 if _BETTER[k] == "higher" else 1) * float((_metric(models[n], k) or {"value": 0})["value"])
+        for k in keys))
+    best = order[0]
+    tied = [n for n in order[1:] if _sample_compare(models[best], models[n], keys) == 0]
 
-        def quote(n):
-            parts = [f"{_WORDS[k]} {_fmt_metric(k, _metric(models[n], k))}" for k in keys
-                     if _metric(models[n], k)]
-            parts += [f"{_WORDS[k]} {_fmt_metric(k, _metric(models[n], k))}" for k in _QUOTED
-                      if k not in keys and _metric(models[n], k)]
-            return ", ".join(parts)
+    def quote(n):
+        parts = [f"{_WORDS[k]} {_fmt_metric(k, _metric(models[n], k))}" for k in keys
+                 if _metric(models[n], k)]
+        parts += [f"{_WORDS[k]} {_fmt_metric(k, _metric(models[n], k))}" for k in _QUOTED
+                  if k not in keys and _metric(models[n], k)]
+        return ", ".join(parts)
 
-        by = " then ".join(_WORDS[k] for k in keys)
-        if tied:
-            s = (f"By {by}, {_names([best, *tied], results)} tie for the best samples: "
-                 + "; ".join(f"{n} {quote(n)}" for n in [best, *tied]))
-        else:
-            s = f"By {by}, {_names([best], results)} has the best samples, {quote(best)}"
-            if len(order) > 1:
-                s += f", ahead of {_names([order[1]], results)} with {quote(order[1])}"
-        if ref and all(_metric(ref, k) for k in keys):
-            s += f"; real validation data score {', '.join(f'{_WORDS[k]} {_fmt_metric(k, _metric(ref, k))}' for k in keys)}"
-        sentences.append(s + ".")
+    by = " then ".join(_WORDS[k] for k in keys)
+    if tied:
+        s = (f"By {by}, {_names([best, *tied], results)} tie for the best samples: "
+             + "; ".join(f"{n} {quote(n)}" for n in [best, *tied]))
+    else:
+        s = f"By {by}, {_names([best], results)} has the best samples, {quote(best)}"
+        if len(order) > 1:
+            s += f", ahead of {_names([order[1]], results)} with {quote(order[1])}"
+    if ref and all(_metric(ref, k) for k in keys):
+        s += f"; real validation data score {', '.join(f'{_WORDS[k]} {_fmt_metric(k, _metric(ref, k))}' for k in keys)}"
+    sentences.append(s + ".")
 
-        # disagreements between the two rankings, pair by pair on each representation
-        disagree = []
-        for rep in representations(results):
-            ranking = _likelihood_ranking(results, rep)
-            for i, (a, ea) in enumerate(ranking):
-                better_samples = [b for b, eb in ranking[i + 1:]
-                                  if a in scored and b in scored
-                                  and not _likelihood_tie(results, a, ea, b, eb)
-                                  and _sample_compare(models[a], models[b], keys) < 0]
-                if better_samples:
-                    disagree.append(f"{a} has a better likelihood on {_rep_words(rep)} than "
-                                    f"{_names(better_samples, results)}, but worse samples")
-        if disagree:
-            sentences.append("The two rankings disagree: " + "; ".join(disagree) + ".")
-        elif any(len(_likelihood_ranking(results, rep)) > 1 for rep in representations(results)):
-            sentences.append("Where two models have likelihoods on the same representation, the "
-                             "likelihood and sample rankings agree.")
-        lik_best = {_likelihood_ranking(results, rep)[0][0] for rep in representations(results)}
-        if best not in lik_best and not model_likelihoods(models[best]):
-            sentences.append(f"The model with the best samples, {best}, has no likelihood to set "
-                             "against them.")
+    # disagreements between the two rankings, pair by pair on each representation
+    disagree = []
+    for rep in representations(results):
+        ranking = _likelihood_ranking(results, rep)
+        for i, (a, ea) in enumerate(ranking):
+            better_samples = [b for b, eb in ranking[i + 1:]
+                              if a in scored and b in scored
+                              and not _likelihood_tie(results, a, ea, b, eb)
+                              and _sample_compare(models[a], models[b], keys) < 0]
+            if better_samples:
+                disagree.append(f"{a} has a better likelihood on {_rep_words(rep)} than "
+                                f"{_names(better_samples, results)}, but worse samples")
+    if disagree:
+        sentences.append("The two rankings disagree: " + "; ".join(disagree) + ".")
+    elif any(len(_likelihood_ranking(results, rep)) > 1 for rep in representations(results)):
+        sentences.append("Where two models have likelihoods on the same representation, the "
+                         "likelihood and sample rankings agree.")
+    lik_best = {_likelihood_ranking(results, rep)[0][0] for rep in representations(results)}
+    if best not in lik_best and not model_likelihoods(models[best]):
+        sentences.append(f"The model with the best samples, {best}, has no likelihood to set "
+                         "against them.")
+    return sentences
+
+
+def _flag_sentences(results: dict) -> list[str]:
+    """The flagged rows, by what limits them: the budget or their settings."""
+    models = results["models"]
+    names = [n for n in models if n != REFERENCE_ROW_NAME]
+    sentences = []
     flagged = [n for n in names if _flags_of(results, n)]
     undertrained = [n for n in flagged if budget_bound(models[n].get("training"))]
     limited = [n for n in flagged if n not in undertrained]
@@ -596,6 +610,14 @@ def verdict(results: dict) -> str:
                          + "; ".join(why(n) for n in limited) + ".")
     if flagged:
         sentences.append("See Flagged models for what would help.")
+    return sentences
+
+
+def verdict(results: dict) -> str:
+    """The report's first paragraph: which model has the best likelihood on each
+    representation, which has the best samples, where the two rankings disagree, ties within
+    two standard errors named as ties, and the flagged models named as flagged."""
+    sentences = _likelihood_sentences(results) + _sample_sentences(results) + _flag_sentences(results)
     if not sentences:
         return "No model of this comparison has a likelihood or sample metrics to rank."
     return " ".join(sentences)
