@@ -95,7 +95,7 @@ _STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;p
           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;"
           "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#eee}"
           "figure{display:inline-block;margin:8px;vertical-align:top}img{max-width:520px}"
-          "figure.thumb img{width:240px}figure.thumb figcaption{font-size:small}"
+          "figure.thumb img{max-width:480px}figure.thumb figcaption{font-size:small}"
           "p.verdict{background:#f4f6fa;border-left:4px solid #4a6fa5;padding:.6em 1em}</style>")
 
 
@@ -172,7 +172,9 @@ def _headline(page: Path) -> list[str]:
         out.append("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"
                    + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
                    + "</tbody></table>")
-    thumbs = [f"<figure class='thumb'><img alt='{esc(p.stem)}' src='{thumbnail_uri(p)}'>"
+    # the likelihood-against-samples figure has a panel per metric: twice as wide
+    thumbs = [f"<figure class='thumb'><img alt='{esc(p.stem)}' "
+              f"src='{thumbnail_uri(p, 480 if p.stem == 'likelihood_vs_samples' else 240)}'>"
               f"<figcaption>{esc(p.stem.replace('_', ' '))}</figcaption></figure>"
               for p in figures if p.is_file()]
     if thumbs:

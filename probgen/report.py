@@ -97,7 +97,7 @@ def table_rows(results: dict, columns) -> tuple[list[str], list[list[str]], list
 # the columns a summary (the demo's index) shows for each comparison, when a model has them
 HEADLINE_METRICS = ("log_likelihood", "elbo", "iwae", "true_log_likelihood", "modes_covered",
                     "high_quality_fraction", "reverse_kl", "frechet_distance", "precision", "recall",
-                    "class_histogram")
+                    "coverage", "class_histogram")
 
 
 def headline_rows(results: dict, columns) -> tuple[list[str], list[list[str]]]:
@@ -184,13 +184,13 @@ def comparison_table(results: dict, columns, *, details: bool = True):
     (:func:`probgen.verdict.model_likelihoods`; binary and dequantized never share one), each
     cell naming its kind of estimate with its ± (the reference row holds the data's true
     log-likelihood where it is known); then every column of ``columns`` that is not a
-    likelihood; with ``details`` a ``flag`` column when some model is flagged.
+    likelihood; a ``flag`` column when some model is flagged.
     """
     models = results["models"]
     reps = vd.representations(results)
     sample_cols = [c for c in columns if c[0] not in LIKELIHOOD_KEYS
                    and any(_metric_for(ev["metrics"], c[0])[1] is not None for ev in models.values())]
-    flagged = details and any(ev.get("flags") for ev in models.values())
+    flagged = any(ev.get("flags") for ev in models.values())
     header = ["model"] + (["n", "training"] if details else []) + [_rep_title(r) for r in reps] \
         + [c[1] for c in sample_cols] + (["flag"] if flagged else [])
     rows, notes = [], []

@@ -328,15 +328,23 @@ def flag_model(ev: dict, reference: dict | None, *, effort: dict | None = None,
             if effort and effort.get("share_s") is not None:
                 more += f" (its share was {effort['share_s']:.0f} s"
                 more += f" of {budget_s:.0f} s)" if budget_s else ")"
-        else:
+        elif recipe in _CONVERGES:
             more = (f"not more time: its training ended by itself ({effort['stopped_by']}), so "
                     "the model's settings are what limit it")
+        else:
+            unit = "epochs" if effort.get("epochs") is not None else "steps"
+            more = (f"more {unit} ({recipe or 'the model'}({unit}=N), with the --budget for "
+                    f"them): it stopped at the {unit} it was given ({effort['stopped_by']})")
         extra = _recipe_advice(recipe, data_kind)
         advice = more + (f"; {extra}" if extra else "")
         for f in flags:
             f["advice"] = advice
             f["budget_bound"] = bound
     return flags
+
+
+# models whose training ends by itself (EM converges, a closed form): more time does not help
+_CONVERGES = {"gmm", "bmm", "ppca"}
 
 
 def budget_bound(effort: dict | None) -> bool:
@@ -397,13 +405,13 @@ def run_effort(run_dir, *, share_s: float | None = None, seconds: float | None =
               "steps": None, "epochs": None, "iterations": None, "closed_form": False,
               "stopped_by": done.get("stopped_by") or progress.get("stopped_by"),
               "settings": {k: cfg[k] for k in _SETTINGS if cfg.get(k) is not None}}
-    if progress.get("epochs_run") is not None:
+    if recipe == "ppca" and cfg.get("fit", "closed-form") == "closed-form":
+        effort["closed_form"] = True
+    elif progress.get("epochs_run") is not None:
         effort["epochs"] = progress["epochs_run"]
         effort["steps"] = progress.get("steps_run", step)
     elif recipe in ("gmm", "bmm"):
         effort["iterations"] = step
-    elif recipe == "ppca" and cfg.get("fit", "closed-form") == "closed-form":
-        effort["closed_form"] = True
     else:
         effort["steps"] = step
     return effort
@@ -414,15 +422,15 @@ def effort_text(effort: dict | None) -> str:
     if not effort:
         return "training effort not recorded"
     if effort.get("epochs") is not None:
-        what = f"{effort['epochs']:,} epochs"
+        what = _count(effort["epochs"], "epoch")
         if effort.get("steps") is not None:
-            what += f" ({effort['steps']:,} steps)"
+            what += f" ({_count(effort['steps'], 'step')})"
     elif effort.get("iterations") is not None:
-        what = f"{effort['iterations']:,} EM iterations (best restart)"
+        what = f"{_count(effort['iterations'], 'EM iteration')} (best restart)"
     elif effort.get("closed_form"):
         what = "closed-form fit"
     elif effort.get("steps") is not None:
-        what = f"{effort['steps']:,} steps"
+        what = _count(effort["steps"], "step")
     else:
         what = "steps not recorded"
     if effort.get("seconds") is not None:
@@ -443,14 +451,18 @@ def short_effort(effort: dict | None) -> str:
     if not effort:
         return ""
     if effort.get("epochs") is not None:
-        return f"{effort['epochs']:,} epochs"
+        return _count(effort["epochs"], "epoch")
     if effort.get("iterations") is not None:
-        return f"{effort['iterations']:,} EM iters"
+        return _count(effort["iterations"], "EM iter")
     if effort.get("closed_form"):
         return "closed form"
     if effort.get("steps") is not None:
-        return f"{effort['steps']:,} steps"
+        return _count(effort["steps"], "step")
     return ""
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 # ------------------------------------------------------------------------------ the verdict

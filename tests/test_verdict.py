@@ -321,3 +321,12 @@ def test_a_model_whose_training_ended_by_itself_is_not_told_to_train_longer():
     timed = {"recipe": "gan", "steps": 21, "stopped_by": "time budget of 28 s spent", "share_s": 28.0}
     (flag,) = vd.flag_model({"metrics": {"coverage": val(0.0, 0.0)}}, ref, effort=timed, budget_s=60)
     assert flag["budget_bound"] and "a larger --budget (its share was 28 s of 60 s)" in flag["advice"]
+
+
+def test_a_run_that_used_up_its_steps_is_told_to_take_more():
+    ref = image_results()["models"][REF]
+    done = {"recipe": "gan", "steps": 200, "stopped_by": "its schedule ran to the end"}
+    (flag,) = vd.flag_model({"metrics": {"coverage": val(0.0, 0.0)}}, ref, effort=done)
+    assert not flag["budget_bound"]
+    assert flag["advice"].startswith("more steps (gan(steps=N), with the --budget for them)")
+    assert vd.effort_text({"epochs": 1, "steps": 1}) == "1 epoch (1 step)"
