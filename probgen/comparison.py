@@ -341,7 +341,17 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
                       "ones first); loading data, drawing each run's figures and scoring "
                       "are not counted in it")
     results["time"] = timing
-    from probgen import report
+    from probgen import report, verdict
+
+    # each row's training effort and settings, and the flags of the rows whose samples are
+    # far from the reference row's: computed once here, rendered by the report
+    for n, r in rows.items():
+        results["models"][n]["training"] = verdict.run_effort(
+            r["run"], share_s=timing["share_s"].get(n), how=training.get(n),
+            seconds=timing["train_s"].get(n, r["eval"]["metrics"]["train_time"].get("value")))
+    kind = next(iter(rows.values()))["data"].kind if rows else ""
+    for n, flags in verdict.compute_flags(results, data_kind=kind).items():
+        results["models"][n]["flags"] = flags
 
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     report.write_reports(results, rows, out, columns=COLUMNS)

@@ -95,7 +95,8 @@ _STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;p
           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;"
           "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#eee}"
           "figure{display:inline-block;margin:8px;vertical-align:top}img{max-width:520px}"
-          "figure.thumb img{width:240px}figure.thumb figcaption{font-size:small}</style>")
+          "figure.thumb img{max-width:480px}figure.thumb figcaption{font-size:small}"
+          "p.verdict{background:#f4f6fa;border-left:4px solid #4a6fa5;padding:.6em 1em}</style>")
 
 
 def _page(title: str, body: list[str]) -> str:
@@ -137,20 +138,26 @@ def write_kl_page(result: dict, folder: Path) -> Path:
 
 def _headline(page: Path) -> list[str]:
     """The headline numbers and figure thumbnails of one part, from the files beside its page:
-    a comparison's ``results.json`` and ``figures/``, or the KL demo's ``kl.json``."""
+    a comparison's ``results.json`` (its verdict, a likelihood column per representation and
+    the headline sample metrics) and ``figures/``, or the KL demo's ``kl.json``."""
     import json
 
     from probgen.report import headline_rows, thumbnail_uri
 
     esc = html.escape
     folder = page.parent
-    header, rows, figures = [], [], []
+    header, rows, figures, summary = [], [], [], None
     if (folder / "results.json").is_file():
         from probgen.comparison import COLUMNS
+        from probgen.verdict import verdict
 
         results = json.loads((folder / "results.json").read_text())
         header, rows = headline_rows(results, COLUMNS)
-        figures = sorted((folder / "figures").glob("*.png"))
+        summary = verdict(results)
+        # the likelihood-against-samples figure first, then the samples, then the rest
+        figures = sorted((folder / "figures").glob("*.png"),
+                         key=lambda p: (p.stem != "likelihood_vs_samples", not p.stem.startswith("samples"),
+                                        p.stem))
     elif (folder / "kl.json").is_file():
         kl = json.loads((folder / "kl.json").read_text())
         header = ["problem", "forward-KL fit: KL(p||q)", "reverse-KL fit: KL(p||q)",
@@ -160,12 +167,14 @@ def _headline(page: Path) -> list[str]:
             rows.append([name, f"{f['kl_p_q']:.3f}", f"{r['kl_p_q']:.3f}", f"{f['kl_q_p']:.3f}",
                          f"{r['kl_q_p']:.3f}"])
             figures.append(folder / prob["figure"])
-    out = []
+    out = [f"<p class='verdict'>{esc(summary)}</p>"] if summary else []
     if rows:
         out.append("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"
                    + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
                    + "</tbody></table>")
-    thumbs = [f"<figure class='thumb'><img alt='{esc(p.stem)}' src='{thumbnail_uri(p)}'>"
+    # the likelihood-against-samples figure has a panel per metric: twice as wide
+    thumbs = [f"<figure class='thumb'><img alt='{esc(p.stem)}' "
+              f"src='{thumbnail_uri(p, 480 if p.stem == 'likelihood_vs_samples' else 240)}'>"
               f"<figcaption>{esc(p.stem.replace('_', ' '))}</figcaption></figure>"
               for p in figures if p.is_file()]
     if thumbs:

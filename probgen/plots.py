@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["samples_figure", "image_grid", "scatter_2d", "learning_curve", "density_contours",
-           "pyplot", "save_figure"]
+           "likelihood_vs_samples", "pyplot", "save_figure"]
 
 
 def pyplot():
@@ -33,7 +33,6 @@ def save_figure(fig, path) -> Path:
     return path
 
 
-_plt, _save = pyplot, save_figure  # the short names the figures below use
 
 
 def image_grid(x: torch.Tensor, path, *, shape=None, nrow: int | None = None, title: str | None = None,
@@ -51,18 +50,18 @@ def image_grid(x: torch.Tensor, path, *, shape=None, nrow: int | None = None, ti
     x = ((x - lo) / (hi - lo)).clamp(0, 1)
     nrow = nrow or max(1, int(round(x.shape[0] ** 0.5)))
     grid = vutils.make_grid(x, nrow=nrow, padding=2, pad_value=1.0)
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(0.6 * nrow + 1, 0.6 * ((x.shape[0] + nrow - 1) // nrow) + 1))
     ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", interpolation="nearest")
     ax.axis("off")
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def scatter_2d(points: dict[str, torch.Tensor], path, *, title: str | None = None, lim=None) -> Path:
     """Overlaid scatter plots of 2-D point sets, e.g. ``{"data": x, "model": s}``."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     for label, p in points.items():
         p = p.detach().cpu()
@@ -74,7 +73,7 @@ def scatter_2d(points: dict[str, torch.Tensor], path, *, title: str | None = Non
     ax.legend(markerscale=5, loc="upper right")
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def density_contours(log_probs: dict, path, *, lim=(-5.0, 5.0), points=None, title=None,
@@ -85,7 +84,7 @@ def density_contours(log_probs: dict, path, *, lim=(-5.0, 5.0), points=None, tit
     grid (1 to 4 standard deviations for a Gaussian), so narrow modes get rings around them
     rather than circles where the density rounds to zero.
     """
-    plt = _plt()
+    plt = pyplot()
     g = torch.linspace(lim[0], lim[1], resolution)
     xx, yy = torch.meshgrid(g, g, indexing="xy")
     grid = torch.stack([xx.flatten(), yy.flatten()], dim=1)
@@ -106,13 +105,13 @@ def density_contours(log_probs: dict, path, *, lim=(-5.0, 5.0), points=None, tit
     ax.set_aspect("equal")
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def learning_curve(records: list[dict], keys: list[str], path, *, xkey: str = "step",
                    title: str | None = None, ylabel: str = "") -> Path:
     """Lines of ``keys`` against ``xkey`` from a run's metrics log."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in keys:
         pts = [(r[xkey], r[key]) for r in records if key in r and r[key] is not None]
@@ -124,26 +123,120 @@ def learning_curve(records: list[dict], keys: list[str], path, *, xkey: str = "s
     ax.legend()
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def samples_figure(x: torch.Tensor, data, path) -> Path:
-    """Samples drawn the way the data looks: an image grid or a 2-D scatter over the data."""
+def samples_figure(x: torch.Tensor, data, path, *, title: str = "samples") -> Path:
+    """Samples drawn the way the data looks: an image grid or a 2-D scatter over the data,
+    titled ``title`` (the report names the model: "samples: vae")."""
     if data.kind == "image":
-        return image_grid(x[:100], path, shape=data.shape, value_range=data.value_range, title="samples")
+        return image_grid(x[:100], path, shape=data.shape, value_range=data.value_range, title=title)
     if x.dim() == 2 and x.shape[1] == 2:
-        return scatter_2d({"data": data.test, "samples": x}, path, title="samples")
+        return scatter_2d({"data": data.test, "samples": x}, path, title=title)
     if x.dim() == 2 and x.shape[1] == 1:
-        plt = _plt()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 3))
         ax.hist(data.test[:, 0].cpu().numpy(), bins=80, density=True, alpha=0.5, label="data")
         ax.hist(x[:, 0].cpu().numpy(), bins=80, density=True, alpha=0.5, label="samples")
         ax.legend()
-        return _save(fig, path)
+        ax.set_title(title)
+        return save_figure(fig, path)
     side = int(round(x.shape[1] ** 0.5)) if x.dim() == 2 else 0
     if side * side == (x.shape[1] if x.dim() == 2 else -1):
-        return image_grid(x[:100], path, title="samples", value_range=data.value_range)
-    return scatter_2d({"data": data.test[:, :2], "samples": x[:, :2]}, path, title="samples (first 2 dims)")
+        return image_grid(x[:100], path, title=title, value_range=data.value_range)
+    return scatter_2d({"data": data.test[:, :2], "samples": x[:, :2]}, path, title=f"{title} (first 2 dims)")
+
+
+# the sample metrics the likelihood figure sets likelihoods against, first those the data has
+_QUALITY_AXES = (("frechet_distance", "Frechet distance (lower is better)"),
+                 ("precision", "precision (higher is better)"),
+                 ("recall", "recall (higher is better)"),
+                 ("coverage", "coverage (higher is better)"),
+                 ("modes_covered", "modes covered (higher is better)"),
+                 ("high_quality_fraction", "high-quality fraction (higher is better)"),
+                 ("energy_distance", "energy distance (lower is better)"),
+                 ("mmd", "MMD (lower is better)"))
+
+
+def likelihood_vs_samples(results: dict, path, *, title: str | None = None) -> Path | None:
+    """Likelihood against sample quality, one point per model labelled with its name.
+
+    One row of panels per representation some model has a likelihood on (bits/dim on images,
+    lower is better; nats on continuous data, higher is better), one column per sample metric
+    the data has (Frechet distance, precision, recall, coverage on images; modes covered and
+    the high-quality fraction on toy mixtures). Error bars are ± one standard error. The
+    reference row (real validation data) is a point where its likelihood is known (the true
+    density of toy data), else a dashed line at its sample metric. Models without a likelihood
+    are named under the figure. Returns None when no model has both a likelihood and a sample
+    metric.
+    """
+    from probgen import verdict as vd
+
+    models = results["models"]
+    ref = models.get(vd.REFERENCE_ROW_NAME) or {}
+    names = [n for n in models if n != vd.REFERENCE_ROW_NAME]
+
+    def metric(ev, key):
+        m = (ev.get("metrics") or {}).get(key)
+        return m if m and m.get("value") is not None else None
+
+    axes_q = [(k, t) for k, t in _QUALITY_AXES if any(metric(models[n], k) for n in names)]
+    reps = vd.representations(results)
+    if not axes_q or not reps:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(len(reps), len(axes_q), figsize=(3.6 * len(axes_q), 3.2 * len(reps)),
+                             squeeze=False)
+    for i, rep in enumerate(reps):
+        image = rep == "binary" or rep.startswith("dequantized")
+        for j, (key, label) in enumerate(axes_q):
+            ax = axes[i][j]
+            for c, n in enumerate(names):
+                lik = vd.model_likelihoods(models[n]).get(rep)
+                q = metric(models[n], key)
+                if lik is None or q is None:
+                    continue
+                y = lik.get("bits_per_dim") if image else lik["value"]
+                yerr = lik.get("bits_per_dim_stderr") if image else lik.get("stderr")
+                if y is None:
+                    continue
+                flagged = bool(models[n].get("flags"))
+                ax.errorbar([q["value"]], [y], xerr=[q.get("stderr") or 0.0], yerr=[yerr or 0.0],
+                            fmt="X" if flagged else "o", color=f"C{c % 10}", ms=8, capsize=3)
+                ax.annotate(n + (" (flagged)" if flagged else ""), (q["value"], y),
+                            textcoords="offset points", xytext=(6, 4), fontsize=8)
+            # models without a likelihood: their sample quality as a tick on the x axis
+            for c, n in enumerate(names):
+                q = metric(models[n], key)
+                if q is not None and not vd.model_likelihoods(models[n]):
+                    ax.plot([q["value"]], [0.02], "^", color=f"C{c % 10}", ms=8,
+                            transform=ax.get_xaxis_transform(), clip_on=False)
+                    ax.annotate(f"{n} (no likelihood)", (q["value"], 0.06), rotation=90,
+                                xycoords=("data", "axes fraction"), fontsize=7, va="bottom")
+            rq = metric(ref, key)
+            true_ll = metric(ref, "true_log_likelihood")
+            if rq is not None and true_ll is not None and not image and \
+                    (true_ll.get("representation") or "continuous") == rep:
+                ax.plot([rq["value"]], [true_ll["value"]], "*", color="k", ms=12, zorder=0)
+                ax.annotate("reference\n(true density)", (rq["value"], true_ll["value"]),
+                            textcoords="offset points", xytext=(-4, -6), fontsize=7,
+                            ha="right", va="top")
+            elif rq is not None:
+                ax.axvline(rq["value"], color="k", ls="--", lw=1)
+                ax.annotate("reference", (rq["value"], 0.97), xycoords=("data", "axes fraction"),
+                            fontsize=8, rotation=90, va="top", ha="right")
+            xs = [metric(ev, key)["value"] for ev in [*(models[n] for n in names), ref] if metric(ev, key)]
+            if key == "frechet_distance" and min(xs) > 0 and max(xs) > 20 * min(xs):
+                ax.set_xscale("log")  # a collapsed model's distance is orders of magnitude away
+            ax.set_xlabel(label, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"{rep}\nbits/dim (lower is better)" if image
+                              else f"{rep}\nlog-lik, nats (higher is better)", fontsize=9)
+            ax.margins(0.25)
+    head = title or f"Likelihood against sample quality on {results.get('data', '')}"
+    fig.suptitle(head + "\n(one point per model, ± one standard error; X: flagged)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- GAN figures
@@ -153,7 +246,7 @@ def gan_progress(snapshots: dict, data, path, *, title: str = "samples over trai
     2-D data: one scatter per step, real data in grey under the samples (the mode-collapse
     figure). Images: one row of samples per step.
     """
-    plt = _plt()
+    plt = pyplot()
     steps = sorted(snapshots)
     first = snapshots[steps[0]]
     if first.dim() == 2 and first.shape[1] == 2:
@@ -179,7 +272,7 @@ def gan_progress(snapshots: dict, data, path, *, title: str = "samples over trai
             ax.set_yticks([])
         axes[0][0].legend(markerscale=4, loc="lower left", fontsize=7)
         fig.suptitle(title)
-        return _save(fig, path)
+        return save_figure(fig, path)
     import torchvision.utils as vutils
 
     ncol = min(16, first.shape[0])
@@ -193,7 +286,7 @@ def gan_progress(snapshots: dict, data, path, *, title: str = "samples over trai
     ax.set_yticks([side * (i + 0.5) for i in range(len(steps))], [f"step {s}" for s in steps])
     ax.set_xticks([])
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -229,7 +322,7 @@ def latent_interpolation(model, data, path, *, pairs: int = 4, points: int = 9, 
         x = model.decode(paths.to(model.device)).detach().cpu()  # (P, T, *shape)
     kind = "spherical" if spherical else "linear"
     if x.dim() == 3 and x.shape[-1] == 2:
-        plt = _plt()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(5, 5))
         real = data.test[:2000].detach().cpu()
         ax.scatter(real[:, 0], real[:, 1], s=2, c="0.75")
@@ -237,14 +330,14 @@ def latent_interpolation(model, data, path, *, pairs: int = 4, points: int = 9, 
             ax.plot(x[i, :, 0], x[i, :, 1], "-o", ms=3)
         ax.set_aspect("equal")
         ax.set_title(f"{kind} latent interpolation")
-        return _save(fig, path)
+        return save_figure(fig, path)
     return image_grid(x.reshape(pairs * points, *x.shape[2:]), path, nrow=points,
                       value_range=data.value_range, title=f"{kind} latent interpolation")
 
 
 def class_histogram(counts, path, *, title: str = "classes of the samples") -> Path:
     """Bar chart of how many samples a classifier puts in each class."""
-    plt = _plt()
+    plt = pyplot()
     counts = [int(c) for c in counts]
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.bar(range(len(counts)), counts, color="C0")
@@ -254,7 +347,7 @@ def class_histogram(counts, path, *, title: str = "classes of the samples") -> P
     ax.set_ylabel("samples")
     ax.legend()
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- autoencoders
@@ -278,7 +371,7 @@ def latent_scatter(codes: torch.Tensor, path, *, labels: torch.Tensor | None = N
     """Codes (N, L) in the plane, coloured by label: L = 2 as is, L = 1 against a uniform
     jitter (the vertical axis carries no information), else the first two principal
     components (the axis labels say which)."""
-    plt = _plt()
+    plt = pyplot()
     z = codes.detach().double().cpu().reshape(codes.shape[0], -1)
     if z.shape[1] == 2:
         xy, axes = z, ("z1", "z2")
@@ -303,7 +396,7 @@ def latent_scatter(codes: torch.Tensor, path, *, labels: torch.Tensor | None = N
     ax.set_ylabel(axes[1])
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def encoded_interpolation(model, x: torch.Tensor, path, *, points: int = 9, value_range=(0.0, 1.0),

@@ -1,5 +1,13 @@
 """The report a person reads: ``report.md`` and a standalone ``report.html``.
 
+The report opens with a verdict (:func:`probgen.verdict.verdict`: the best likelihood on each
+representation, the best samples, where the two rankings disagree, the models flagged as not
+trained well enough), then one table with a likelihood column per representation (bits/dim on
+images, nats on continuous data; each cell names its kind of estimate) beside the sample
+metrics, a glossary of its columns, what each row is (its n, training effort and settings),
+every likelihood estimate, and the figures. ``report.html`` is rendered from the same lines
+as ``report.md`` (:func:`markdown_to_html`), so that the two say the same thing.
+
 The HTML page embeds its figures as data URIs, so it can be mailed or opened anywhere; it
 loads no script and no outside resource.
 """
@@ -11,10 +19,12 @@ import html
 import math
 from pathlib import Path
 
-__all__ = ["write_reports", "format_metric", "table_rows", "headline_rows", "HEADLINE_METRICS",
-           "thumbnail_uri"]
+from probgen import verdict as vd
+from probgen.verdict import REFERENCE_ROW_NAME
 
-REFERENCE_ROW_NAME = "validation data (reference)"  # probgen.comparison.REFERENCE_ROW
+__all__ = ["write_reports", "format_metric", "table_rows", "headline_rows", "HEADLINE_METRICS",
+           "thumbnail_uri", "comparison_table", "glossary", "GLOSSARY", "LIKELIHOOD_KEYS",
+           "markdown_to_html", "REFERENCE_ROW_NAME"]
 
 PARZEN_NOTE = (
     "Parzen-window estimates are shown for comparison with the older literature only: Theis, "
@@ -87,15 +97,172 @@ def table_rows(results: dict, columns) -> tuple[list[str], list[list[str]], list
 # the columns a summary (the demo's index) shows for each comparison, when a model has them
 HEADLINE_METRICS = ("log_likelihood", "elbo", "iwae", "true_log_likelihood", "modes_covered",
                     "high_quality_fraction", "reverse_kl", "frechet_distance", "precision", "recall",
-                    "class_histogram")
+                    "coverage", "class_histogram")
 
 
 def headline_rows(results: dict, columns) -> tuple[list[str], list[list[str]]]:
-    """The headline columns of a comparison's table (those of :data:`HEADLINE_METRICS` that
-    some model has): header and rows, blanks as "—" (the report gives their reasons)."""
+    """The headline columns of a comparison's table: a likelihood column per representation
+    and the sample metrics of :data:`HEADLINE_METRICS` that some model has; header and rows,
+    blanks as "—" (the report gives their reasons)."""
     cols = [c for c in columns if c[0] in HEADLINE_METRICS]
-    header, rows, _ = table_rows(results, cols)
+    header, rows, _ = comparison_table(results, cols, details=False)
     return header, [[c if not c.startswith("— [") else "—" for c in r] for r in rows]
+
+
+# the metrics that are likelihoods: in the table they become one column per representation
+LIKELIHOOD_KEYS = ("log_likelihood", "elbo", "iwae", "ais", "parzen", "true_log_likelihood")
+
+# one line per column: (unit, definition); the likelihood columns are described per representation
+GLOSSARY = {
+    "n": ("test examples", "how many test examples each likelihood is averaged over"),
+    "training": ("epochs, steps or EM iterations",
+                 "the training the row's model actually ran within its share of the budget"),
+    "modes_covered": ("modes", "modes of the toy mixture that received at least 0.2 x their "
+                      "expected count of high-quality samples (higher is better)"),
+    "high_quality_fraction": ("fraction", "share of samples within 3 sigma of their nearest "
+                              "mode (higher is better)"),
+    "reverse_kl": ("nats", "KL(histogram of the samples over their nearest modes || the true "
+                   "mixture weights) (lower is better)"),
+    "frechet_distance": ("squared feature units", "Frechet distance between Gaussians fitted to "
+                         "the feature network's features of samples and of test examples "
+                         "(a local classifier, not Inception: not comparable with published "
+                         "FID; lower is better)"),
+    "kernel_distance": ("squared feature units", "unbiased polynomial-kernel MMD^2 (KID) in the "
+                        "same features, mean ± std over 100 subsets (lower is better)"),
+    "energy_distance": ("data units", "energy distance between samples and test points (lower "
+                        "is better)"),
+    "mmd": ("squared kernel units", "maximum mean discrepancy between samples and test points "
+            "(lower is better)"),
+    "precision": ("fraction", "share of samples inside the 3-nearest-neighbour balls of test "
+                  "features (Kynkaanniemi et al. 2019; fidelity, higher is better)"),
+    "recall": ("fraction", "share of test examples inside the 3-nearest-neighbour balls of "
+               "sample features (diversity, higher is better)"),
+    "density": ("ratio", "mean number of test features' 5-NN balls holding each sample, over 5 "
+                "(Naeem et al. 2020; about 1 for real data)"),
+    "coverage": ("fraction", "share of test examples whose 5-NN ball holds at least one sample "
+                 "(Naeem et al. 2020; higher is better)"),
+    "class_histogram": ("normalised entropy", "entropy of the feature network's class "
+                        "predictions on the samples over log(classes): 1 = spread evenly, 0 = "
+                        "one class (higher is better)"),
+    "train_time": ("s", "seconds the training itself took (wall clock)"),
+    "flag": ("", "why the model is flagged as not trained well enough at its budget (see "
+             "Flagged models)"),
+}
+
+_REP_GLOSSARY = {
+    "binary": ("bits/dim, nats per image beside", "log P of the 0/1 image under a model of "
+               "binary pixels, as -log P / (D ln 2) bits per pixel; lower is better"),
+    "dequantized-8bit": ("bits/dim, nats per image beside", "a lower bound on log P of the 8-bit "
+                         "image, E_u log p((k + u)/256) - D log 256 (uniform dequantization), "
+                         "in bits per dimension; lower is better"),
+    "continuous": ("nats per example", "log p(x) of the test points, a density; higher is better"),
+    "raw-pixels": ("nats per image", "a density of grey values on [0, 1]: not a probability of "
+                   "images, unbounded on pixels that are always 0, and not comparable with any "
+                   "other column"),
+}
+
+
+def _rep_title(rep: str) -> str:
+    if rep == "binary" or rep.startswith("dequantized"):
+        return f"log-lik {rep} (bits/dim)"
+    if rep == "raw-pixels":
+        return "density of raw pixels (nats)"
+    return f"log-lik {rep} (nats)"
+
+
+# the flag column's words for each reason (the Flagged models section gives the numbers)
+_FLAG_WORDS = {"precision": "low precision", "coverage": "low coverage",
+               "class_histogram": "collapsed classes", "modes_covered": "missing modes",
+               "high_quality_fraction": "low HQ frac"}
+
+
+def comparison_table(results: dict, columns, *, details: bool = True):
+    """The report's table: header, rows and footnotes (the reasons for blanks).
+
+    Columns: the model; with ``details`` its n (test examples scored) and training effort;
+    one likelihood column per representation some model has a likelihood on
+    (:func:`probgen.verdict.model_likelihoods`; binary and dequantized never share one), each
+    cell naming its kind of estimate with its ± (the reference row holds the data's true
+    log-likelihood where it is known); then every column of ``columns`` that is not a
+    likelihood; a ``flag`` column when some model is flagged.
+    """
+    models = results["models"]
+    reps = vd.representations(results)
+    sample_cols = [c for c in columns if c[0] not in LIKELIHOOD_KEYS
+                   and any(_metric_for(ev["metrics"], c[0])[1] is not None for ev in models.values())]
+    flagged = any(ev.get("flags") for ev in models.values())
+    header = ["model"] + (["n", "training"] if details else []) + [_rep_title(r) for r in reps] \
+        + [c[1] for c in sample_cols] + (["flag"] if flagged else [])
+    rows, notes = [], []
+
+    def blank(name, title, reason):
+        notes.append(f"{name} / {title}: {reason}")
+        return f"— [{len(notes)}]"
+
+    for name, ev in models.items():
+        is_ref = name == REFERENCE_ROW_NAME
+        row = [name]
+        if details:
+            row.append(str(ev.get("n", "")))
+            row.append("reference" if is_ref else (vd.short_effort(ev.get("training")) or "—"))
+        liks = {} if is_ref else vd.model_likelihoods(ev)
+        true_ll = ev["metrics"].get("true_log_likelihood") if is_ref else None
+        for rep in reps:
+            if rep in liks:
+                cell = vd.format_likelihood(liks[rep])
+                caveat = liks[rep].get("caveat") or liks[rep].get("note")
+                if caveat:  # e.g. the observation model behind a GAN's AIS likelihood
+                    notes.append(f"{name} / {_rep_title(rep)}: {caveat}")
+                    cell += f" [{len(notes)}]"
+                row.append(cell)
+            elif true_ll is not None and true_ll.get("value") is not None and \
+                    (true_ll.get("representation") or "continuous") == rep:
+                row.append(vd.format_likelihood(vd.metric_entry("true_log_likelihood", true_ll, rep),
+                                                label="the data's true density"))
+            elif is_ref:
+                row.append(blank(name, _rep_title(rep),
+                                 "reference row: real validation examples, not a model"))
+            elif liks:
+                row.append(blank(name, _rep_title(rep), f"scored on {', '.join(liks)} data only "
+                                 "(the representation its run was trained on)"))
+            else:
+                reasons = [m.get("reason") for k, m in ev["metrics"].items()
+                           if k in ("log_likelihood", "elbo", "ais") and m.get("reason")]
+                reason = "; ".join(dict.fromkeys(reasons)) or "no likelihood on this representation"
+                row.append(blank(name, _rep_title(rep), reason))
+        for col, title, _ in sample_cols:
+            _, m = _metric_for(ev["metrics"], col)
+            cell = format_metric(m)
+            if not cell:
+                reason = (m or {}).get("reason")
+                if reason is None and is_ref:
+                    reason = "reference row: real validation examples, not a model"
+                cell = blank(name, title, reason or MISSING_REASONS.get(col, "not computed for this model"))
+            row.append(cell)
+        if flagged:
+            row.append(", ".join(_FLAG_WORDS.get(f["metric"], f["metric"]) for f in ev.get("flags") or []))
+        rows.append(row)
+    return header, rows, notes
+
+
+def glossary(results: dict, columns) -> list[str]:
+    """One line per column of :func:`comparison_table`: its title, unit and definition."""
+    header, _, _ = comparison_table(results, columns)
+    keys = {c[1]: c[0] for c in columns}
+    reps = {_rep_title(r): r for r in vd.representations(results)}
+    lines = []
+    for title in header[1:]:
+        key = keys.get(title, title)
+        if title in reps:
+            unit, text = _REP_GLOSSARY.get(reps[title], ("nats", "the log-likelihood on this "
+                                                               "representation"))
+            lines.append(f"- **{title}** ({unit}): {text}. Each cell names its estimate: exact; "
+                         "ELBO <= IWAE-k <= log p (bounds); AIS (a stochastic lower bound); on "
+                         "dequantized data the dequantization bound of that estimate.")
+        elif key in GLOSSARY:
+            unit, text = GLOSSARY[key]
+            lines.append(f"- **{title}**" + (f" ({unit})" if unit else "") + f": {text}.")
+    return lines
 
 
 def thumbnail_uri(path, width: int = 240) -> str:
@@ -118,12 +285,16 @@ def _figures(results: dict, rows: dict, out: Path) -> list[tuple[str, Path]]:
     from probgen import plots
 
     figs = []
+    fig = plots.likelihood_vs_samples(results, out / "figures" / "likelihood_vs_samples.png")
+    if fig is not None:
+        figs.append(("Likelihood against sample quality", fig))
     for name, r in rows.items():
         import torch
 
         with torch.no_grad():
             x = r["model"].sample(256 if r["data"].kind != "image" else 64).detach().cpu()
-        p = plots.samples_figure(x, r["data"].to("cpu"), out / "figures" / f"samples_{name}.png")
+        p = plots.samples_figure(x, r["data"].to("cpu"), out / "figures" / f"samples_{name}.png",
+                                 title=f"samples: {name}")
         figs.append((f"Samples: {name}", p))
     for title, fname in (("Per-example log-likelihoods", "per_example_loglik.png"),
                          ("Number of mixture components: BIC and PSIS-LOO", "model_choice.png")):
@@ -153,26 +324,11 @@ def _reference_text(results: dict) -> str | None:
 
 def write_reports(results: dict, rows: dict, out: Path, *, columns) -> tuple[Path, Path]:
     out = Path(out)
-    header, body, notes = table_rows(results, columns)
     figs = _figures(results, rows, out)
-    md = [f"# probgen compare: {results['data']}", "",
-          "Every model below was scored by the same evaluation code on the same test split. "
-          "Likelihoods are mean nats per test example, ± the standard error over examples. "
-          "Bounds are bounds: ELBO <= IWAE-k <= log p(x); AIS is a stochastic lower bound. "
-          "Each likelihood of images names its representation in brackets: [binary] is the "
-          "probability of the 0/1 image; [dequantized-8bit] a lower bound on the probability of "
-          "the 8-bit image (with bits per dimension, lower is better); [raw-pixels] a density of "
-          "grey values, not a probability of images. Numbers on different representations are "
-          "not comparable, even in one column; the data options of each run are listed below.", ""]
-    md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(r) + " |" for r in body]
-    if notes:
-        md += ["", "Blanks:", ""] + [f"{i + 1}. {n}" for i, n in enumerate(notes)]
-    ref_text = _reference_text(results)
-    if ref_text:
-        md += ["", ref_text]
-    if any("parzen" in ev["metrics"] for ev in results["models"].values()):
-        md += ["", f"> {PARZEN_NOTE}"]
+    md = [f"# probgen compare: {results['data']}", "", vd.verdict(results), ""]
+    md += _main_section(results, columns)
+    md += _rows_section(results)
+    md += _estimates_section(results, columns)
     md += ["", "## Data options per run", ""]
     md += [f"- **{n}**: `{o}` ({results['runs'][n]})" for n, o in results["data_options"].items()]
     t = results.get("time")
@@ -210,64 +366,184 @@ def write_reports(results: dict, rows: dict, out: Path, *, columns) -> tuple[Pat
     md_path.write_text("\n".join(md) + "\n")
 
     html_path = out / "report.html"
-    html_path.write_text(_html(results, header, body, notes, figs, md, ref_text))
+    html_path.write_text(markdown_to_html(md, out, title=f"probgen compare: {results['data']}"))
     print(f"wrote {out / 'results.json'}, {md_path} and {html_path}")
     return md_path, html_path
 
 
-def _html(results, header, body, notes, figs, md_lines, ref_text=None) -> str:
-    esc = html.escape
-    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-             f"<title>probgen compare: {esc(results['data'])}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;"
-             "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#eee}"
-             "figure{display:inline-block;margin:8px;vertical-align:top}img{max-width:480px}"
-             "blockquote{color:#555;border-left:3px solid #ccc;margin:1em 0;padding-left:1em}</style>",
-             "</head><body>", f"<h1>probgen compare: {esc(results['data'])}</h1>",
-             "<p>Every model was scored by the same evaluation code on the same test split. "
-             "Likelihoods are mean nats per test example ± standard error over examples.</p>",
-             "<table id='results'><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) +
-             "</tr></thead><tbody>"]
-    for r in body:
-        parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>")
-    parts.append("</tbody></table>")
+def _main_section(results: dict, columns) -> list[str]:
+    """The table, its blanks, its glossary, the reference text and the flagged models."""
+    header, body, notes = comparison_table(results, columns)
+    md = ["Every model below was scored by the same evaluation code on the same test split. "
+          "Each likelihood is the mean over the n test examples ± its standard error, on one "
+          "representation of the data per column: numbers in different columns are not "
+          "comparable. Bounds are bounds: ELBO <= IWAE-k <= log p(x); AIS is a stochastic lower "
+          "bound." + _true_density_caption(results), ""]
+    md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in body]
     if notes:
-        parts.append("<ol class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ol>")
+        md += ["", "Blanks and notes:", ""] + [f"{i + 1}. {n}" for i, n in enumerate(notes)]
+    md += ["", "Columns:", ""] + glossary(results, columns)
+    ref_text = _reference_text(results)
     if ref_text:
-        parts.append(f"<p class='reference'>{esc(ref_text).replace('`', '')}</p>")
-    # the remaining sections, rendered from the markdown tables
-    in_table = False
-    for line in md_lines[md_lines.index("## Data options per run"):]:
-        if line.startswith("## Figures"):
-            break
-        if line.startswith("## "):
-            parts.append(f"<h2>{esc(line[3:])}</h2>")
-        elif line.startswith("|"):
+        md += ["", ref_text]
+    if any("parzen" in ev["metrics"] for ev in results["models"].values()):
+        md += ["", f"> {PARZEN_NOTE}"]
+    flagged = {n: ev["flags"] for n, ev in results["models"].items() if ev.get("flags")}
+    if flagged:
+        md += ["", "## Flagged models", "",
+               "A model whose samples are far from the reference row's is not ranked silently: "
+               f"flagged when its precision or coverage is below {vd.PRECISION_FRACTION:g} x the "
+               f"reference's, its normalised class entropy below {vd.CLASS_ENTROPY_FRACTION:g} x "
+               "the reference's, it covers fewer toy modes than the reference, or its "
+               f"high-quality fraction is below {vd.HQ_FRACTION:g} x the reference's.", ""]
+        for n, fl in flagged.items():
+            effort = results["models"][n].get("training")
+            what = ("not trained well enough at its budget" if vd.budget_bound(effort) else
+                    "samples far from the data although its training ended by itself")
+            md.append(f"- **{n}**: {what}: "
+                      f"{'; '.join(f['message'] for f in fl)}. It had {vd.effort_text(effort)}. "
+                      f"What would help: {fl[0]['advice']}.")
+    return md
+
+
+def _true_density_caption(results: dict) -> str:
+    for ev in results["models"].values():
+        m = ev["metrics"].get("true_log_likelihood")
+        if m and m.get("value") is not None:
+            se = f" ± {m['stderr']:.2g}" if m.get("stderr") is not None else ""
+            return (f" The data's true density scores {m['value']:.4g}{se} nats per test example "
+                    "(in the reference row): the value a perfect density model would reach.")
+    return ""
+
+
+def _rows_section(results: dict) -> list[str]:
+    """Each row's n, training effort and settings."""
+    models = results["models"]
+    ref = results.get("reference") or {}
+    md = ["", "## What each row is", ""]
+    for name, ev in models.items():
+        if name == REFERENCE_ROW_NAME:
+            md.append(f"- **{name}**: {ref.get('n', ev.get('n', '?'))} real validation examples in "
+                      "the place of samples; likelihoods: the data's true density where known.")
+            continue
+        effort = ev.get("training")
+        samples = f", {ref['n']} samples for the sample metrics" if ref.get("n") else ""
+        md.append(f"- **{name}**: n = {ev.get('n', '?')} test examples{samples}; trained "
+                  f"{vd.effort_text(effort)}; settings: {vd.settings_text(effort)}.")
+    return md
+
+
+def _estimates_section(results: dict, columns) -> list[str]:
+    """Every likelihood estimate of every row, as computed (the table shows the best one)."""
+    cols = [c for c in columns if c[0] in LIKELIHOOD_KEYS and c[0] != "true_log_likelihood"]
+    if not cols:
+        return []
+    sub = {**results, "models": {n: ev for n, ev in results["models"].items() if n != REFERENCE_ROW_NAME}}
+    header, body, notes = table_rows(sub, cols)
+    if len(header) < 2:
+        return []
+    md = ["", "## Every likelihood estimate", "",
+          "The table above shows each model's best estimate per representation (exact, else AIS, "
+          "else the largest IWAE-k, else the ELBO); here is every estimate computed, in nats per "
+          "example, with the representation in brackets.", ""]
+    md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in body]
+    if notes:
+        md += ["", "Blanks:", ""] + [f"{i + 1}. {n}" for i, n in enumerate(notes)]
+    return md
+
+
+_CSS = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;line-height:1.4}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;"
+        "text-align:right;vertical-align:top}td:first-child,th:first-child{text-align:left}"
+        "th{background:#eee}figure{display:inline-block;margin:8px;vertical-align:top}"
+        "img{max-width:520px}p.verdict{background:#f4f6fa;border-left:4px solid #4a6fa5;"
+        "padding:.6em 1em}ul.glossary{font-size:small;color:#333}"
+        "blockquote{color:#555;border-left:3px solid #ccc;margin:1em 0;padding-left:1em}")
+
+
+def _inline(text: str) -> str:
+    """Markdown's **bold** and `code` in escaped HTML."""
+    import re
+
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+def markdown_to_html(md_lines: list[str], folder: Path, *, title: str) -> str:
+    """A standalone page from the report's markdown lines: headings, paragraphs (the first
+    one, the verdict, set apart), tables (the first one ``id='results'``), lists, quotes, and
+    figures embedded as data URIs from ``folder``."""
+    import re
+
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+             f"<title>{html.escape(title)}</title>", f"<style>{_CSS}</style>", "</head><body>"]
+    tables = 0
+    block: str | None = None  # the open element: table, ul, ol
+
+    def close():
+        nonlocal block
+        if block:
+            parts.append(f"</{block}>")
+        block = None
+
+    paragraphs = 0
+    glossary_next = False
+    for line in md_lines:
+        if line.startswith("|"):
             cells = [c.strip() for c in line.strip("|").split("|")]
             if set("".join(cells)) <= set("-"):
                 continue
-            if not in_table:
-                parts.append("<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in cells) + "</tr>")
-                in_table = True
+            if block != "table":
+                close()
+                ident = " id='results'" if tables == 0 else ""
+                tables += 1
+                parts.append(f"<table{ident}><thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells)
+                             + "</tr></thead>")
+                block = "table"
             else:
-                parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+                parts.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells) + "</tr>")
+            continue
+        m_img = re.match(r"!\[(.*)\]\((.*)\)$", line)
+        m_ol = re.match(r"(\d+)\. (.*)$", line)
+        if m_img:
+            close()
+            path = Path(folder) / m_img.group(2)
+            if path.is_file():
+                data = base64.b64encode(path.read_bytes()).decode()
+                parts.append(f"<figure><img alt='{html.escape(m_img.group(1))}' "
+                             f"src='data:image/png;base64,{data}'><figcaption>"
+                             f"{html.escape(m_img.group(1))}</figcaption></figure>")
+        elif line.startswith("- "):
+            if block != "ul":
+                close()
+                parts.append("<ul class='glossary'>" if glossary_next else "<ul>")
+                block = "ul"
+            parts.append(f"<li>{_inline(line[2:])}</li>")
+        elif m_ol:
+            if block != "ol":
+                close()
+                parts.append("<ol class='notes'>")
+                block = "ol"
+            parts.append(f"<li>{_inline(m_ol.group(2))}</li>")
+        elif not line:
+            if block in ("ul", "ol") or block == "table":
+                close()
         else:
-            if in_table:
-                parts.append("</table>")
-                in_table = False
-            if line.startswith("> "):
-                parts.append(f"<blockquote>{esc(line[2:])}</blockquote>")
-            elif line.startswith("- "):
-                parts.append(f"<p>{esc(line[2:]).replace('**', '').replace('`', '')}</p>")
-            elif line:
-                parts.append(f"<p>{esc(line)}</p>")
-    if in_table:
-        parts.append("</table>")
-    parts.append("<h2>Figures</h2>")
-    for title, path in figs:
-        data = base64.b64encode(Path(path).read_bytes()).decode()
-        parts.append(f"<figure><img alt='{esc(title)}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{esc(title)}</figcaption></figure>")
+            close()
+            glossary_next = line == "Columns:"
+            if line.startswith("# "):
+                parts.append(f"<h1>{_inline(line[2:])}</h1>")
+            elif line.startswith("## "):
+                parts.append(f"<h2>{_inline(line[3:])}</h2>")
+            elif line.startswith("> "):
+                parts.append(f"<blockquote>{_inline(line[2:])}</blockquote>")
+            else:
+                cls = " class='verdict'" if paragraphs == 0 else ""
+                paragraphs += 1
+                parts.append(f"<p{cls}>{_inline(line)}</p>")
+    close()
     parts.append("</body></html>")
     return "\n".join(parts)

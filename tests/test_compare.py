@@ -169,3 +169,41 @@ def test_runs_that_leave_the_pixel_range_unset_pair_with_those_that_name_it(tmp_
     assert res["data_options"]["Flat"].get("value_range") is None
     pair = res["paired_differences"][0]
     assert pair["value"] is not None and pair["stderr"] > 0
+
+
+def test_report_says_what_results_json_holds(tmp_path):
+    """A real (tiny) comparison: the verdict, the likelihood cells, the flags and each row's
+    effort in report.md are those results.json holds, and the report's figures are there."""
+    from probgen import verdict as vd
+
+    out = tmp_path / "cmp"
+    assert main(["compare", "--data", "ring8", "--models", "gmm,gan", "--budget", "0.15",
+                 "--out", str(out), "--eval-limit", "500", "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    md = (out / "report.md").read_text()
+    lines = md.splitlines()
+    assert lines[2] == vd.verdict(results)  # the first paragraph, recomputed from the file
+    assert "gmm has the best samples" in lines[2] or "tie for the best samples" in lines[2]
+    for name in ("gmm", "gan"):
+        ev = results["models"][name]
+        assert isinstance(ev["flags"], list)
+        assert ev["training"]["seconds"] is not None and ev["training"]["recipe"] == name
+        assert f"- **{name}**: n = 500 test examples" in md and vd.effort_text(ev["training"]) in md
+        for flag in ev["flags"]:
+            assert f"{name} (" in lines[2] and flag["message"] in md
+    assert results["models"]["gan"]["training"]["steps"] > 0
+    assert results["models"]["gmm"]["training"]["iterations"] >= 1
+    # the gmm's likelihood cell is the file's value; the true density sits in the reference row
+    cell = vd.format_likelihood(vd.model_likelihoods(results["models"]["gmm"])["continuous"])
+    assert f"| gmm | 500 | {vd.short_effort(results['models']['gmm']['training'])} | {cell} |" in md
+    true_ll = results["models"][REFERENCE_ROW]["metrics"]["true_log_likelihood"]["value"]
+    assert f"| {REFERENCE_ROW} | 500 | reference | {true_ll:.4g} ± " in md
+    flagged = [n for n in ("gmm", "gan") if results["models"][n]["flags"]]
+    assert ("## Flagged models" in md) == bool(flagged)
+    assert "![Likelihood against sample quality](figures/likelihood_vs_samples.png)" in md
+    assert (out / "figures" / "likelihood_vs_samples.png").is_file()
+    page = (out / "report.html").read_text()
+    import html
+
+    assert f"<p class='verdict'>{html.escape(lines[2])}</p>" in page
+    assert "<table id='results'>" in page and page.count("data:image/png;base64,") >= 3

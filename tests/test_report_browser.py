@@ -162,9 +162,12 @@ def test_demo_index_shows_each_parts_headline_numbers_and_figure_thumbnails(tmp_
     page = index.read_text()
     f, r = kl["problems"]["1d"]["forward"], kl["problems"]["1d"]["reverse"]
     assert f"<td>{f['kl_p_q']:.3f}</td>" in page and f"<td>{r['kl_q_p']:.3f}</td>" in page
-    # the compare part: its headline columns, every model's row, a blank as a dash
-    assert "<th>exact log-lik</th><th>modes</th>" in page and "0.1235" not in page
-    assert "<td>gmm</td><td>-1.5 ± 0.01</td><td>8</td>" in page
+    # the compare part: its verdict, its headline columns (a likelihood column per
+    # representation), every model's row, a blank as a dash
+    assert "<p class='verdict'>On the continuous data, only gmm has a likelihood" in page
+    assert "By modes covered, gmm has the best samples" in page
+    assert "<th>log-lik continuous (nats)</th><th>modes</th>" in page and "0.1235" not in page
+    assert "<td>gmm</td><td>-1.5 ± 0.01 nats (exact)</td><td>8</td>" in page
     assert "<td>gan</td><td>—</td><td>7</td>" in page
     # a thumbnail per figure of each part (the KL figure, the compare report's samples)
     thumbs = page.count("<figure class='thumb'>")
