@@ -172,10 +172,12 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, recipe) -> None:
 
 
 def show_value(value) -> str:
-    """A default as a person writes it: ``1e-3`` and ``2e-4`` rather than ``0.001``, ``0.3``."""
-    if isinstance(value, float) and value != 0 and abs(value) < 0.1:
+    """A default as a person writes it: the shorter of ``0.05`` and ``5e-2`` (``1e-3`` rather
+    than ``0.001``), lists comma-separated."""
+    if isinstance(value, float) and value != 0:
         mantissa, exponent = f"{value:e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        short = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return short if len(short) < len(f"{value:g}") else f"{value:g}"
     if isinstance(value, list):
         return ",".join(map(str, value))
     return str(value)
