@@ -20,7 +20,7 @@ TRAINS_BY = "steps"
 FILLS_BUDGET = False
 LIST_ORDER = 40
 SMOKE = {"data": "ring8", "limit": 256, "steps": 4, "batch_size": 64, "width": 16, "depth": 2,
-         "log_every": 2, "checkpoint_every": 2, "lr_decay": "none"}
+         "log_every": 1, "checkpoint_every": 2, "lr_decay": "none"}
 
 # Defaults per data kind: "image" for 28x28/32x32 images (DCGAN pair), "toy" for the toy
 # densities, "vector" for the rest (MLPs: 8x8 digits, the user's arrays). The toy defaults are
