@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from probgen.errors import ConfigError
+from probgen.inference.bounds import LatentBounds
 from probgen.models.nets import MLPDecoder, MLPEncoder, _GaussianHead, _mlp
 from probgen.models.vae import BernoulliLikelihood
 
@@ -80,7 +81,7 @@ class _TwoLayerPosterior(torch.distributions.Distribution):
                 + torch.distributions.Normal(loc2, scale2).log_prob(z2).sum(-1))
 
 
-class TwoLayerVAE(nn.Module):
+class TwoLayerVAE(LatentBounds, nn.Module):
     """A VAE with two stochastic layers, Bernoulli pixels (module docstring).
 
     Parameters
@@ -204,18 +205,6 @@ class TwoLayerVAE(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.decoder.parameters()).device
-
-    def elbo(self, x: torch.Tensor, num_samples: int = 10):
-        """Per-example ELBO record (total, reconstruction, kl by Monte Carlo, mc_stderr), nats."""
-        from probgen.inference.bounds import elbo
-
-        return elbo(self, x, num_samples=num_samples)
-
-    def iwae_bound(self, x: torch.Tensor, k: int = 100):
-        """Per-example importance-weighted bound with k samples (record: total, mc_stderr)."""
-        from probgen.inference.bounds import iwae_bound
-
-        return iwae_bound(self, x, k)
 
     def extra_repr(self) -> str:
         return f"data_shape={self.data_shape}, latent_dims={self.latent_dims}"

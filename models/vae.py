@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from probgen.errors import ConfigError, DataError, suggest
+from probgen.inference.bounds import LatentBounds
 from probgen.models.nets import make_decoder, make_encoder
 
 __all__ = ["VAE", "LIKELIHOODS", "BernoulliLikelihood", "ContinuousBernoulliLikelihood",
@@ -166,7 +167,7 @@ LIKELIHOODS: dict[str, type[nn.Module]] = {
 
 
 # ----------------------------------------------------------------------------- the VAE
-class VAE(nn.Module):
+class VAE(LatentBounds, nn.Module):
     """A VAE with a diagonal Gaussian q(z|x), a standard normal prior and a choice of p(x|z).
 
     Parameters
@@ -309,18 +310,6 @@ class VAE(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.decoder.parameters()).device
-
-    def elbo(self, x: torch.Tensor, num_samples: int = 10):
-        """Per-example ELBO record (total, reconstruction, kl, mc_stderr), nats."""
-        from probgen.inference.bounds import elbo
-
-        return elbo(self, x, num_samples=num_samples)
-
-    def iwae_bound(self, x: torch.Tensor, k: int = 100):
-        """Per-example importance-weighted bound with k samples (record: total, mc_stderr)."""
-        from probgen.inference.bounds import iwae_bound
-
-        return iwae_bound(self, x, k)
 
     def extra_repr(self) -> str:
         return f"data_shape={self.data_shape}, latent_dim={self.latent_dim}, likelihood={self.likelihood.name!r}"
