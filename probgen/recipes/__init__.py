@@ -184,12 +184,16 @@ def show_value(value) -> str:
 
 
 # ----------------------------------------------------------------------------- the registry
-@dataclasses.dataclass(frozen=True)
 class Recipe:
     """A registered recipe: its name, its module and the fields of its contract."""
 
-    name: str
-    module: ModuleType
+    __slots__ = ("name", "module")
+
+    def __init__(self, name: str, module: ModuleType):
+        self.name, self.module = name, module
+
+    def __repr__(self) -> str:
+        return f"Recipe({self.name!r}, {self.module.__name__})"
 
     @property
     def help(self) -> str:
