@@ -7,7 +7,6 @@ the contract and `compare` from the registry alone."""
 
 import json
 import types
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -191,7 +190,6 @@ class Gaussian(torch.nn.Module):
             return self.dist().sample((n,))
 
 
-@dataclass
 class GaussianConfig(RecipeConfig):
     epochs: int = option(30, "passes over the data (default %(default)s)", type=int)
     lr: float = option(0.05, "Adam learning rate (default %(default)s)", type=float)

@@ -81,16 +81,15 @@ The returned models implement the protocol the evaluation layer sees (docs/desig
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
-import pkgutil
+import os
 from types import ModuleType
 from typing import Any
 
 from probgen.checks import positive_float, positive_int
 from probgen.errors import ConfigError, suggest
 
-__all__ = ["RECIPES", "Recipe", "RecipeConfig", "option", "register", "get_recipe",
+__all__ = ["RECIPES", "Recipe", "RecipeConfig", "Option", "option", "register", "get_recipe",
            "add_recipe_arguments", "load_model_state", "resume_epochs", "epoch_checkpoint",
            "record_progress", "positive_int", "positive_float"]
 
@@ -98,9 +97,26 @@ TRAINS_BY_CHOICES = ("epochs", "steps", None)
 
 
 # ----------------------------------------------------------------------------- options
+class Option:
+    """One option of a recipe, as :func:`option` declares it."""
+
+    __slots__ = ("default", "help", "flag", "aliases", "type", "choices", "metavar", "action",
+                 "required")
+
+    def __init__(self, default, help, flag, aliases, type, choices, metavar, action, required):
+        self.default, self.help, self.flag, self.aliases = default, help, flag, tuple(aliases)
+        self.type, self.choices, self.metavar = type, choices, metavar
+        self.action, self.required = action, required
+
+    def fresh_default(self):
+        """The default; a list or dict one copied (instances must not share it)."""
+        d = self.default
+        return list(d) if isinstance(d, list) else dict(d) if isinstance(d, dict) else d
+
+
 def option(default: Any = None, help: str = "", *, flag: str | None = None,
            aliases: tuple[str, ...] = (), type=None, choices=None, metavar: str | None = None,
-           action=None, required: bool = False):
+           action=None, required: bool = False) -> Any:
     """A field of a recipe's :class:`RecipeConfig`: its default, help text and flag.
 
     ``flag`` defaults to ``--`` and the field's name with ``-`` for ``_``; ``aliases`` are
@@ -109,66 +125,88 @@ def option(default: Any = None, help: str = "", *, flag: str | None = None,
     default makes an on/off flag. ``%(default)s`` in the help shows the default
     (:func:`show_value`), so that it is stated once.
     """
-    meta = {"help": help, "flag": flag, "aliases": tuple(aliases), "type": type,
-            "choices": choices, "metavar": metavar, "action": action, "required": required}
-    if isinstance(default, list | dict):
-        return dataclasses.field(default_factory=lambda: type_copy(default), metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
-
-
-def type_copy(value):
-    """A fresh copy of a list or dict default (dataclass defaults must not be shared)."""
-    return list(value) if isinstance(value, list) else dict(value)
+    return Option(default, help, flag, aliases, type, choices, metavar, action, required)
 
 
 class RecipeConfig:
-    """Base of the recipes' option dataclasses (see :func:`option`)."""
+    """Base of the recipes' options: a subclass is written as a dataclass is, one annotated
+    field per option with :func:`option` as its default::
+
+        class Config(RecipeConfig):
+            epochs: int = option(20, "passes over the data (default %(default)s)", type=positive_int)
+
+    and it is a :func:`dataclasses.dataclass` from its first instance on (``Config.read``,
+    ``Config()``). Until then its options are read from the class alone, so that building the
+    command line (``probgen --help``) does without the dataclass machinery and its imports.
+    """
+
+    __options__: dict[str, Option] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = {name: v for name, v in vars(cls).items() if isinstance(v, Option)}
+        missing = [n for n in own if n not in cls.__dict__.get("__annotations__", {})]
+        if missing:
+            raise TypeError(f"{cls.__qualname__}: give {', '.join(missing)} a type annotation "
+                            "(each option is a dataclass field).")
+        cls.__options__ = {**cls.__options__, **own}
+
+    def __new__(cls, *args, **kwargs):
+        if "__dataclass_fields__" not in vars(cls):
+            import dataclasses
+
+            for name, o in cls.__options__.items():
+                setattr(cls, name, dataclasses.field(default_factory=o.fresh_default,
+                                                     metadata={"option": o}))
+            dataclasses.dataclass(cls)
+        return super().__new__(cls)
+
+    @classmethod
+    def options(cls) -> dict[str, Option]:
+        """Field name -> its :class:`Option`, in the order they are declared."""
+        return dict(cls.__options__)
 
     @classmethod
     def read(cls, config: dict):
         """The options of a run's ``config`` (its other keys ignored; missing ones at their
         defaults, as a config.json written by an older probgen may lack a newer option)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in names})
+        return cls(**{k: v for k, v in config.items() if k in cls.__options__})
 
     @classmethod
     def complete(cls, config: dict) -> dict:
         """A copy of ``config`` with the options it lacks at their defaults."""
-        return {**cls().as_dict(), **config}
+        return {**{n: o.fresh_default() for n, o in cls.__options__.items()}, **config}
 
     @classmethod
     def flags(cls) -> dict[str, str]:
         """Field name -> its main flag."""
-        return {f.name: f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-                for f in dataclasses.fields(cls)}
+        return {n: o.flag or "--" + n.replace("_", "-") for n, o in cls.__options__.items()}
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {n: getattr(self, n) for n in self.__options__}
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, recipe) -> None:
     """Add the flags of ``recipe``'s :class:`RecipeConfig` (a module, a :class:`Recipe`, or the
-    dataclass itself) to ``parser``, in the order of its fields."""
+    class itself) to ``parser``, in the order of its fields."""
     config = recipe if isinstance(recipe, type) else recipe.Config
     flags = config.flags()
-    for f in dataclasses.fields(config):
-        m = f.metadata
-        default = (f.default_factory() if f.default_factory is not dataclasses.MISSING
-                   else f.default)
-        kw: dict[str, Any] = {"dest": f.name, "default": default,
-                              "help": m.get("help", "").replace("%(default)s", show_value(default))}
-        action = m.get("action")
-        if action is None and f.default is False:
+    for name, o in config.options().items():
+        default = o.fresh_default()
+        kw: dict[str, Any] = {"dest": name, "default": default,
+                              "help": o.help.replace("%(default)s", show_value(default))}
+        action = o.action
+        if action is None and o.default is False:
             action = "store_true"
         if action is not None:
             kw["action"] = action
         if action != "store_true":
             for key in ("type", "choices", "metavar"):
-                if m.get(key) is not None:
-                    kw[key] = list(m[key]) if key == "choices" else m[key]
-        if m.get("required"):
+                if getattr(o, key) is not None:
+                    kw[key] = list(o.choices) if key == "choices" else getattr(o, key)
+        if o.required:
             kw["required"] = True
-        parser.add_argument(flags[f.name], *m.get("aliases", ()), **kw)
+        parser.add_argument(flags[name], *o.aliases, **kw)
 
 
 def show_value(value) -> str:
@@ -237,10 +275,9 @@ def register(module: ModuleType, names=None) -> list[str]:
     if missing:
         raise ConfigError(f"the recipe {module.__name__} lacks {', '.join(missing)}: see "
                           "probgen.recipes for what a recipe defines.")
-    if not (isinstance(module.Config, type) and issubclass(module.Config, RecipeConfig)
-            and dataclasses.is_dataclass(module.Config)):
-        raise ConfigError(f"the recipe {module.__name__}: Config must be a dataclass subclass "
-                          "of probgen.recipes.RecipeConfig.")
+    if not (isinstance(module.Config, type) and issubclass(module.Config, RecipeConfig)):
+        raise ConfigError(f"the recipe {module.__name__}: Config must be a subclass of "
+                          "probgen.recipes.RecipeConfig.")
     if getattr(module, "TRAINS_BY", None) not in TRAINS_BY_CHOICES:
         raise ConfigError(f"the recipe {module.__name__}: TRAINS_BY must be 'epochs', 'steps' "
                           f"or None; got {module.TRAINS_BY!r}.")
@@ -254,8 +291,11 @@ DEFAULT_LIST_ORDER = 80
 
 
 def _discover() -> None:
-    modules = [importlib.import_module(f"{__name__}.{info.name}")
-               for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")]
+    # the package's own .py files (os.listdir: pkgutil.iter_modules imports inspect, which
+    # would slow `probgen --help` down)
+    names = sorted({f[:-3] for d in __path__ for f in os.listdir(d)
+                    if f.endswith(".py") and not f.startswith("_")})
+    modules = [importlib.import_module(f"{__name__}.{name}") for name in names]
     for module in sorted(modules, key=lambda m: (getattr(m, "LIST_ORDER", DEFAULT_LIST_ORDER),
                                                  m.__name__)):
         register(module)

@@ -13,8 +13,6 @@ else its first two principal components) coloured by label.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from probgen.checks import int_list, positive_float, positive_int
 from probgen.recipes import RecipeConfig, option
 
@@ -26,7 +24,6 @@ LIST_ORDER = 20
 SMOKE = {"data": "digits", "limit": 200, "hidden": [16], "batch_size": 50}
 
 
-@dataclass
 class Config(RecipeConfig):
     epochs: int = option(10, "passes over the training set (default %(default)s)", type=positive_int)
     latent_dim: int = option(2, "code size (default %(default)s: a planar embedding)", type=int)

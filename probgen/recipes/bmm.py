@@ -23,8 +23,6 @@ The run's model is the fitted mixture seen through the evaluation protocol
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from probgen.recipes import RecipeConfig, option
 from probgen.recipes.gmm import DTYPE_CHOICES, INIT_CHOICES
 
@@ -37,7 +35,6 @@ EXAMPLES_PER_COMPONENT = 30     # the default K: one component per 30 training e
 MAX_DEFAULT_COMPONENTS = 100    # at most 100
 
 
-@dataclass
 class Config(RecipeConfig):
     components: int | None = option(
         None, "mixture components (default: one per 30 training examples, at most 100)", type=int,

@@ -21,8 +21,6 @@ a CPU than affine coupling layers (``--flow realnvp``) of the same width.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from probgen.checks import int_list, positive_float, positive_int
 from probgen.recipes import RecipeConfig, option
 
@@ -38,7 +36,6 @@ FLOW_CHOICES = ("auto", "nsf", "maf", "realnvp")
 PREPROCESS_CHOICES = ("auto", "standardize", "logit", "none")
 
 
-@dataclass
 class Config(RecipeConfig):
     flow: str = option("auto", "nsf (neural spline), maf or realnvp (default auto: nsf on vectors, "
                        "maf on images)", choices=FLOW_CHOICES)

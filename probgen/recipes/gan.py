@@ -7,8 +7,6 @@ resolved values are written to the run's config.json.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from probgen.checks import positive_float, positive_int
 from probgen.recipes import RecipeConfig, option
 
@@ -52,7 +50,6 @@ SNAPSHOT_FRACTIONS = (0.02, 0.1, 0.3, 1.0)
 LOSS_NAMES = ("ns", "minimax", "hinge", "wgan-gp")
 
 
-@dataclass
 class Config(RecipeConfig):
     arch: str | None = option(
         None, "networks: dcgan (convolutional, 28x28/32x32 images only) or mlp (on flattened data) "

@@ -19,8 +19,6 @@ The checkpoint holds the parameters as tensors only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from probgen.recipes import RecipeConfig, option
 
 HELP = "Gaussian mixture fitted by EM (k-means initialisation, exact log-likelihood)"
@@ -34,7 +32,6 @@ INIT_CHOICES = ("kmeans", "k-means++", "random", "random_from_data")
 DTYPE_CHOICES = ("float64", "float32")
 
 
-@dataclass
 class Config(RecipeConfig):
     components: int | None = option(
         None, "mixture components (default: the true number on toy mixtures, else 10)", type=int,

@@ -12,8 +12,6 @@ and ``iwae_K``: the gaps are the bounds' true slack.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from probgen.checks import positive_float, positive_int
 from probgen.recipes import RecipeConfig, option
 
@@ -25,7 +23,6 @@ SMOKE = {"data": "digits", "limit": 200, "latent_dim": 3, "fit": "svi", "batch_s
 DEFAULT_LATENT_DIM = 10
 
 
-@dataclass
 class Config(RecipeConfig):
     latent_dim: int | None = option(
         None, "size of z (default: 10, or one less than the data's dimension where that is smaller)",

@@ -13,8 +13,6 @@ tensors, read back with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from probgen.checks import positive_float, positive_int
 from probgen.recipes import RecipeConfig, option
 
@@ -27,7 +25,6 @@ SMOKE = {"data": "digits", "limit": 200, "program": "examples/vampprior_vae.py:V
 LOSS_CHOICES = ("auto", "trace", "mean-field", "enum")
 
 
-@dataclass
 class Config(RecipeConfig):
     program: str | dict | None = option(
         None, "the file and the name in it of a class with model(x) and guide(x) (or of a function "

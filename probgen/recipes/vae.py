@@ -28,7 +28,6 @@ ELBO to metrics.jsonl and writes a checkpoint (model, optimiser, epoch, RNG stat
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 
 from probgen.checks import int_list, positive_float, positive_int
 from probgen.recipes import RecipeConfig, option
@@ -88,7 +87,6 @@ def gaussian_scale(text: str):
     return v
 
 
-@dataclass
 class Config(RecipeConfig):
     epochs: int = option(20, "passes over the training set (default %(default)s)", type=positive_int)
     latent_dim: int | None = option(
@@ -255,7 +253,7 @@ def train(run, data, config, device):
                 group["lr"] = iwae_schedule_lr(st.epoch, c.lr)
 
         callbacks.insert(0, set_stage_lr)
-    default_eps = Config.__dataclass_fields__["adam_eps"].default
+    default_eps = Config.options()["adam_eps"].default
 
     def adam(params):
         fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
