@@ -5,7 +5,10 @@ its run folder, and write the figures. A new recipe is tested by being registere
 recipe at the end is defined and registered here, and reaches `probgen train`, `probgen.train`,
 the contract and `compare` from the registry alone."""
 
+import dataclasses
 import json
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -164,9 +167,23 @@ def test_every_recipe_states_its_contract():
         if r.trains_by is not None:
             assert r.trains_by in flags, f"{name} trains by {r.trains_by} but has no such option"
         assert len(set(flags.values())) == len(flags), name
+        # one statement of each default: the dataclass, the flags and config.json agree
+        c = r.Config.read({"model": name})
+        assert dataclasses.is_dataclass(c)
+        assert c.as_dict() == {n: o.default for n, o in r.Config.options().items()}
+        assert [f.name for f in dataclasses.fields(c)] == list(flags)
     assert {n for n, r in RECIPES.items() if r.distributed} == {"vae", "gan", "gmm", "bmm"}
     assert {n for n, r in RECIPES.items() if r.fills_budget} == {"vae", "ae", "dae", "program"}
     assert {n for n, r in RECIPES.items() if r.quick} == {"gmm", "ppca"}
+
+
+def test_building_the_command_line_needs_no_dataclass_machinery():
+    """`probgen --help` builds every recipe's flags from its options without importing
+    dataclasses (and inspect, which it imports): they make the command answer slower."""
+    code = ("import sys; from probgen.cli import build_parser; build_parser().format_help(); "
+            "print(sorted({'dataclasses', 'inspect', 'torch'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # ----------------------------------------------------------------------------- a new recipe
