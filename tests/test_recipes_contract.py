@@ -290,6 +290,7 @@ def test_a_recipe_registered_here_meets_the_contract_and_reaches_cli_and_compare
                              eval_limit=200, quiet=True)
     ll = result["models"][toy_recipe]["metrics"]["log_likelihood"]["value"]
     assert ll is not None and ll == ll
+    assert toy_recipe in (tmp_path / "cmp" / "report.html").read_text()
     # it fills its share of the budget: trained with epochs without end, stopped by time
     cfg = json.loads((tmp_path / "cmp" / "runs" / toy_recipe / "config.json").read_text())
     assert cfg["epochs"] == 1_000_000 and "time budget" in cfg["completed"]["stopped_by"]

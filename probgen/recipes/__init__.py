@@ -7,7 +7,7 @@ the recipe is the only place that does.
 Registration
 ------------
 Every module of this package whose name does not start with ``_`` is a recipe and registers
-itself by being there: :data:`RECIPES` is filled by scanning the package when it is first
+itself by being there: :data:`RECIPES` is filled by listing the package when it is first
 imported, and ``probgen train``, ``probgen compare`` (and so the report) and the contract test
 (``tests/test_recipes_contract.py``) learn of a model from :data:`RECIPES` alone. A recipe
 defined elsewhere (a plug-in, a test) joins with :func:`register`. Adding a model is therefore
@@ -21,8 +21,8 @@ A recipe module must be cheap to import (no torch at module level: ``probgen --h
 ``HELP: str``
     One line for ``probgen train --help``.
 ``Config``
-    A dataclass, subclass of :class:`RecipeConfig`, with one field per option of the model:
-    its default, its help text and its flag, declared with :func:`option`. The flags of
+    A :class:`RecipeConfig`: a dataclass with one field per option of the model, its default
+    declared with :func:`option` together with its help text and its flag. The flags of
     ``probgen train MODEL`` and the options of ``probgen.train(MODEL, ...)`` and of
     ``compare``'s rows are generated from it; the recipe reads a run's config through
     ``Config.read(config)``, so every default is stated once. A default of ``None`` means
