@@ -315,7 +315,7 @@ def _cmd_train(args) -> int:
         raise ConfigError(f"`probgen train {args.model}` trains in one process only; under "
                           f"torchrun use one of: {', '.join(supported)}.")
     if (nproc is not None or restarts) and not under_torchrun and "TORCHELASTIC_RUN_ID" not in os.environ:
-        nproc = check_positive_int("--nproc (processes)", 1 if nproc is None else nproc)
+        nproc = check_positive_int("--nproc", 1 if nproc is None else nproc)
         if restarts < 0:
             raise ConfigError(f"--max-restarts must be 0 or more; got {restarts}.")
         if nproc > 1 or restarts:
@@ -412,7 +412,7 @@ def _cmd_sample(args) -> int:
 
     run, data, model = _load_run(args)
     seed_everything(args.seed)
-    check_positive_int("-n (samples)", args.n)
+    check_positive_int("-n", args.n)
     with torch.no_grad():
         x = model.sample(args.n).detach().cpu()
     out = Path(args.out) if args.out else run.path / "samples.pt"
