@@ -74,7 +74,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from probgen.checks import one_of, positive_float, positive_int, probability
+from probgen.checks import check_one_of, check_positive_float, check_positive_int, check_probability
 from probgen.errors import ConfigError, suggest
 from probgen.inference.bounds import DEFAULT_MAX_ELEMENTS
 from probgen.inference.grid import best_on_grid
@@ -114,14 +114,14 @@ def sigmoid_schedule(n_steps: int, radius: float = 4.0) -> torch.Tensor:
     -------
     Tensor, shape (n_steps + 1,), float64, from exactly 0 to exactly 1.
     """
-    positive_int("n_steps", n_steps)
+    check_positive_int("n_steps", n_steps)
     s = torch.sigmoid(torch.linspace(-radius, radius, n_steps + 1, dtype=torch.float64))
     return (s - s[0]) / (s[-1] - s[0])
 
 
 def linear_schedule(n_steps: int) -> torch.Tensor:
     """Evenly spaced ``beta`` from 0 to 1; shape (n_steps + 1,), float64."""
-    positive_int("n_steps", n_steps)
+    check_positive_int("n_steps", n_steps)
     return torch.linspace(0.0, 1.0, n_steps + 1, dtype=torch.float64)
 
 
@@ -334,16 +334,16 @@ class AISOptions:
     progress: bool = False
 
     def __post_init__(self):
-        one_of("schedule", self.schedule, sorted(SCHEDULES))
-        positive_int("n_steps", self.n_steps)
-        positive_int("n_chains", self.n_chains)
-        positive_int("n_leapfrog", self.n_leapfrog)
+        check_one_of("schedule", self.schedule, sorted(SCHEDULES))
+        check_positive_int("n_steps", self.n_steps)
+        check_positive_int("n_chains", self.n_chains)
+        check_positive_int("n_leapfrog", self.n_leapfrog)
         if self.batch_size is not None:
-            positive_int("batch_size", self.batch_size)
-        object.__setattr__(self, "step_size", positive_float("step_size", self.step_size))
-        one_of("adapt", self.adapt, ADAPT_MODES)
-        object.__setattr__(self, "target_accept", probability("target_accept", self.target_accept))
-        object.__setattr__(self, "jitter", probability("jitter", self.jitter, low_open=False))
+            check_positive_int("batch_size", self.batch_size)
+        object.__setattr__(self, "step_size", check_positive_float("step_size", self.step_size))
+        check_one_of("adapt", self.adapt, ADAPT_MODES)
+        object.__setattr__(self, "target_accept", check_probability("target_accept", self.target_accept))
+        object.__setattr__(self, "jitter", check_probability("jitter", self.jitter, low_open=False))
 
     @classmethod
     def of(cls, options: AISOptions | None = None, **changes) -> AISOptions:

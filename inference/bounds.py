@@ -27,7 +27,8 @@ import torch
 from probgen.errors import ConfigError
 from probgen.progress import bar as progress_bar
 
-__all__ = ["ELBORecord", "IWAERecord", "elbo", "iwae_bound", "chunk_plan", "DEFAULT_MAX_ELEMENTS"]
+__all__ = ["ELBORecord", "IWAERecord", "elbo", "iwae_bound", "chunk_plan", "DEFAULT_MAX_ELEMENTS",
+           "LatentBounds"]
 
 # Largest number of data-space values (samples x examples x data values) one chunk holds:
 # 2**23 float32 values = 32 MiB per tensor of decoder output. A chunk makes several such
@@ -249,3 +250,19 @@ def iwae_bound(model, x: torch.Tensor, k: int, *, chunk_size: int | None = None,
 def _data_size(x: torch.Tensor) -> int:
     """Values per example: prod(x.shape[1:])."""
     return max(1, math.prod(x.shape[1:]))
+
+
+class LatentBounds:
+    """The bound methods of the evaluation protocol, ``elbo(x)`` and ``iwae_bound(x, k)``, for
+    a latent-variable model with ``encoder_distribution(x)``, ``prior_log_prob(z)`` and
+    ``log_likelihood(x, z)`` (the VAEs, PPCA): a base class, so that each model states them
+    once."""
+
+    def elbo(self, x: torch.Tensor, num_samples: int = 10) -> ELBORecord:
+        """Per-example ELBO record (total, reconstruction, kl, mc_stderr), nats (:func:`elbo`)."""
+        return elbo(self, x, num_samples=num_samples)
+
+    def iwae_bound(self, x: torch.Tensor, k: int = 100) -> IWAERecord:
+        """Per-example importance-weighted bound with k samples (record: total, mc_stderr;
+        :func:`iwae_bound`)."""
+        return iwae_bound(self, x, k)

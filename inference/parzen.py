@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from probgen.checks import positive_float
+from probgen.checks import check_positive_float
 from probgen.errors import ConfigError
 from probgen.inference.grid import best_on_grid
 
@@ -88,7 +88,7 @@ def parzen_log_prob(x: torch.Tensor, samples: torch.Tensor, bandwidth: float, *,
     -------
     log_px, stderr : Tensor (N,), float64
     """
-    h = positive_float("bandwidth", bandwidth)
+    h = check_positive_float("bandwidth", bandwidth)
     x2, s2 = _flat_pair(x, samples)
     n, d = x2.shape
     m = s2.shape[0]

@@ -68,7 +68,7 @@ from pyro.distributions import Independent, constraints
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
-from probgen.checks import positive_int
+from probgen.checks import check_positive_int
 from probgen.errors import ConfigError
 from probgen.inference.ais import AISOptions, AISResult
 from probgen.inference.bounds import DEFAULT_MAX_ELEMENTS, ELBORecord, IWAERecord, chunk_plan
@@ -618,7 +618,7 @@ def program_elbo(program, x: torch.Tensor, *, num_samples: int = 1, data_plate: 
         site and no enumerated latent, else ``None``; ``mc_stderr`` (N,) with
         ``num_samples >= 2``.
     """
-    positive_int("num_samples", num_samples)
+    check_positive_int("num_samples", num_samples)
     prog = _resolve(program, data_plate, global_latents)
     st = prog.structure(x)
     n = x.shape[0]
@@ -672,7 +672,7 @@ def program_log_weights(program, x: torch.Tensor, k: int, *, data_plate: str | N
     -------
     Tensor (k, N), float64
     """
-    positive_int("k", k)
+    check_positive_int("k", k)
     prog = _resolve(program, data_plate, global_latents)
     st = prog.structure(x)
     n = x.shape[0]
@@ -717,7 +717,7 @@ def program_iwae_bound(program, x: torch.Tensor, k: int, *, khat: bool = True,
         ``total`` (N,), ``mc_stderr`` (N,) (delta method; None for k = 1), ``k``,
         ``khat`` (N,) float64 or None.
     """
-    positive_int("k", k)
+    check_positive_int("k", k)
     prog = _resolve(program, data_plate, global_latents)
     st = prog.structure(x)
     n = x.shape[0]

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from probgen.checks import int_at_least
+from probgen.checks import check_int_at_least
 from probgen.errors import ConfigError, DataError
 
 __all__ = [
@@ -270,10 +270,10 @@ def fit_nuts(x: torch.Tensor, n_components: int, *, prior: MixturePrior | None =
     from pyro.infer.autoguide.initialization import init_to_median, init_to_value
 
     x = as_points(x)
-    K = int_at_least("n_components", n_components, 1)
-    int_at_least("num_warmup", num_warmup, 0)
-    int_at_least("num_samples", num_samples, 1)
-    int_at_least("num_chains", num_chains, 1)
+    K = check_int_at_least("n_components", n_components, 1)
+    check_int_at_least("num_warmup", num_warmup, 0)
+    check_int_at_least("num_samples", num_samples, 1)
+    check_int_at_least("num_chains", num_chains, 1)
     prior = MixturePrior.from_data(x) if prior is None else prior
     init = list(init or [])
     draws: dict[str, list[torch.Tensor]] = {s: [] for s in SITES}

@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from probgen.errors import ConfigError, DataError, NotFittedError
+from probgen.inference.bounds import LatentBounds
 
 __all__ = ["PPCA", "GUIDES"]
 
@@ -95,7 +96,7 @@ class _LinearGaussianEncoder(nn.Module):
         return module.Independent(module.Normal(loc, scale.expand_as(loc)), 1)
 
 
-class PPCA(nn.Module):
+class PPCA(LatentBounds, nn.Module):
     """Probabilistic PCA with a linear-Gaussian guide.
 
     Parameters
@@ -333,16 +334,6 @@ class PPCA(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.mean.device
-
-    def elbo(self, x: torch.Tensor, num_samples: int = 10):
-        from probgen.inference.bounds import elbo
-
-        return elbo(self, x, num_samples=num_samples)
-
-    def iwae_bound(self, x: torch.Tensor, k: int = 100):
-        from probgen.inference.bounds import iwae_bound
-
-        return iwae_bound(self, x, k)
 
     def check_fitted(self) -> None:
         if not self.fitted_:

@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 from probgen.errors import ConfigError
+from probgen.inference.bounds import LatentBounds
 from probgen.models.nets import MLPDecoder, MLPEncoder, _GaussianHead, _mlp
-from probgen.models.vae import BernoulliLikelihood
+from probgen.models.vae import BernoulliLikelihood, check_data_shape, data_plate
 
 __all__ = ["TwoLayerVAE", "GaussianMLP"]
 
@@ -80,7 +81,7 @@ class _TwoLayerPosterior(torch.distributions.Distribution):
                 + torch.distributions.Normal(loc2, scale2).log_prob(z2).sum(-1))
 
 
-class TwoLayerVAE(nn.Module):
+class TwoLayerVAE(LatentBounds, nn.Module):
     """A VAE with two stochastic layers, Bernoulli pixels (module docstring).
 
     Parameters
@@ -119,33 +120,16 @@ class TwoLayerVAE(nn.Module):
         self.likelihood = BernoulliLikelihood()
         self._event_dims = len(self.data_shape)
 
-    def _plate(self, x: torch.Tensor, num_data: int | None):
-        n = x.shape[0]
-        if num_data is None or num_data == n:
-            return pyro.plate("data", n)
-        if num_data < n:
-            raise ConfigError(f"num_data (size of the full data set) must be >= the batch size "
-                              f"{n}; got {num_data}.")
-        return pyro.plate("data", num_data, subsample=torch.arange(n, device=x.device))
-
-    def _check_shape(self, x: torch.Tensor) -> None:
-        from probgen.errors import DataError
-
-        if tuple(x.shape[1:]) != self.data_shape:
-            shape = ", ".join(map(str, self.data_shape))
-            raise DataError(f"x must have shape (N, {shape}), the data shape this model was built "
-                            f"for; got {tuple(x.shape)}.")
-
     # -- the Pyro program
     def model(self, x: torch.Tensor, num_data: int | None = None) -> None:
         """p(z2) p(z1|z2) p(x|z1) over a batch ``x`` (N, *data_shape)."""
-        self._check_shape(x)
+        check_data_shape(x, self.data_shape)
         self.likelihood.check(x)
         pyro.module(self.param_prefix + "prior_net", self.prior_net)
         pyro.module(self.param_prefix + "decoder", self.decoder)
         n = x.shape[0]
         prior = dist.Normal(x.new_zeros(()), x.new_ones(())).expand((n, self.latent_dims[1]))
-        with self._plate(x, num_data):
+        with data_plate(x, num_data):
             z2 = pyro.sample("z2", prior.to_event(1))
             loc1, scale1 = self.prior_net(z2)
             z1 = pyro.sample("z1", dist.Normal(loc1, scale1).to_event(1))
@@ -155,7 +139,7 @@ class TwoLayerVAE(nn.Module):
         """q(z1|x) q(z2|z1) with the model's signature and site names."""
         pyro.module(self.param_prefix + "encoder", self.encoder)
         pyro.module(self.param_prefix + "encoder_upper", self.encoder_upper)
-        with self._plate(x, num_data):
+        with data_plate(x, num_data):
             loc1, scale1 = self.encoder(x)
             z1 = pyro.sample("z1", dist.Normal(loc1, scale1).to_event(1))
             loc2, scale2 = self.encoder_upper(z1)
@@ -204,18 +188,6 @@ class TwoLayerVAE(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.decoder.parameters()).device
-
-    def elbo(self, x: torch.Tensor, num_samples: int = 10):
-        """Per-example ELBO record (total, reconstruction, kl by Monte Carlo, mc_stderr), nats."""
-        from probgen.inference.bounds import elbo
-
-        return elbo(self, x, num_samples=num_samples)
-
-    def iwae_bound(self, x: torch.Tensor, k: int = 100):
-        """Per-example importance-weighted bound with k samples (record: total, mc_stderr)."""
-        from probgen.inference.bounds import iwae_bound
-
-        return iwae_bound(self, x, k)
 
     def extra_repr(self) -> str:
         return f"data_shape={self.data_shape}, latent_dims={self.latent_dims}"

@@ -40,9 +40,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from probgen.errors import ConfigError, DataError, suggest
+from probgen.inference.bounds import LatentBounds
 from probgen.models.nets import make_decoder, make_encoder
 
-__all__ = ["VAE", "LIKELIHOODS", "BernoulliLikelihood", "ContinuousBernoulliLikelihood",
+__all__ = ["VAE", "data_plate", "check_data_shape", "LIKELIHOODS", "BernoulliLikelihood", "ContinuousBernoulliLikelihood",
            "GaussianLikelihood"]
 
 
@@ -166,7 +167,30 @@ LIKELIHOODS: dict[str, type[nn.Module]] = {
 
 
 # ----------------------------------------------------------------------------- the VAE
-class VAE(nn.Module):
+def data_plate(x: torch.Tensor, num_data: int | None):
+    """The ``"data"`` plate of a batch ``x`` (N, ...): of size N, or of the data set's size
+    ``num_data`` with the batch as its subsample, so that a minibatch ELBO is scaled by
+    ``num_data / N``."""
+    n = x.shape[0]
+    if num_data is None or num_data == n:
+        return pyro.plate("data", n)
+    if num_data < n:
+        raise ConfigError(f"num_data (size of the full data set) must be >= the batch size "
+                          f"{n}; got {num_data}.")
+    # The caller drew the minibatch; the plate only needs its size to scale by N / n.
+    return pyro.plate("data", num_data, subsample=torch.arange(n, device=x.device))
+
+
+def check_data_shape(x: torch.Tensor, data_shape: tuple) -> None:
+    """Refuse a batch whose per-example shape is not ``data_shape``, saying how to fix it."""
+    if tuple(x.shape[1:]) != tuple(data_shape):
+        shape = ", ".join(map(str, data_shape))
+        raise DataError(f"x must have shape (N, {shape}), the data shape this VAE was built for; "
+                        f"got {tuple(x.shape)}. Reshape x to (N, {shape}), or build the VAE "
+                        "with the data's own shape.")
+
+
+class VAE(LatentBounds, nn.Module):
     """A VAE with a diagonal Gaussian q(z|x), a standard normal prior and a choice of p(x|z).
 
     Parameters
@@ -223,26 +247,9 @@ class VAE(nn.Module):
         return torch.autocast(x.device.type, dtype=self.autocast_dtype)
 
     # -- the Pyro program
-    def _plate(self, x: torch.Tensor, num_data: int | None):
-        n = x.shape[0]
-        if num_data is None or num_data == n:
-            return pyro.plate("data", n)
-        if num_data < n:
-            raise ConfigError(f"num_data (size of the full data set) must be >= the batch size "
-                              f"{n}; got {num_data}.")
-        # The caller drew the minibatch; the plate only needs its size to scale by N / n.
-        return pyro.plate("data", num_data, subsample=torch.arange(n, device=x.device))
-
-    def _check_shape(self, x: torch.Tensor) -> None:
-        if tuple(x.shape[1:]) != self.data_shape:
-            shape = ", ".join(map(str, self.data_shape))
-            raise DataError(f"x must have shape (N, {shape}), the data shape this VAE was built for; "
-                            f"got {tuple(x.shape)}. Reshape x to (N, {shape}), or build the VAE "
-                            "with the data's own shape.")
-
     def model(self, x: torch.Tensor, num_data: int | None = None) -> None:
         """p(z) p(x|z) over a batch ``x`` (N, *data_shape); ``num_data`` scales to the data set."""
-        self._check_shape(x)
+        check_data_shape(x, self.data_shape)
         self.likelihood.check(x)
         pyro.module(self.param_prefix + "decoder", self.decoder)
         if self._likelihood_has_params:
@@ -250,7 +257,7 @@ class VAE(nn.Module):
         n = x.shape[0]
         # N(0, 1) on x's dtype and device, expanded to (N, L) without copies
         prior = dist.Normal(x.new_zeros(()), x.new_ones(())).expand((n, self.latent_dim))
-        with self._plate(x, num_data):
+        with data_plate(x, num_data):
             z = pyro.sample("z", prior.to_event(1))
             with self._autocast(x):
                 raw = self.decoder(z)  # (N, *data_shape)
@@ -260,7 +267,7 @@ class VAE(nn.Module):
     def guide(self, x: torch.Tensor, num_data: int | None = None) -> None:
         """q(z|x) = Normal(encoder(x)) with the model's signature and site names."""
         pyro.module(self.param_prefix + "encoder", self.encoder)
-        with self._plate(x, num_data):
+        with data_plate(x, num_data):
             with self._autocast(x):
                 loc, scale = self.encoder(x)  # (N, L) each
             pyro.sample("z", dist.Normal(loc.to(x.dtype), scale.to(x.dtype)).to_event(1))
@@ -309,18 +316,6 @@ class VAE(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.decoder.parameters()).device
-
-    def elbo(self, x: torch.Tensor, num_samples: int = 10):
-        """Per-example ELBO record (total, reconstruction, kl, mc_stderr), nats."""
-        from probgen.inference.bounds import elbo
-
-        return elbo(self, x, num_samples=num_samples)
-
-    def iwae_bound(self, x: torch.Tensor, k: int = 100):
-        """Per-example importance-weighted bound with k samples (record: total, mc_stderr)."""
-        from probgen.inference.bounds import iwae_bound
-
-        return iwae_bound(self, x, k)
 
     def extra_repr(self) -> str:
         return f"data_shape={self.data_shape}, latent_dim={self.latent_dim}, likelihood={self.likelihood.name!r}"

@@ -21,8 +21,9 @@ import sys
 from pathlib import Path
 
 from probgen import __version__
+from probgen.checks import check_positive_int, positive_float
 from probgen.errors import ConfigError, ProbgenError, suggest
-from probgen.recipes import RECIPES, get_recipe, positive_float
+from probgen.recipes import RECIPES, add_recipe_arguments, get_recipe
 
 __all__ = ["main", "build_parser"]
 
@@ -95,9 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model into a run folder")
     models = p.add_subparsers(dest="model", metavar="MODEL", parser_class=_Parser)
-    for name in RECIPES:
-        recipe = get_recipe(name)
-        mp = models.add_parser(name, help=recipe.HELP, description=recipe.HELP)
+    for name, recipe in RECIPES.items():
+        mp = models.add_parser(name, help=recipe.help, description=recipe.help)
         mp.set_defaults(_parser=mp)
         mp.add_argument("--data", required=True, metavar="NAME|PATH",
                         help="a data set name (see `probgen datasets`) or a path to your data")
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--allow-changed-data", action="store_true",
                         help="--resume even when the data differ from those the run trained on "
                              "(recorded in the run)")
-        if getattr(recipe, "DISTRIBUTED", False):
+        if recipe.distributed:
             mp.add_argument("--nproc", type=int, default=None, metavar="N",
                             help="train in N processes on this machine (launches torchrun; "
                                  "--batch-size is per process)")
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(default: torch's, 30 min for gloo)")
         _add_quiet(mp)
         _add_common_data_args(mp)
-        recipe.add_arguments(mp)
+        add_recipe_arguments(mp, recipe)
 
     p = sub.add_parser("eval", help="evaluate a trained run; writes RUN_DIR/eval.json")
     p.set_defaults(_parser=p)
@@ -182,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="NAME|PATH",
                    help="a data set name (see `probgen datasets`) or a path to your data (required)")
     p.add_argument("--models", required=True, metavar="MODEL[(OPT=V,...)],...",
-                   help="comma-separated rows (required): built-in models (vae, ae, dae, ppca, gmm, "
-                        "gan) and your own programs as path/to/file.py:Name; each may carry its "
+                   help="comma-separated rows (required): built-in models ("
+                        + ", ".join(m for m in RECIPES if m != "program")
+                        + ") and your own programs as path/to/file.py:Name; each may carry its "
                         "options, named as its `probgen train MODEL` flags with _ for -, e.g. "
                         "\"vae(likelihood=gaussian,latent_dim=2),gan,my.py:MyVAE(lr=3e-4)\" "
                         "(a list value in brackets: hidden=[512,256]). Options left out take "
@@ -313,14 +314,12 @@ def _cmd_train(args) -> int:
         from probgen.runs import check_unlocked
 
         check_unlocked(args.out)  # another writer: say so now, before any process starts
-    if under_torchrun and not getattr(recipe, "DISTRIBUTED", False):
-        supported = [m for m in RECIPES if getattr(get_recipe(m), "DISTRIBUTED", False)]
+    if under_torchrun and not RECIPES[args.model].distributed:
+        supported = [m for m, r in RECIPES.items() if r.distributed]
         raise ConfigError(f"`probgen train {args.model}` trains in one process only; under "
                           f"torchrun use one of: {', '.join(supported)}.")
     if (nproc is not None or restarts) and not under_torchrun and "TORCHELASTIC_RUN_ID" not in os.environ:
-        nproc = 1 if nproc is None else nproc
-        if nproc < 1:
-            raise ConfigError(f"--nproc must be a positive number of processes; got {nproc}.")
+        nproc = check_positive_int("--nproc", 1 if nproc is None else nproc)
         if restarts < 0:
             raise ConfigError(f"--max-restarts must be 0 or more; got {restarts}.")
         if nproc > 1 or restarts:
@@ -417,8 +416,7 @@ def _cmd_sample(args) -> int:
 
     run, data, model = _load_run(args)
     seed_everything(args.seed)
-    if args.n < 1:
-        raise ConfigError(f"-n must be a positive number of samples; got {args.n}.")
+    check_positive_int("-n", args.n)
     with torch.no_grad():
         x = model.sample(args.n).detach().cpu()
     out = Path(args.out) if args.out else run.path / "samples.pt"

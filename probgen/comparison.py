@@ -171,18 +171,17 @@ def parse_models(models) -> list[ModelEntry]:
     return entries
 
 
-# Neural models trained by epochs would stop at their default epoch count however much of the
-# budget is left: they get epochs without end, so that their share of the budget is what stops
-# them (as it stops the GAN). EM and PPCA converge well inside any share and train first, so
-# that the time they leave goes to the models after them.
-_FILLS_BUDGET = {"vae", "ae", "dae", "program"}
-_QUICK = {"gmm", "ppca"}
+# Which models get a length without end, so that their share of the budget is what stops them
+# (FILLS_BUDGET), and which converge well inside any share and train first, so that the time
+# they leave goes to the models after them (QUICK): fields of each recipe's contract
+# (probgen.recipes).
 
 
-def _recipe_of(entry: ModelEntry) -> str:
+def _recipe_of(entry: ModelEntry):
+    from probgen.recipes import RECIPES
     from probgen.training import model_spec
 
-    return model_spec(entry.model)[0]
+    return RECIPES[model_spec(entry.model)[0]]
 
 
 def _completed(run_dir: Path) -> bool:
@@ -249,9 +248,9 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
     budget_s = 60.0 * spec.budget_minutes
     to_train = [e for e in entries if e.name not in spec.runs]
     # the quick ones first: what they leave of their share goes to the rest
-    order = sorted(to_train, key=lambda e: _recipe_of(e) not in _QUICK)
+    order = sorted(to_train, key=lambda e: not _recipe_of(e).quick)
     for e in order:  # a program is checked before any model trains or --out is written
-        if _recipe_of(e) == "program":
+        if _recipe_of(e).name == "program":
             _check_program_entry(e, spec)
     out.mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
@@ -390,6 +389,7 @@ def _train_entry(e: ModelEntry, spec: CompareSpec, run_dir: Path, share: float) 
     previous comparison with the same rows, data and budget left there (one that failed
     later, say); an unfinished one is trained again, since its share cannot be split."""
     from probgen.progress import write
+    from probgen.recipes import RECIPES
     from probgen.training import load_run, train
 
     signature = _signature(e, spec)
@@ -416,8 +416,9 @@ def _train_entry(e: ModelEntry, spec: CompareSpec, run_dir: Path, share: float) 
         if old.get("compare") == signature:
             note = f"; the run in {run_dir} did not complete, so it is trained again"
     recipe, opts = _train_options(e)
-    if recipe in _FILLS_BUDGET and "epochs" not in opts:
-        opts["epochs"] = 1_000_000
+    length = RECIPES[recipe].trains_by
+    if RECIPES[recipe].fills_budget and length not in opts:
+        opts[length] = 1_000_000
     write(f"[compare] training {e.name} on {spec.data} (budget {share:.0f} s{note})")
     t0 = time.perf_counter()
     result = train(e.model if recipe == "program" else recipe, spec.data, run_dir, seed=spec.seed,

@@ -66,8 +66,10 @@ class _OptionParser(argparse.ArgumentParser):
 
 
 def _recipe_parser(name: str, recipe) -> _OptionParser:
+    from probgen.recipes import add_recipe_arguments
+
     p = _OptionParser(prog=f"probgen train {name}", add_help=False, allow_abbrev=False)
-    recipe.add_arguments(p)
+    add_recipe_arguments(p, recipe)
     return p
 
 

@@ -244,7 +244,7 @@ def test_errors_name_the_argument():
         ais(model, x, schedule="sigmod")
     with pytest.raises(ConfigError, match="adapt must be one of pilot, online, none; got 'auto'"):
         ais(model, x, adapt="auto")
-    with pytest.raises(ConfigError, match="n_steps must be an int >= 1; got 0"):
+    with pytest.raises(ConfigError, match="n_steps must be a positive integer; got 0"):
         ais(model, x, n_steps=0)
     with pytest.raises(ConfigError, match=r"z_posterior must have shape \(N, latent_dim\) = \(2, 2\).*got \(2, 3\)"):
         reverse_ais(model, x, torch.zeros(2, 3, dtype=torch.float64), n_steps=3)

@@ -4,11 +4,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from probgen.data.base import Dataset
 from probgen.errors import ConfigError, NotFittedError
 from probgen.inference.svi import fit_loss
 from probgen.models.autoencoder import Autoencoder
-from probgen.runs import Run
 
 SHAPE = (1, 8, 8)
 
@@ -108,29 +106,3 @@ def test_options_are_checked():
     with pytest.raises(ConfigError, match=r"arch='conv' needs images of shape \(C, H, W\) with H and W divisible by 4"):
         Autoencoder((1, 6, 6), 2, arch="conv")
 
-
-@pytest.mark.parametrize("name", ["ae", "dae"])
-def test_recipe_trains_resumes_and_reloads(name, tmp_path):
-    from probgen.recipes import ae as recipe
-
-    x, y = _clusters(240)
-    data = Dataset(name="clusters", train=x[:160], val=x[160:200], test=x[200:], shape=SHAPE,
-                   kind="image", train_labels=y[:160], val_labels=y[160:200], test_labels=y[200:])
-    cfg = {"model": name, "data": "clusters", "epochs": 3, "latent_dim": 2, "hidden": [16],
-           "activation": "relu", "batch_size": 40, "lr": 1e-3, "noise_level": 0.3}
-    torch.manual_seed(0)
-    run_a = Run.create(tmp_path / "a", cfg)
-    model_a = recipe.train(run_a, data, run_a.config, torch.device("cpu"))
-    assert run_a.config["noise"] == ("masking" if name == "dae" else "none")
-    assert run_a.config["loss"] == "bce"
-    torch.manual_seed(0)
-    run_b = Run.create(tmp_path / "b", {**cfg, "epochs": 2})
-    recipe.train(run_b, data, run_b.config, torch.device("cpu"))
-    run_b = Run.create(tmp_path / "b", cfg, resume=True)
-    model_b = recipe.train(run_b, data, run_b.config, torch.device("cpu"))
-    for k, v in model_a.state_dict().items():
-        torch.testing.assert_close(model_b.state_dict()[k], v, rtol=0, atol=0)
-    loaded = recipe.load(Run.open(tmp_path / "a"), data, torch.device("cpu"))
-    torch.testing.assert_close(loaded.code_mean, model_a.code_mean)
-    names = {p.name for p in recipe.figures(loaded, data, run_a)}
-    assert {"reconstructions.png", "latent.png", "samples.png"} <= names

@@ -265,7 +265,7 @@ def _cli(*args) -> int:
     return main([*args, "--device", "cpu"])
 
 
-def test_recipe_trains_resumes_reloads_and_evaluates(tmp_path):
+def test_recipe_trains_reloads_and_evaluates(tmp_path):
     out = tmp_path / "run"
     common = ["--data", "digits", "--limit", "400", "--components", "4"]
     assert _cli("train", "bmm", *common, "--out", str(out)) == 0
@@ -273,14 +273,8 @@ def test_recipe_trains_resumes_reloads_and_evaluates(tmp_path):
     assert cfg["data_options"]["binarize"] == "fixed" and cfg["components"] == 4
     for fig in ("means.png", "samples.png", "lower_bound.png"):
         assert (out / "figures" / fig).exists()
+    # (a fit from the same seed, and --resume of it, give the same state: tests/test_recipes_contract.py)
     state = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["state"]
-    # the same seed from scratch gives the same fit; --resume reloads it
-    again = tmp_path / "again"
-    assert _cli("train", "bmm", *common, "--out", str(again), "--no-figures") == 0
-    assert _cli("train", "bmm", *common, "--out", str(again), "--resume", "--no-figures") == 0
-    state2 = torch.load(again / "checkpoints" / "latest.pt", weights_only=True)["state"]
-    for k in ("weights", "means", "lower_bounds"):
-        assert torch.equal(state[k], state2[k])
     # eval scores the exact log-likelihood of the 0/1 test images: check it with scipy
     assert _cli("eval", str(out), "--n-samples", "100", "--quiet") == 0
     m = json.loads((out / "eval.json").read_text())["metrics"]

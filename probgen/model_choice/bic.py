@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from probgen.checks import positive_int
+from probgen.checks import check_positive_int
 from probgen.errors import ConfigError
 from probgen.models.bayes_mixture import as_points
 
@@ -75,8 +75,8 @@ def fit_em(x: torch.Tensor, n_components: int, *, n_init: int = 5, seed: int = 0
     from probgen.models.gmm import GaussianMixture
 
     x = as_points(x)
-    positive_int("n_components", n_components)
-    positive_int("n_init", n_init)
+    check_positive_int("n_components", n_components)
+    check_positive_int("n_init", n_init)
     if n_components > x.shape[0]:
         raise ConfigError(f"n_components must be at most the number of points ({x.shape[0]}); "
                           f"got {n_components}.")

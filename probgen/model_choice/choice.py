@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from probgen.checks import positive_int
+from probgen.checks import check_positive_int
 from probgen.errors import ConfigError
 from probgen.model_choice.bic import em_scores
 from probgen.model_choice.loo import Reliability, loo_scores
@@ -173,7 +173,7 @@ def choose_n_components(x: torch.Tensor, max_components: int = 4, *, n_init: int
     ModelChoice
     """
     x = as_points(x)
-    positive_int("max_components", max_components)
+    check_positive_int("max_components", max_components)
     if max_components > x.shape[0]:
         raise ConfigError(f"max_components must be at most the number of points "
                           f"({x.shape[0]}); got {max_components}. Use fewer components or "

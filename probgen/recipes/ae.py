@@ -13,29 +13,36 @@ else its first two principal components) coloured by label.
 
 from __future__ import annotations
 
+from probgen.checks import int_list, positive_float, positive_int
+from probgen.recipes import RecipeConfig, option
+
 HELP = "autoencoder (ae) / denoising autoencoder (dae): reconstructions and a code space"
+NAMES = ("ae", "dae")
+TRAINS_BY = "epochs"
+FILLS_BUDGET = True
+LIST_ORDER = 20
+SMOKE = {"data": "digits", "limit": 200, "hidden": [16], "batch_size": 50}
 
 
-def add_arguments(parser) -> None:
-    from probgen.recipes import positive_float, positive_int
-    from probgen.recipes.vae import _ints
-
-    parser.add_argument("--epochs", type=positive_int, default=10, help="passes over the training set (default 10)")
-    parser.add_argument("--latent-dim", type=int, default=2, help="code size (default 2: a planar embedding)")
-    parser.add_argument("--hidden", type=_ints, default=None,
-                        help="hidden widths, comma-separated (default: 400 for mlp, 256 for conv)")
-    parser.add_argument("--arch", choices=["mlp", "conv"], default="mlp")
-    parser.add_argument("--activation", choices=["softplus", "relu", "elu", "tanh"], default="relu",
-                        help="hidden activation (default relu)")
-    parser.add_argument("--loss", choices=["bce", "mse"], default=None,
-                        help="reconstruction loss (default: bce for pixels in [0, 1], else mse)")
-    parser.add_argument("--noise", choices=["none", "gaussian", "masking"], default=None,
-                        help="input corruption in training (default: none for ae, masking for dae)")
-    parser.add_argument("--noise-level", type=float, default=0.3,
-                        help="masking probability or Gaussian standard deviation (default 0.3)")
-    parser.add_argument("--batch-size", type=positive_int, default=100, help="examples per step (default 100)")
-    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    parser.add_argument("--on-nan", choices=["skip", "stop"], default="skip")
+class Config(RecipeConfig):
+    epochs: int = option(10, "passes over the training set (default %(default)s)", type=positive_int)
+    latent_dim: int = option(2, "code size (default %(default)s: a planar embedding)", type=int)
+    hidden: list[int] | None = option(
+        None, "hidden widths, comma-separated (default: 400 for mlp, 256 for conv)", type=int_list)
+    arch: str = option("mlp", "encoder/decoder networks (default %(default)s)",
+                       choices=("mlp", "conv"))
+    activation: str = option("relu", "hidden activation (default %(default)s)",
+                             choices=("softplus", "relu", "elu", "tanh"))
+    loss: str | None = option(None, "reconstruction loss (default: bce for pixels in [0, 1], else mse)",
+                              choices=("bce", "mse"))
+    noise: str | None = option(None, "input corruption in training (default: none for ae, masking "
+                               "for dae)", choices=("none", "gaussian", "masking"))
+    noise_level: float = option(0.3, "masking probability or Gaussian standard deviation "
+                                "(default %(default)s)", type=float)
+    batch_size: int = option(100, "examples per step (default %(default)s)", type=positive_int)
+    lr: float = option(1e-3, "Adam learning rate (default %(default)s)", type=positive_float)
+    on_nan: str = option("skip", "a NaN/inf loss skips its batch (default) or stops training",
+                         choices=("skip", "stop"))
 
 
 def data_options(args) -> dict:
@@ -56,10 +63,9 @@ def resolve(config: dict, data) -> dict:
 def build(config: dict, data):
     from probgen.models.autoencoder import Autoencoder
 
-    c = resolve(config, data)
-    return Autoencoder(data.shape, c.get("latent_dim", 2), c.get("hidden"), arch=c.get("arch", "mlp"),
-                       activation=c.get("activation"), loss=c["loss"], noise=c["noise"],
-                       noise_level=c.get("noise_level", 0.3))
+    c = Config.read(resolve(config, data))
+    return Autoencoder(data.shape, c.latent_dim, c.hidden, arch=c.arch, activation=c.activation,
+                       loss=c.loss, noise=c.noise, noise_level=c.noise_level)
 
 
 def _val_loss(model, data, batch_size: int = 1000) -> float | None:
@@ -98,11 +104,12 @@ def train(run, data, config, device):
               f"{'--' if val is None else f'{val:.3f}'}  ({time.perf_counter() - t0:.0f} s)", flush=True)
         return run.should_stop()
 
+    c = Config.read(config)
     model.train()
-    if start_epoch < config["epochs"]:
-        fit_loss(model.loss, list(model.parameters()), data, epochs=config["epochs"],
-                 batch_size=config.get("batch_size", 100), lr=config.get("lr", 1e-3),
-                 on_nan=config.get("on_nan", "skip"), callbacks=[log_epoch], checkpoint=epoch_checkpoint(run, model),
+    if start_epoch < c.epochs:
+        fit_loss(model.loss, list(model.parameters()), data, epochs=c.epochs,
+                 batch_size=c.batch_size, lr=c.lr,
+                 on_nan=c.on_nan, callbacks=[log_epoch], checkpoint=epoch_checkpoint(run, model),
                  start_epoch=start_epoch, start_step=start_step, optim_state=optim_state,
                  progress=getattr(run, "progress", run.writer))
     model.eval()

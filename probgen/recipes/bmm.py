@@ -23,31 +23,33 @@ The run's model is the fitted mixture seen through the evaluation protocol
 
 from __future__ import annotations
 
+from probgen.recipes import RecipeConfig, option
+from probgen.recipes.gmm import DTYPE_CHOICES, INIT_CHOICES
+
 HELP = "mixture of Bernoullis fitted by EM on binarised data (exact log-likelihood)"
 DISTRIBUTED = True  # EM across processes under torchrun: sufficient statistics all-reduced
+LIST_ORDER = 60
+SMOKE = {"data": "digits", "limit": 200, "components": 4, "max_iter": 20}
 
-INIT_CHOICES = ("kmeans", "k-means++", "random", "random_from_data")
 EXAMPLES_PER_COMPONENT = 30     # the default K: one component per 30 training examples,
 MAX_DEFAULT_COMPONENTS = 100    # at most 100
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--components", type=int, default=None, metavar="K",
-                        help="mixture components (default: one per 30 training examples, "
-                             "at most 100)")
-    parser.add_argument("--alpha", type=float, default=0.1,
-                        help="Beta(1+alpha, 1+alpha) prior on each probability, keeping it "
-                             "away from 0 and 1 (default 0.1; 0 is maximum likelihood)")
-    parser.add_argument("--n-init", type=int, default=1, metavar="N",
-                        help="EM runs from different k-means seeds; the best is kept (default 1)")
-    parser.add_argument("--max-iter", type=int, default=200, metavar="N",
-                        help="EM iterations per run at most (default 200)")
-    parser.add_argument("--tol", type=float, default=1e-3,
-                        help="stop when the objective per image changes less (default 1e-3)")
-    parser.add_argument("--init", choices=INIT_CHOICES, default="kmeans",
-                        help="initial responsibilities (default kmeans)")
-    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64",
-                        help="compute dtype (default float64; float32 is faster on a GPU)")
+class Config(RecipeConfig):
+    components: int | None = option(
+        None, "mixture components (default: one per 30 training examples, at most 100)", type=int,
+        metavar="K")
+    alpha: float = option(0.1, "Beta(1+alpha, 1+alpha) prior on each probability, keeping it away "
+                          "from 0 and 1 (default %(default)s; 0 is maximum likelihood)", type=float)
+    n_init: int = option(1, "EM runs from different k-means seeds; the best is kept "
+                         "(default %(default)s)", type=int, metavar="N")
+    max_iter: int = option(200, "EM iterations per run at most (default %(default)s)", type=int,
+                           metavar="N")
+    tol: float = option(1e-3, "stop when the objective per image changes less (default %(default)s)",
+                        type=float)
+    init: str = option("kmeans", "initial responsibilities (default %(default)s)", choices=INIT_CHOICES)
+    dtype: str = option("float64", "compute dtype (default %(default)s; float32 is faster on a GPU)",
+                        choices=DTYPE_CHOICES)
 
 
 def data_options(args) -> dict:
@@ -58,11 +60,10 @@ def data_options(args) -> dict:
 def resolve_config(config: dict, data) -> dict:
     """Fill in the default K, check the options against the data; refuse a dynamic
     binarisation."""
-    import math
-
     from probgen.errors import ConfigError
+    from probgen.recipes.gmm import check_mixture_options
 
-    out = dict(config)
+    out = Config.complete(config)
     n = int(data.train.shape[0])
     if out.get("components") is None:
         out["components"] = max(1, min(MAX_DEFAULT_COMPONENTS, n // EXAMPLES_PER_COMPONENT))
@@ -71,80 +72,37 @@ def resolve_config(config: dict, data) -> dict:
                           "--binarize dynamic (a fresh binarisation every batch). Use "
                           "--binarize fixed (the default), or data that are already 0/1 with "
                           "--binarize none.")
-    for key in ("components", "n_init", "max_iter"):
-        if int(out[key]) < 1:
-            raise ConfigError(f"--{key.replace('_', '-')} must be a positive integer; "
-                              f"got {out[key]}.")
-    for key in ("tol", "alpha"):
-        if not (math.isfinite(float(out[key])) and float(out[key]) >= 0):
-            raise ConfigError(f"--{key.replace('_', '-')} must be a finite number >= 0; "
-                              f"got {out[key]}.")
-    if out["components"] > n:
-        raise ConfigError(f"--components {out['components']} is more than the {n} training "
-                          "examples; use fewer components (or more data: drop --limit).")
-    return out
+    return check_mixture_options(out, data, non_negative=("tol", "alpha"))
 
 
 def build(config: dict, device):
     """An unfitted :class:`~probgen.models.bmm.BernoulliMixture` from a resolved config."""
-    import torch
-
     from probgen.models.bmm import BernoulliMixture
+    from probgen.recipes.gmm import torch_dtype
 
     return BernoulliMixture(
         config["components"], alpha=config["alpha"], tol=config["tol"],
         max_iter=config["max_iter"], n_init=config["n_init"], init_params=config["init"],
-        random_state=config["seed"], device=device,
-        dtype={"float64": torch.float64, "float32": torch.float32}[config["dtype"]],
+        random_state=config["seed"], device=device, dtype=torch_dtype(config["dtype"]),
     )
 
 
 def train(run, data, config, device):
-    import warnings
-
-    from probgen.inference.em import ConvergenceWarning
+    from probgen.recipes.gmm import fit_mixture
 
     config = resolve_config(config, data)
-    run.config = config
-    run.write_json("config.json", config)
-    bm = build(config, device)
-    ckpt = run.load_checkpoint(map_location=device)
-    if ckpt is not None:  # --resume of a finished fit: EM runs in one go, nothing to continue
-        bm.load_state_dict(ckpt["state"])
-        return bm.as_density(event_shape=data.shape)
 
-    x = data.train.reshape(data.train.shape[0], -1)            # (N, D): images flattened
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        bm.fit(x, data_parallel=True, progress=getattr(run, "progress", run.writer))
-    if not run.writer:  # across processes: rank 0 scores, logs and saves the same fit
-        return bm.as_density(event_shape=data.shape)
-    for it, lb in enumerate(bm.lower_bounds_, start=1):
-        run.log(it, lower_bound=lb)
-    val = data.val.reshape(data.val.shape[0], -1)
-    summary = {"train_log_likelihood": bm.score(x), "converged": bm.converged_,
-               "bic": bm.bic(x)}
-    if val.shape[0]:
-        summary["val_log_likelihood"] = bm.score(val)
-    run.log(bm.n_iter_, **summary)
-    for w in caught:
-        if issubclass(w.category, ConvergenceWarning):
-            print(f"note: {w.message}")
-    run.save_checkpoint(bm.state_dict(), step=bm.n_iter_)
-    val_text = (f", validation {summary['val_log_likelihood']:.4f}"
-                if "val_log_likelihood" in summary else "")
-    print(f"EM: {bm.n_iter_} iterations (best of {config['n_init']}), "
-          f"converged={bm.converged_}, train log-likelihood "
-          f"{summary['train_log_likelihood']:.4f}{val_text} nats per example")
-    return bm.as_density(event_shape=data.shape)
+    def values(split: str, seed: int):  # (N, D): images flattened; the 0/1 values as they are
+        x = data.split(split)
+        return x.reshape(x.shape[0], -1)
+
+    return fit_mixture(run, data, config, device, build(config, device), values=values)
 
 
 def load(run, data, device):
-    config = resolve_config(run.config, data)
-    bm = build(config, device)
-    ckpt = run.load_checkpoint(map_location=device, required=True)
-    bm.load_state_dict(ckpt["state"])
-    return bm.as_density(event_shape=data.shape)
+    from probgen.recipes.gmm import load_mixture
+
+    return load_mixture(run, data, device, build(resolve_config(run.config, data), device))
 
 
 def figures(model, data, run) -> list:

@@ -21,35 +21,37 @@ a CPU than affine coupling layers (``--flow realnvp``) of the same width.
 
 from __future__ import annotations
 
+from probgen.checks import int_list, positive_float, positive_int
+from probgen.recipes import RecipeConfig, option
+
 HELP = "normalizing flow (Zuko: neural spline, MAF or RealNVP; exact log-likelihood)"
+TRAINS_BY = "epochs"
+# the cosine learning rate is a function of --epochs: an unbounded count would hold it at
+# --lr, so compare trains the flow for its epochs (the budget stops it where that is shorter)
+FILLS_BUDGET = False
+LIST_ORDER = 70
+SMOKE = {"data": "banana", "limit": 300, "transforms": 2, "hidden": [16], "batch_size": 100}
 
 FLOW_CHOICES = ("auto", "nsf", "maf", "realnvp")
 PREPROCESS_CHOICES = ("auto", "standardize", "logit", "none")
 
 
-def add_arguments(parser) -> None:
-    from probgen.recipes import positive_float, positive_int
-    from probgen.recipes.vae import _ints
-
-    parser.add_argument("--flow", choices=FLOW_CHOICES, default="auto",
-                        help="nsf (neural spline), maf or realnvp (default auto: nsf on vectors, "
-                             "maf on images)")
-    parser.add_argument("--transforms", type=positive_int, default=None, metavar="N",
-                        help="flow layers (default 5)")
-    parser.add_argument("--hidden", type=_ints, default=None, metavar="W[,W...]",
-                        help="hidden widths of each layer's MLP (default 128,128 on vectors, "
-                             "512 on images)")
-    parser.add_argument("--bins", type=positive_int, default=16,
-                        help="spline bins of nsf (default 16: the sharp modes of grid25 and the "
-                             "edges of checkerboard need more than 8)")
-    parser.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="auto",
-                        help="map before the flow, Jacobian included (default auto: logit on "
-                             "dequantized images, standardize otherwise)")
-    parser.add_argument("--epochs", type=positive_int, default=50, help="passes over the data (default 50)")
-    parser.add_argument("--batch-size", type=positive_int, default=256, help="examples per step (default 256)")
-    parser.add_argument("--lr", type=positive_float, default=None,
-                        help="initial Adam learning rate, annealed to lr/100 (default 3e-3 on "
-                             "vectors, 1e-3 on images)")
+class Config(RecipeConfig):
+    flow: str = option("auto", "nsf (neural spline), maf or realnvp (default auto: nsf on vectors, "
+                       "maf on images)", choices=FLOW_CHOICES)
+    transforms: int | None = option(None, "flow layers (default 5)", type=positive_int, metavar="N")
+    hidden: list[int] | None = option(
+        None, "hidden widths of each layer's MLP (default 128,128 on vectors, 512 on images)",
+        type=int_list, metavar="W[,W...]")
+    bins: int = option(16, "spline bins of nsf (default %(default)s: the sharp modes of grid25 and "
+                       "the edges of checkerboard need more than 8)", type=positive_int)
+    preprocess: str = option("auto", "map before the flow, Jacobian included (default auto: logit "
+                             "on dequantized images, standardize otherwise)",
+                             choices=PREPROCESS_CHOICES)
+    epochs: int = option(50, "passes over the data (default %(default)s)", type=positive_int)
+    batch_size: int = option(256, "examples per step (default %(default)s)", type=positive_int)
+    lr: float | None = option(None, "initial Adam learning rate, annealed to lr/100 (default 3e-3 "
+                              "on vectors, 1e-3 on images)", type=positive_float)
 
 
 def data_options(args) -> dict:
@@ -61,9 +63,9 @@ def resolve_config(config: dict, data) -> dict:
     """Fill the options left at ``auto`` or unset from the kind of data."""
     from probgen.errors import ConfigError
 
-    out = dict(config)
+    out = Config.complete(config)
     image = data.kind == "image"
-    if out.get("flow", "auto") == "auto":
+    if out["flow"] == "auto":
         out["flow"] = "maf" if image else "nsf"
     if out.get("lr") is None:
         out["lr"] = 1e-3 if image else 3e-3
@@ -71,12 +73,11 @@ def resolve_config(config: dict, data) -> dict:
         out["transforms"] = 5
     if out.get("hidden") is None:
         out["hidden"] = [512] if image else [128, 128]
-    if out.get("preprocess", "auto") == "auto":
+    if out["preprocess"] == "auto":
         out["preprocess"] = "logit" if data.bin_width is not None and image else "standardize"
     if out["preprocess"] == "logit" and data.bin_width is None:
         raise ConfigError("--preprocess logit needs dequantized pixels in [0, 1] (image data with "
                           "--dequantize auto or on); use --preprocess standardize.")
-    out.setdefault("bins", 16)
     return out
 
 
@@ -84,13 +85,13 @@ def build(config: dict, data):
     from probgen.models.flow import Flow
 
     return Flow(data.shape, kind=config["flow"], transforms=config["transforms"],
-                hidden=config["hidden"], bins=config.get("bins", 16), preprocess=config["preprocess"])
+                hidden=config["hidden"], bins=config["bins"], preprocess=config["preprocess"])
 
 
 def _lr_at(config: dict, epoch: int) -> float:
     import math
 
-    lr, epochs = float(config.get("lr", 3e-3)), int(config["epochs"])
+    lr, epochs = float(config["lr"]), int(config["epochs"])
     return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs)))
 
 
@@ -163,11 +164,10 @@ def train(run, data, config, device):
 
     if start_epoch < config["epochs"]:
         fit_svi(model.model, model.guide, data, model_kwargs={"num_data": n}, epochs=config["epochs"],
-                batch_size=config.get("batch_size", 256), optim=make_optim,
-                on_nan=config.get("on_nan", "skip"), callbacks=[log_epoch],
+                batch_size=config["batch_size"], optim=make_optim, callbacks=[log_epoch],
                 checkpoint=epoch_checkpoint(run, model), start_epoch=start_epoch,
                 start_step=start_step, optim_state=optim_state,
-                progress=getattr(run, "progress", run.writer), seed=config.get("seed", 0))
+                progress=getattr(run, "progress", run.writer), seed=config["seed"])
     model.eval()
     return model
 

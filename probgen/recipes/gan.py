@@ -7,8 +7,18 @@ resolved values are written to the run's config.json.
 
 from __future__ import annotations
 
+from probgen.checks import positive_float, positive_int
+from probgen.recipes import RecipeConfig, option
+
 HELP = "generative adversarial network (DCGAN for images, MLPs for toy data)"
 DISTRIBUTED = True  # trains under torchrun (probgen.distributed)
+TRAINS_BY = "steps"
+# compare keeps the default --steps (the linear decay of the toy runs is a function of it);
+# the model's share of the budget stops it earlier where that is shorter
+FILLS_BUDGET = False
+LIST_ORDER = 40
+SMOKE = {"data": "ring8", "limit": 256, "steps": 4, "batch_size": 64, "width": 16, "depth": 2,
+         "log_every": 1, "checkpoint_every": 2, "lr_decay": "none"}
 
 # Defaults per data kind: "image" for 28x28/32x32 images (DCGAN pair), "toy" for the toy
 # densities, "vector" for the rest (MLPs: 8x8 digits, the user's arrays). The toy defaults are
@@ -40,40 +50,40 @@ SNAPSHOT_FRACTIONS = (0.02, 0.1, 0.3, 1.0)
 LOSS_NAMES = ("ns", "minimax", "hinge", "wgan-gp")
 
 
-def add_arguments(parser) -> None:
-    from probgen.recipes import positive_float, positive_int
-
-    parser.add_argument("--arch", choices=["dcgan", "mlp"], default=None,
-                        help="networks: dcgan (convolutional, 28x28/32x32 images only) or mlp "
-                             "(on flattened data) (default: dcgan for 28x28/32x32 images, else mlp)")
-    parser.add_argument("--loss", choices=list(LOSS_NAMES), default=None,
-                        help="ns (non-saturating), minimax, hinge or wgan-gp "
-                             "(default: minimax toy, ns otherwise)")
-    parser.add_argument("--steps", type=positive_int, default=None,
-                        help="generator steps (default: 6000 toy, 5000 otherwise)")
-    parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="real (and generated) examples per step (default: 256 toy, else 64)")
-    parser.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate of G (and D) (default: 1e-3 toy, else 2e-4)")
-    parser.add_argument("--lr-d", type=positive_float, default=None, help="Adam learning rate of D (default --lr)")
-    parser.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default 0.5)")
-    parser.add_argument("--beta2", type=float, default=None, help="Adam beta2 (default: 0.9 toy, else 0.999)")
-    parser.add_argument("--latent-dim", type=int, default=None, help="size of z (default: 64 images, 2 toy, 16 other vectors)")
-    parser.add_argument("--pack", type=int, default=None,
-                        help="PacGAN packing: D judges this many samples at once (default 1)")
-    parser.add_argument("--width", type=int, default=None,
-                        help="first-layer channels (images, default 64) or hidden units (MLP: 128 toy, else 256)")
-    parser.add_argument("--depth", type=int, default=None, help="hidden layers of the MLPs (default 3)")
-    parser.add_argument("--norm", choices=["batch", "spectral", "none"], default=None,
-                        help="discriminator normalisation (default: batch for 28x28/32x32 images, else none)")
-    parser.add_argument("--d-steps", type=int, default=None,
-                        help="discriminator steps per generator step (default 1)")
-    parser.add_argument("--lr-decay", choices=["none", "linear"], default=None,
-                        help="learning rates constant, or linearly down to 0 over the second half "
-                             "(default: linear toy, none otherwise)")
-    parser.add_argument("--amp", action="store_true",
-                        help="bfloat16 autocast while training (meant for CUDA; runs, slowly, on the CPU)")
-    parser.add_argument("--log-every", type=int, default=100, help="steps between log lines")
-    parser.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+class Config(RecipeConfig):
+    arch: str | None = option(
+        None, "networks: dcgan (convolutional, 28x28/32x32 images only) or mlp (on flattened data) "
+        "(default: dcgan for 28x28/32x32 images, else mlp)", choices=("dcgan", "mlp"))
+    loss: str | None = option(None, "ns (non-saturating), minimax, hinge or wgan-gp "
+                              "(default: minimax toy, ns otherwise)", choices=LOSS_NAMES)
+    steps: int | None = option(None, "generator steps (default: 6000 toy, 5000 otherwise)",
+                               type=positive_int)
+    batch_size: int | None = option(
+        None, "real (and generated) examples per step (default: 256 toy, else 64)", type=positive_int)
+    lr: float | None = option(None, "Adam learning rate of G (and D) (default: 1e-3 toy, else 2e-4)",
+                              type=positive_float)
+    lr_d: float | None = option(None, "Adam learning rate of D (default --lr)", type=positive_float)
+    beta1: float | None = option(None, "Adam beta1 (default 0.5)", type=float)
+    beta2: float | None = option(None, "Adam beta2 (default: 0.9 toy, else 0.999)", type=float)
+    latent_dim: int | None = option(None, "size of z (default: 64 images, 2 toy, 16 other vectors)",
+                                    type=int)
+    pack: int | None = option(None, "PacGAN packing: D judges this many samples at once (default 1)",
+                              type=int)
+    width: int | None = option(
+        None, "first-layer channels (images, default 64) or hidden units (MLP: 128 toy, else 256)",
+        type=int)
+    depth: int | None = option(None, "hidden layers of the MLPs (default 3)", type=int)
+    norm: str | None = option(
+        None, "discriminator normalisation (default: batch for 28x28/32x32 images, else none)",
+        choices=("batch", "spectral", "none"))
+    d_steps: int | None = option(None, "discriminator steps per generator step (default 1)", type=int)
+    lr_decay: str | None = option(
+        None, "learning rates constant, or linearly down to 0 over the second half "
+        "(default: linear toy, none otherwise)", choices=("none", "linear"))
+    amp: bool = option(False, "bfloat16 autocast while training (meant for CUDA; runs, slowly, on "
+                       "the CPU)")
+    log_every: int = option(100, "steps between log lines", type=int)
+    checkpoint_every: int = option(1000, "steps between checkpoints", type=int)
 
 
 def data_options(args) -> dict:
@@ -90,9 +100,10 @@ def _kind(data) -> str:
 
 def resolve_config(config: dict, data) -> dict:
     """Fill the options left unset with the defaults of the data kind; check them."""
+    from probgen.checks import check_positive_int
     from probgen.errors import ConfigError
 
-    out = dict(config)
+    out = Config.complete(config)
     kind = _kind(data)
     if kind == "image" and out.get("arch") == "mlp":
         kind = "image-mlp"
@@ -100,8 +111,7 @@ def resolve_config(config: dict, data) -> dict:
         if out.get(key) is None:
             out[key] = default
     for key in ("steps", "batch_size", "latent_dim", "pack", "width", "depth", "d_steps"):
-        if int(out[key]) < 1:
-            raise ConfigError(f"--{key.replace('_', '-')} must be a positive integer; got {out[key]}.")
+        check_positive_int(f"--{key.replace('_', '-')}", int(out[key]))
     if out["batch_size"] % out["pack"]:
         raise ConfigError(
             f"--batch-size must be a multiple of --pack={out['pack']}; got {out['batch_size']}. "
@@ -133,7 +143,7 @@ def build(config: dict, data, device):
     g, d = g.to(device), d.to(device)
     trainer = GANTrainer(g, d, latent_dim=config["latent_dim"], loss=config["loss"],
                          lr=config["lr"], lr_d=config["lr_d"],
-                         betas=(config["beta1"], config["beta2"]), amp=config.get("amp", False))
+                         betas=(config["beta1"], config["beta2"]), amp=config["amp"])
     model = GAN(g, d, latent_dim=config["latent_dim"], data_shape=data.shape)
     return model, trainer
 
@@ -151,6 +161,7 @@ def train(run, data, config, device):
 
     from probgen.inference.adversarial import EpochSampler, fit_gan
     from probgen.progress import write
+    from probgen.recipes import record_progress
     from probgen.runs import atomic_write_bytes
 
     config = resolve_config(config, data)
@@ -177,6 +188,7 @@ def train(run, data, config, device):
 
     def save(step):
         run.save_checkpoint(trainer.state_dict(), step=step)
+        record_progress(run, steps=step)
         if not run.writer:
             return
         buf = io.BytesIO()

@@ -19,32 +19,38 @@ The checkpoint holds the parameters as tensors only.
 
 from __future__ import annotations
 
+from probgen.recipes import RecipeConfig, option
+
 HELP = "Gaussian mixture fitted by EM (k-means initialisation, exact log-likelihood)"
 DISTRIBUTED = True  # EM across processes under torchrun: sufficient statistics all-reduced
+QUICK = True        # EM converges well inside any share of a budget
+LIST_ORDER = 50
+SMOKE = {"data": "ring8", "limit": 400, "components": 8, "n_init": 1, "max_iter": 20}
 
 COVARIANCE_CHOICES = ("full", "tied", "diag", "spherical")
 INIT_CHOICES = ("kmeans", "k-means++", "random", "random_from_data")
+DTYPE_CHOICES = ("float64", "float32")
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--components", type=int, default=None, metavar="K",
-                        help="mixture components (default: the true number on toy mixtures, "
-                             "else 10)")
-    parser.add_argument("--covariance-type", choices=COVARIANCE_CHOICES, default=None,
-                        help="covariance of each component (default: diag on images, else full)")
-    parser.add_argument("--n-init", type=int, default=3, metavar="N",
-                        help="EM runs from different k-means seeds; the best is kept (default 3)")
-    parser.add_argument("--max-iter", type=int, default=200, metavar="N",
-                        help="EM iterations per run at most (default 200)")
-    parser.add_argument("--tol", type=float, default=1e-3,
-                        help="stop when the mean log-likelihood changes less (default 1e-3)")
-    parser.add_argument("--reg-covar", type=float, default=None,
-                        help="added to covariance diagonals (default: 1e-5 on dequantized "
-                             "images, 1e-3 on raw ones, else 1e-6)")
-    parser.add_argument("--init", choices=INIT_CHOICES, default="kmeans",
-                        help="initial responsibilities (default kmeans)")
-    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64",
-                        help="compute dtype (default float64; float32 is faster on a GPU)")
+class Config(RecipeConfig):
+    components: int | None = option(
+        None, "mixture components (default: the true number on toy mixtures, else 10)", type=int,
+        metavar="K")
+    covariance_type: str | None = option(
+        None, "covariance of each component (default: diag on images, else full)",
+        choices=COVARIANCE_CHOICES)
+    n_init: int = option(3, "EM runs from different k-means seeds; the best is kept "
+                         "(default %(default)s)", type=int, metavar="N")
+    max_iter: int = option(200, "EM iterations per run at most (default %(default)s)", type=int,
+                           metavar="N")
+    tol: float = option(1e-3, "stop when the mean log-likelihood changes less (default %(default)s)",
+                        type=float)
+    reg_covar: float | None = option(
+        None, "added to covariance diagonals (default: 1e-5 on dequantized images, 1e-3 on raw "
+        "ones, else 1e-6)", type=float)
+    init: str = option("kmeans", "initial responsibilities (default %(default)s)", choices=INIT_CHOICES)
+    dtype: str = option("float64", "compute dtype (default %(default)s; float32 is faster on a GPU)",
+                        choices=DTYPE_CHOICES)
 
 
 def data_options(args) -> dict:
@@ -54,9 +60,8 @@ def data_options(args) -> dict:
 
 def resolve_config(config: dict, data) -> dict:
     """Fill the options left unset with the defaults of the data kind; check them."""
-    from probgen.errors import ConfigError
 
-    out = dict(config)
+    out = Config.complete(config)
     image = data.kind == "image"
     if out.get("components") is None:
         out["components"] = int(getattr(data.density, "n_components", 0) or 10)
@@ -66,23 +71,32 @@ def resolve_config(config: dict, data) -> dict:
         # dequantized pixels vary at least by their noise (variance 1 / (12 * 256^2)); 1e-5
         # scored best on held-out mnist-5k among 1e-3 .. 1e-6
         out["reg_covar"] = (1e-5 if data.bin_width is not None else 1e-3) if image else 1e-6
+    return check_mixture_options(out, data, non_negative=("tol", "reg_covar"))
+
+
+def check_mixture_options(config: dict, data, *, non_negative: tuple[str, ...]) -> dict:
+    """Refuse counts below 1, the ``non_negative`` options below 0 (or not finite) and more
+    components than training examples, naming the flag; returns ``config``."""
+    import math
+
+    from probgen.checks import check_positive_int
+    from probgen.errors import ConfigError
+
     for key in ("components", "n_init", "max_iter"):
-        if int(out[key]) < 1:
-            raise ConfigError(f"--{key.replace('_', '-')} must be a positive integer; "
-                              f"got {out[key]}.")
-    for key in ("tol", "reg_covar"):
-        if not float(out[key]) >= 0:
-            raise ConfigError(f"--{key.replace('_', '-')} must be >= 0; got {out[key]}.")
+        check_positive_int(f"--{key.replace('_', '-')}", config[key])
+    for key in non_negative:
+        if not (math.isfinite(float(config[key])) and float(config[key]) >= 0):
+            raise ConfigError(f"--{key.replace('_', '-')} must be a finite number >= 0; "
+                              f"got {config[key]}.")
     n = int(data.train.shape[0])
-    if out["components"] > n:
-        raise ConfigError(f"--components {out['components']} is more than the {n} training "
+    if config["components"] > n:
+        raise ConfigError(f"--components {config['components']} is more than the {n} training "
                           "examples; use fewer components (or more data: drop --limit).")
-    return out
+    return config
 
 
 def build(config: dict, device):
     """An unfitted :class:`~probgen.models.gmm.GaussianMixture` from a resolved config."""
-    import torch
 
     from probgen.models.gmm import GaussianMixture
 
@@ -90,49 +104,74 @@ def build(config: dict, device):
         config["components"], covariance_type=config["covariance_type"],
         tol=config["tol"], reg_covar=config["reg_covar"], max_iter=config["max_iter"],
         n_init=config["n_init"], init_params=config["init"], random_state=config["seed"],
-        device=device, dtype={"float64": torch.float64, "float32": torch.float32}[config["dtype"]],
+        device=device, dtype=torch_dtype(config["dtype"]),
     )
 
 
+def torch_dtype(name: str):
+    """The torch dtype of a ``--dtype`` choice."""
+    import torch
+
+    return getattr(torch, name)
+
+
 def train(run, data, config, device):
+    config = resolve_config(config, data)
+    return fit_mixture(run, data, config, device, build(config, device),
+                       values=lambda split, seed: _values(data, split, seed),
+                       offset=_bound_offset(data))
+
+
+def fit_mixture(run, data, config: dict, device, mixture, *, values, offset: float = 0.0):
+    """The training of an EM recipe (gmm, bmm): fit the unfitted ``mixture`` to
+    ``values("train", seed)`` (an (N, D) tensor) in one go, log its objective per iteration
+    and its train and validation log-likelihoods (plus ``offset``: the dequantization bound's
+    ``D log(bin width)``), checkpoint it, and return it seen through the evaluation protocol.
+    A run that already holds a checkpoint (``--resume`` of a finished fit: EM has nothing to
+    continue) is reloaded instead."""
     import warnings
 
     from probgen.inference.em import ConvergenceWarning
 
-    config = resolve_config(config, data)
     run.config = config
     run.write_json("config.json", config)
-    gm = build(config, device)
     ckpt = run.load_checkpoint(map_location=device)
-    if ckpt is not None:  # --resume of a finished fit: EM runs in one go, nothing to continue
-        gm.load_state_dict(ckpt["state"])
-        return gm.as_density(event_shape=data.shape)
+    if ckpt is not None:
+        mixture.load_state_dict(ckpt["state"])
+        return mixture.as_density(event_shape=data.shape)
 
-    # (N, D): images flattened; dequantized data get one seeded draw of their noise (EM
-    # fits the whole set at once, so there are no epochs to draw afresh in)
-    x = _values(data, "train", config["seed"])
+    x = values("train", config["seed"])                        # (N, D)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        gm.fit(x, data_parallel=True, progress=getattr(run, "progress", run.writer))
+        mixture.fit(x, data_parallel=True, progress=getattr(run, "progress", run.writer))
     if not run.writer:  # across processes: rank 0 scores, logs and saves the same fit
-        return gm.as_density(event_shape=data.shape)
-    for it, lb in enumerate(gm.lower_bounds_, start=1):
+        return mixture.as_density(event_shape=data.shape)
+    for it, lb in enumerate(mixture.lower_bounds_, start=1):
         run.log(it, lower_bound=lb)
-    val = _values(data, "val", config["seed"] + 1)
-    offset = _bound_offset(data)
-    summary = {"train_log_likelihood": gm.score(x) + offset, "converged": gm.converged_,
-               "bic": gm.bic(x)}
+    val = values("val", config["seed"] + 1)
+    summary = {"train_log_likelihood": mixture.score(x) + offset, "converged": mixture.converged_,
+               "bic": mixture.bic(x)}
     if val.shape[0]:
-        summary["val_log_likelihood"] = gm.score(val) + offset
-    run.log(gm.n_iter_, **summary)
+        summary["val_log_likelihood"] = mixture.score(val) + offset
+    run.log(mixture.n_iter_, **summary)
     for w in caught:
         if issubclass(w.category, ConvergenceWarning):
             print(f"note: {w.message}")
-    run.save_checkpoint(gm.state_dict(), step=gm.n_iter_)
-    print(f"EM: {gm.n_iter_} iterations (best of {config['n_init']}), "
-          f"converged={gm.converged_}, train log-likelihood {summary['train_log_likelihood']:.4f} "
-          f"nats per example")
-    return gm.as_density(event_shape=data.shape)
+    run.save_checkpoint(mixture.state_dict(), step=mixture.n_iter_)
+    val_text = (f", validation {summary['val_log_likelihood']:.4f}"
+                if "val_log_likelihood" in summary else "")
+    print(f"EM: {mixture.n_iter_} iterations (best of {config['n_init']}), "
+          f"converged={mixture.converged_}, train log-likelihood "
+          f"{summary['train_log_likelihood']:.4f}{val_text} nats per example")
+    return mixture.as_density(event_shape=data.shape)
+
+
+def load_mixture(run, data, device, mixture):
+    """The fitted mixture of ``run``'s checkpoint (``mixture``: an unfitted one built from the
+    run's config), seen through the evaluation protocol."""
+    ckpt = run.load_checkpoint(map_location=device, required=True)
+    mixture.load_state_dict(ckpt["state"])
+    return mixture.as_density(event_shape=data.shape)
 
 
 def _values(data, split: str, seed: int):
@@ -152,11 +191,7 @@ def _bound_offset(data) -> float:
 
 
 def load(run, data, device):
-    config = resolve_config(run.config, data)
-    gm = build(config, device)
-    ckpt = run.load_checkpoint(map_location=device, required=True)
-    gm.load_state_dict(ckpt["state"])
-    return gm.as_density(event_shape=data.shape)
+    return load_mixture(run, data, device, build(resolve_config(run.config, data), device))
 
 
 def figures(model, data, run) -> list:

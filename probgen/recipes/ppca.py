@@ -12,22 +12,28 @@ and ``iwae_K``: the gaps are the bounds' true slack.
 
 from __future__ import annotations
 
+from probgen.checks import positive_float, positive_int
+from probgen.recipes import RecipeConfig, option
+
 HELP = "probabilistic PCA (exact likelihood; closed form or SVI)"
+TRAINS_BY = "epochs"  # with --fit svi; the closed form is one epoch
+QUICK = True          # the closed form is one eigen-decomposition
+LIST_ORDER = 30
+SMOKE = {"data": "digits", "limit": 200, "latent_dim": 3, "fit": "svi", "batch_size": 50}
+DEFAULT_LATENT_DIM = 10
 
 
-def add_arguments(parser) -> None:
-    from probgen.recipes import positive_float, positive_int
-
-    parser.add_argument("--latent-dim", type=int, default=None,
-                        help="size of z (default: 10, or one less than the data's dimension "
-                             "where that is smaller)")
-    parser.add_argument("--fit", choices=["closed-form", "svi"], default="closed-form",
-                        help="maximum likelihood in closed form (default) or SVI on the ELBO")
-    parser.add_argument("--guide", choices=["full", "diagonal"], default="full",
-                        help="covariance of q(z|x) (default full: can equal the posterior)")
-    parser.add_argument("--epochs", type=positive_int, default=20, help="SVI passes over the data (default 20)")
-    parser.add_argument("--batch-size", type=positive_int, default=100, help="SVI examples per step (default 100)")
-    parser.add_argument("--lr", type=positive_float, default=1e-2, help="SVI Adam learning rate (default 1e-2)")
+class Config(RecipeConfig):
+    latent_dim: int | None = option(
+        None, "size of z (default: 10, or one less than the data's dimension where that is smaller)",
+        type=int)
+    fit: str = option("closed-form", "maximum likelihood in closed form (default) or SVI on the ELBO",
+                      choices=("closed-form", "svi"))
+    guide: str = option("full", "covariance of q(z|x) (default full: can equal the posterior)",
+                        choices=("full", "diagonal"))
+    epochs: int = option(20, "SVI passes over the data (default %(default)s)", type=positive_int)
+    batch_size: int = option(100, "SVI examples per step (default %(default)s)", type=positive_int)
+    lr: float = option(1e-2, "SVI Adam learning rate (default %(default)s)", type=positive_float)
 
 
 def defaults_for_data(options: dict, kind: str, shape) -> dict:
@@ -37,8 +43,8 @@ def defaults_for_data(options: dict, kind: str, shape) -> dict:
     if options.get("latent_dim") is not None:
         return {}
     dim = math.prod(shape)
-    options["latent_dim"] = max(1, min(10, dim - 1))
-    if options["latent_dim"] == 10:
+    options["latent_dim"] = max(1, min(DEFAULT_LATENT_DIM, dim - 1))
+    if options["latent_dim"] == DEFAULT_LATENT_DIM:
         return {}
     return {"latent_dim": {"value": options["latent_dim"],
                            "why": f"one less than the data's {dim} dimensions"}}
@@ -52,7 +58,8 @@ def data_options(args) -> dict:
 def build(config: dict, data):
     from probgen.models.ppca import PPCA
 
-    return PPCA(data.shape, config.get("latent_dim") or 10, guide=config.get("guide", "full"))
+    c = Config.read(config)
+    return PPCA(data.shape, c.latent_dim or DEFAULT_LATENT_DIM, guide=c.guide)
 
 
 def _mean_log_prob(model, data, split: str, batch_size: int = 2000) -> float | None:
@@ -78,10 +85,11 @@ def train(run, data, config, device):
 
     from probgen.inference.svi import fit_svi
 
+    c = Config.read(config)
     pyro.clear_param_store()
     model = build(config, data).to(device)
     t0 = time.perf_counter()
-    if config.get("fit", "closed-form") == "closed-form":
+    if c.fit == "closed-form":
         import torch
 
         # dequantized data: the closed form of one seeded draw of the noise
@@ -115,9 +123,9 @@ def train(run, data, config, device):
               f"{'--' if val is None else f'{val:.3f}'}", flush=True)
         return run.should_stop()
 
-    if start_epoch < config["epochs"]:
-        fit_svi(model.model, model.guide, data, model_kwargs={"num_data": n}, epochs=config["epochs"],
-                batch_size=config.get("batch_size", 100), lr=config.get("lr", 1e-2),
+    if start_epoch < c.epochs:
+        fit_svi(model.model, model.guide, data, model_kwargs={"num_data": n}, epochs=c.epochs,
+                batch_size=c.batch_size, lr=c.lr,
                 callbacks=[log_epoch], checkpoint=epoch_checkpoint(run, model), start_epoch=start_epoch,
                 start_step=start_step, optim_state=optim_state,
                 progress=getattr(run, "progress", run.writer))

@@ -13,31 +13,35 @@ tensors, read back with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+from probgen.checks import positive_float, positive_int
+from probgen.recipes import RecipeConfig, option
+
 HELP = "your own Pyro program: --model path/to/file.py:Name (a class with model and guide)"
+TRAINS_BY = "epochs"
+FILLS_BUDGET = True
+LIST_ORDER = 90
+SMOKE = {"data": "digits", "limit": 200, "program": "examples/vampprior_vae.py:VampPriorVAE",
+         "batch_size": 50, "val_limit": 50}
 LOSS_CHOICES = ("auto", "trace", "mean-field", "enum")
 
 
-def add_arguments(parser) -> None:
-    from probgen.recipes import positive_float, positive_int
-
-    parser.add_argument("--model", required=True, metavar="FILE.py:NAME", dest="program",
-                        help="the file and the name in it of a class with model(x) and guide(x) "
-                             "(or of a function returning one)")
-    parser.add_argument("--epochs", type=positive_int, default=20, help="passes over the training set (default 20)")
-    parser.add_argument("--batch-size", type=positive_int, default=100, help="examples per step (default 100)")
-    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    parser.add_argument("--loss", choices=LOSS_CHOICES, default="auto",
-                        help="ELBO estimator: Trace_ELBO, TraceMeanField_ELBO or TraceEnum_ELBO "
-                             "(default auto: enum when the model marks a site for enumeration, "
-                             "else trace)")
-    parser.add_argument("--num-particles", type=positive_int, default=1,
-                        help="samples per ELBO estimate (default 1)")
-    parser.add_argument("--on-nan", choices=["skip", "stop"], default="skip",
-                        help="a NaN/inf loss skips its batch (default) or stops training")
-    parser.add_argument("--val-limit", type=positive_int, default=1000, metavar="N",
-                        help="validation ELBO on the first N validation examples (default 1000)")
-    parser.add_argument("--allow-changed-model", action="store_true",
-                        help="--resume even though the program file has changed since the run began")
+class Config(RecipeConfig):
+    program: str | dict | None = option(
+        None, "the file and the name in it of a class with model(x) and guide(x) (or of a function "
+        "returning one)", flag="--model", metavar="FILE.py:NAME", required=True)
+    epochs: int = option(20, "passes over the training set (default %(default)s)", type=positive_int)
+    batch_size: int = option(100, "examples per step (default %(default)s)", type=positive_int)
+    lr: float = option(1e-3, "Adam learning rate (default %(default)s)", type=positive_float)
+    loss: str = option("auto", "ELBO estimator: Trace_ELBO, TraceMeanField_ELBO or TraceEnum_ELBO "
+                       "(default auto: enum when the model marks a site for enumeration, else trace)",
+                       choices=LOSS_CHOICES)
+    num_particles: int = option(1, "samples per ELBO estimate (default %(default)s)", type=positive_int)
+    on_nan: str = option("skip", "a NaN/inf loss skips its batch (default) or stops training",
+                         choices=("skip", "stop"))
+    val_limit: int = option(1000, "validation ELBO on the first N validation examples "
+                            "(default %(default)s)", type=positive_int, metavar="N")
+    allow_changed_model: bool = option(
+        False, "--resume even though the program file has changed since the run began")
 
 
 def _spec(config_or_args):
@@ -117,7 +121,7 @@ def validation_elbo(program, data, *, loss, limit: int, batch_size: int = 500) -
 
 
 def _elbo(config: dict, info: dict):
-    loss = config.get("loss", "auto")
+    loss = Config.read(config).loss
     if loss == "auto":
         loss = "enum" if info["enumerate"] else "trace"
     return loss
@@ -129,9 +133,10 @@ def train(run, data, config, device):
     from probgen.inference.svi import _elbo_losses, fit_svi
     from probgen.recipes import epoch_checkpoint, resume_epochs
 
+    c = Config.read(config)
     program = build(config, data)
     loss_name = _elbo(config, program.info)
-    if run.writer and config.get("loss", "auto") == "auto":
+    if run.writer and c.loss == "auto":
         print(f"{program.name}: ELBO by {loss_name} (observed site {program.info['observed']!r} in "
               f"plate {program.info['plate']!r})", flush=True)
     val_loss = _elbo_losses()[loss_name]()
@@ -140,8 +145,8 @@ def train(run, data, config, device):
     t0 = time.perf_counter()
 
     def log_epoch(st) -> bool:
-        val = validation_elbo(program, data, loss=val_loss, limit=config.get("val_limit", 1000))
-        train_elbo = -st.epoch_loss / config.get("batch_size", 100)
+        val = validation_elbo(program, data, loss=val_loss, limit=c.val_limit)
+        train_elbo = -st.epoch_loss / c.batch_size
         run.log(st.step, epoch=st.epoch, train_elbo=train_elbo, val_elbo=val,
                 seconds=time.perf_counter() - t0, skipped=len(st.result.skipped))
         if run.writer:
@@ -152,11 +157,10 @@ def train(run, data, config, device):
 
     with program.active():
         program.train()
-        if start_epoch < config["epochs"]:
+        if start_epoch < c.epochs:
             fit_svi(program.model, program.guide, data, loss=loss_name,
-                    num_particles=config.get("num_particles", 1), epochs=config["epochs"],
-                    batch_size=min(config.get("batch_size", 100), n), lr=config.get("lr", 1e-3),
-                    on_nan=config.get("on_nan", "skip"), callbacks=[log_epoch],
+                    num_particles=c.num_particles, epochs=c.epochs,
+                    batch_size=min(c.batch_size, n), lr=c.lr, on_nan=c.on_nan, callbacks=[log_epoch],
                     checkpoint=epoch_checkpoint(run, program), start_epoch=start_epoch,
                     start_step=start_step, optim_state=optim_state,
                     progress=getattr(run, "progress", run.writer),

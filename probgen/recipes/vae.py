@@ -27,11 +27,21 @@ ELBO to metrics.jsonl and writes a checkpoint (model, optimiser, epoch, RNG stat
 
 from __future__ import annotations
 
+import argparse
+
+from probgen.checks import int_list, positive_float, positive_int
+from probgen.recipes import RecipeConfig, option
+
 HELP = "variational autoencoder (Pyro model/guide, SVI on the ELBO, IWAE or DReG)"
 DISTRIBUTED = True  # trains under torchrun (probgen.distributed)
+TRAINS_BY = "epochs"
+FILLS_BUDGET = True
+LIST_ORDER = 10
+SMOKE = {"data": "digits", "limit": 200, "latent_dim": 2, "hidden": [16], "batch_size": 50}
 
 LIKELIHOOD_CHOICES = ("bernoulli", "continuous-bernoulli", "gaussian")
 OBJECTIVE_CHOICES = ("elbo", "iwae", "dreg")
+DEFAULT_LATENT_DIM = 50  # on images; on vectors the data's dimension, at most this
 
 # Burda, Grosse & Salakhutdinov (ICLR 2016), section 5: the set-up of their Table 1
 IWAE_PAPER_STAGES = 8  # stage i: 3^i epochs at lr 1e-3 * 10^(-i/7)
@@ -53,37 +63,19 @@ def iwae_schedule_lr(epoch: int, base_lr: float = 1e-3) -> float:
     return base_lr * 10 ** (-i / 7)
 
 
-def _preset_action():
-    import argparse
+class PresetAction(argparse.Action):
+    """Sets the preset's values on the options still at their defaults; options that come
+    after --preset on the command line override it."""
 
-    class PresetAction(argparse.Action):
-        """Sets the preset's values on the options still at their defaults; options that come
-        after --preset on the command line override it."""
-
-        def __call__(self, parser, namespace, value, option_string=None):
-            setattr(namespace, self.dest, value)
-            for key, v in PRESETS[value].items():
-                if getattr(namespace, key, None) == parser.get_default(key):
-                    setattr(namespace, key, list(v) if isinstance(v, list) else v)
-
-    return PresetAction
+    def __call__(self, parser, namespace, value, option_string=None):
+        setattr(namespace, self.dest, value)
+        for key, v in PRESETS[value].items():
+            if getattr(namespace, key, None) == parser.get_default(key):
+                setattr(namespace, key, list(v) if isinstance(v, list) else v)
 
 
-def _ints(text: str) -> list[int]:
-    import argparse
-
-    try:
-        out = [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 400 or 512,256; got {text!r}") from None
-    if not out or any(v < 1 for v in out):
-        raise argparse.ArgumentTypeError(f"layer widths must be positive integers; got {text!r}")
-    return out
-
-
-def _scale(text: str):
-    import argparse
-
+def gaussian_scale(text: str):
+    """argparse type of ``--gaussian-scale``: ``learned`` (None) or a positive number."""
     if text == "learned":
         return None
     try:
@@ -95,59 +87,54 @@ def _scale(text: str):
     return v
 
 
-def add_arguments(parser) -> None:
-    from probgen.recipes import positive_float, positive_int
-
-    parser.add_argument("--epochs", type=positive_int, default=20, help="passes over the training set (default 20)")
-    parser.add_argument("--latent-dim", type=int, default=None,
-                        help="size of z (default: 50 for images, the data's dimension up to 50 "
-                             "for vectors)")
-    parser.add_argument("--hidden", type=_ints, default=None,
-                        help="hidden widths, comma-separated (default: 400 for mlp, 256 for conv)")
-    parser.add_argument("--arch", choices=["mlp", "conv"], default="mlp",
-                        help="encoder/decoder networks (default mlp)")
-    parser.add_argument("--activation", choices=["softplus", "relu", "elu", "tanh"], default=None,
-                        help="hidden activation (default: softplus for mlp, relu for conv)")
-    add_likelihood_arguments(parser)
-    parser.add_argument("--batch-size", type=positive_int, default=100, help="examples per step (default 100)")
-    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    parser.add_argument("--loss", choices=["trace", "mean-field"], default="trace",
-                        help="the ELBO objective's estimator: Trace_ELBO (default) or "
-                             "TraceMeanField_ELBO (analytic KL)")
-    parser.add_argument("--objective", choices=OBJECTIVE_CHOICES, default="elbo",
-                        help="what SVI maximises: elbo (default), iwae (the importance-weighted "
-                             "bound IWAE-K) or dreg (the same bound, doubly-reparametrised "
-                             "gradient); K = --particles")
-    parser.add_argument("--particles", "--num-particles", dest="particles", type=positive_int,
-                        default=1, metavar="K",
-                        help="samples per example per step: of the ELBO estimate, or the K of "
-                             "IWAE-K (default 1)")
-    parser.add_argument("--stochastic-layers", type=int, choices=[1, 2], default=1,
-                        help="1: the VAE (default); 2: z1 and z2 as in Burda et al. 2016 "
-                             "(mlp, bernoulli only; --hidden gives the x-z1 widths)")
-    parser.add_argument("--lr-schedule", choices=["constant", "iwae"], default="constant",
-                        help="constant (default) or iwae: stages of 3^i epochs at lr * 10^(-i/7)")
-    parser.add_argument("--adam-eps", type=positive_float, default=1e-8,
-                        help="Adam's epsilon (default 1e-8; the IWAE paper used 1e-4)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, action=_preset_action(),
-                        help="iwae-paper: Burda et al. 2016's set-up (200-200 tanh, 50 latents, "
-                             "batch 20, Adam eps 1e-4, 3280 epochs on the 3^i schedule)")
-    parser.add_argument("--on-nan", choices=["skip", "stop"], default="skip",
-                        help="a NaN/inf loss skips its batch (default) or stops training")
-    parser.add_argument("--val-limit", type=int, default=None, metavar="N",
-                        help="validation ELBO on the first N validation examples (default: all)")
-    parser.add_argument("--amp", action="store_true",
-                        help="bfloat16 autocast for the networks while training (meant for CUDA; "
-                             "runs, slowly, on the CPU); every likelihood is evaluated in float32")
-
-
-def add_likelihood_arguments(parser) -> None:
-    parser.add_argument("--likelihood", choices=LIKELIHOOD_CHOICES, default=None,
-                        help="p(x|z): bernoulli for binarised pixels, continuous-bernoulli or "
-                        "gaussian for grey values (default: bernoulli for images, gaussian for "
-                        "real-valued vectors)")
-    parser.add_argument("--gaussian-scale", type=_scale, default=None, metavar="learned|S",
-                        help="pixel standard deviation of the gaussian likelihood (default: learned)")
+class Config(RecipeConfig):
+    epochs: int = option(20, "passes over the training set (default %(default)s)", type=positive_int)
+    latent_dim: int | None = option(
+        None, "size of z (default: 50 for images, the data's dimension up to 50 for vectors)",
+        type=int)
+    hidden: list[int] | None = option(
+        None, "hidden widths, comma-separated (default: 400 for mlp, 256 for conv)", type=int_list)
+    arch: str = option("mlp", "encoder/decoder networks (default %(default)s)",
+                       choices=("mlp", "conv"))
+    activation: str | None = option(
+        None, "hidden activation (default: softplus for mlp, relu for conv)",
+        choices=("softplus", "relu", "elu", "tanh"))
+    likelihood: str | None = option(
+        None, "p(x|z): bernoulli for binarised pixels, continuous-bernoulli or gaussian for grey "
+        "values (default: bernoulli for images, gaussian for real-valued vectors)",
+        choices=LIKELIHOOD_CHOICES)
+    gaussian_scale: float | None = option(
+        None, "pixel standard deviation of the gaussian likelihood (default: learned)",
+        type=gaussian_scale, metavar="learned|S")
+    batch_size: int = option(100, "examples per step (default %(default)s)", type=positive_int)
+    lr: float = option(1e-3, "Adam learning rate (default %(default)s)", type=positive_float)
+    loss: str = option("trace", "the ELBO objective's estimator: Trace_ELBO (default) or "
+                       "TraceMeanField_ELBO (analytic KL)", choices=("trace", "mean-field"))
+    objective: str = option(
+        "elbo", "what SVI maximises: elbo (default), iwae (the importance-weighted bound IWAE-K) "
+        "or dreg (the same bound, doubly-reparametrised gradient); K = --particles",
+        choices=OBJECTIVE_CHOICES)
+    particles: int = option(
+        1, "samples per example per step: of the ELBO estimate, or the K of IWAE-K "
+        "(default %(default)s)", aliases=("--num-particles",), type=positive_int, metavar="K")
+    stochastic_layers: int = option(
+        1, "1: the VAE (default); 2: z1 and z2 as in Burda et al. 2016 (mlp, bernoulli only; "
+        "--hidden gives the x-z1 widths)", type=int, choices=(1, 2))
+    lr_schedule: str = option(
+        "constant", "constant (default) or iwae: stages of 3^i epochs at lr * 10^(-i/7)",
+        choices=("constant", "iwae"))
+    adam_eps: float = option(1e-8, "Adam's epsilon (default %(default)s; the IWAE paper used 1e-4)",
+                             type=positive_float)
+    preset: str | None = option(
+        None, "iwae-paper: Burda et al. 2016's set-up (200-200 tanh, 50 latents, batch 20, Adam "
+        "eps 1e-4, 3280 epochs on the 3^i schedule)", choices=sorted(PRESETS), action=PresetAction)
+    on_nan: str = option("skip", "a NaN/inf loss skips its batch (default) or stops training",
+                         choices=("skip", "stop"))
+    val_limit: int | None = option(
+        None, "validation ELBO on the first N validation examples (default: all)", type=int,
+        metavar="N")
+    amp: bool = option(False, "bfloat16 autocast for the networks while training (meant for "
+                       "CUDA; runs, slowly, on the CPU); every likelihood is evaluated in float32")
 
 
 def defaults_for_data(options: dict, kind: str, shape) -> dict:
@@ -165,7 +152,7 @@ def defaults_for_data(options: dict, kind: str, shape) -> dict:
             "real-valued vectors: no binarisation")}
     if options.get("latent_dim") is None:
         dim = math.prod(shape)
-        options["latent_dim"] = 50 if image else min(50, dim)
+        options["latent_dim"] = DEFAULT_LATENT_DIM if image else min(DEFAULT_LATENT_DIM, dim)
         notes["latent_dim"] = {"value": options["latent_dim"], "why": (
             "the image default" if image else f"the data's {dim} dimension(s), at most 50")}
     return notes
@@ -181,26 +168,27 @@ def data_options(args) -> dict:
 
 
 def build(config: dict, data):
+    """The VAE of ``config`` (or, with ``stochastic_layers=2``, the two-layer VAE)."""
     from probgen.errors import ConfigError
 
-    if config.get("stochastic_layers", 1) == 2:
+    c = Config.read(config)
+    latent = c.latent_dim or DEFAULT_LATENT_DIM
+    if c.stochastic_layers == 2:
         from probgen.models.two_layer_vae import TwoLayerVAE
 
-        if config.get("arch", "mlp") != "mlp" or config.get("likelihood", "bernoulli") != "bernoulli":
+        if c.arch != "mlp" or (c.likelihood or "bernoulli") != "bernoulli":
             raise ConfigError("--stochastic-layers 2 is an MLP with Bernoulli pixels: use --arch mlp "
                               "and --likelihood bernoulli (the defaults).")
-        if config.get("amp"):
+        if c.amp:
             raise ConfigError("--amp is not offered with --stochastic-layers 2: drop --amp.")
-        hidden = config.get("hidden") or [200, 200]
+        hidden = c.hidden or [200, 200]
         upper = [100, 100] if list(hidden) == [200, 200] else [max(1, h // 2) for h in hidden]
-        latent = config.get("latent_dim", 50)
         return TwoLayerVAE(data.shape, (2 * latent, latent), (hidden, upper),
-                           activation=config.get("activation") or "tanh")
+                           activation=c.activation or "tanh")
     from probgen.models.vae import VAE
 
-    return VAE(data.shape, config.get("latent_dim") or 50, config.get("hidden"),
-               arch=config.get("arch", "mlp"), likelihood=config.get("likelihood") or "bernoulli",
-               activation=config.get("activation"), gaussian_scale=config.get("gaussian_scale"))
+    return VAE(data.shape, latent, c.hidden, arch=c.arch, likelihood=c.likelihood or "bernoulli",
+               activation=c.activation, gaussian_scale=c.gaussian_scale)
 
 
 def validation_elbo(model, data, *, limit: int | None = None, batch_size: int = 1000) -> float | None:
@@ -227,25 +215,26 @@ def train(run, data, config, device):
     import time
 
     import pyro
+    import torch
 
     from probgen.inference.svi import fit_svi
-
-    pyro.clear_param_store()
-    model = build(config, data).to(device)
     from probgen.recipes import epoch_checkpoint, resume_epochs
 
+    c = Config.read(config)
+    if "particles" not in config and "num_particles" in config:  # config.json of older runs
+        c.particles = config["num_particles"]
+    pyro.clear_param_store()
+    model = build(config, data).to(device)
     start_epoch, start_step, optim_state, _ = resume_epochs(run, model, device)
     n = int(data.train.shape[0])
     t0 = time.perf_counter()
 
-    objective = config.get("objective", "elbo")
-    particles = config.get("particles", config.get("num_particles", 1))
     # the training loss is the negative objective: the ELBO, or IWAE-K for iwae and dreg
-    train_key, train_label = (("train_elbo", "train ELBO") if objective == "elbo"
-                              else ("train_iwae", f"train IWAE-{particles}"))
+    train_key, train_label = (("train_elbo", "train ELBO") if c.objective == "elbo"
+                              else ("train_iwae", f"train IWAE-{c.particles}"))
 
     def log_epoch(st) -> bool:
-        val = validation_elbo(model, data, limit=config.get("val_limit"))
+        val = validation_elbo(model, data, limit=c.val_limit)
         run.log(st.step, epoch=st.epoch, **{train_key: -st.epoch_loss / n}, val_elbo=val,
                 seconds=time.perf_counter() - t0, skipped=len(st.result.skipped))
         val_text = f"{val:.2f}" if val is not None else "--"
@@ -254,34 +243,29 @@ def train(run, data, config, device):
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
         return run.should_stop()
 
-    import torch
-
-    if config.get("amp"):
+    if c.amp:
         model.autocast_dtype = torch.bfloat16
-    lr = config.get("lr", 1e-3)
     callbacks = [log_epoch]
-    if config.get("lr_schedule", "constant") == "iwae":
+    staged = c.lr_schedule == "iwae"
+    if staged:
         def set_stage_lr(st) -> None:  # the rate of the next epoch, saved with the optimiser
             for group in st.optimizer.param_groups:
-                group["lr"] = iwae_schedule_lr(st.epoch, lr)
+                group["lr"] = iwae_schedule_lr(st.epoch, c.lr)
 
         callbacks.insert(0, set_stage_lr)
-    eps = config.get("adam_eps", 1e-8)
+    default_eps = Config.options()["adam_eps"].default
 
     def adam(params):
         fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-        return torch.optim.Adam(params, lr=iwae_schedule_lr(start_epoch, lr)
-                                if config.get("lr_schedule") == "iwae" else lr, eps=eps,
-                                fused=fused or None)
+        return torch.optim.Adam(params, lr=iwae_schedule_lr(start_epoch, c.lr) if staged else c.lr,
+                                eps=c.adam_eps, fused=fused or None)
 
-    if start_epoch < config["epochs"]:
-        fit_svi(model.model, model.guide, data, loss=config.get("loss", "trace"),
-                objective=config.get("objective", "elbo"),
-                num_particles=config.get("particles", config.get("num_particles", 1)),
-                model_kwargs={"num_data": n}, epochs=config["epochs"],
-                batch_size=config.get("batch_size", 100), lr=lr,
-                optim=adam if eps != 1e-8 or config.get("lr_schedule", "constant") != "constant" else None,
-                on_nan=config.get("on_nan", "skip"), callbacks=callbacks,
+    if start_epoch < c.epochs:
+        fit_svi(model.model, model.guide, data, loss=c.loss, objective=c.objective,
+                num_particles=c.particles, model_kwargs={"num_data": n}, epochs=c.epochs,
+                batch_size=c.batch_size, lr=c.lr,
+                optim=adam if c.adam_eps != default_eps or staged else None,
+                on_nan=c.on_nan, callbacks=callbacks,
                 checkpoint=epoch_checkpoint(run, model), start_epoch=start_epoch,
                 start_step=start_step, optim_state=optim_state, progress=getattr(run, "progress", run.writer),
                 seed=config["seed"])
