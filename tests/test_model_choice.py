@@ -199,7 +199,7 @@ def test_read_diagnostics_ignores_undefined_rows():
 # ----------------------------------------------------------------------------- errors
 def test_errors_name_the_argument():
     x = mixture_data(20, [0.0, 3.0], 0.5)
-    with pytest.raises(ConfigError, match="max_components must be an int >= 1; got 0"):
+    with pytest.raises(ConfigError, match="max_components must be a positive integer; got 0"):
         choose_n_components(x, 0, loo=False)
     with pytest.raises(ConfigError, match=r"at most the number of points \(20\); got 25"):
         choose_n_components(x, 25, loo=False)
