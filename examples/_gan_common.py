@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from probgen.inference.adversarial import EpochSampler, fit_gan
+from probgen.inference.adversarial import fit_gan
 from probgen.recipes import gan as recipe
 
 
@@ -16,7 +16,7 @@ def train_gan(data, *, steps: int, seed: int = 0, device="cpu", log_every: int =
     torch.manual_seed(seed)
     config = recipe.resolve_config({"seed": seed, "steps": steps, **options}, data)
     model, trainer = recipe.build(config, data, device)
-    res = fit_gan(trainer, EpochSampler(data.train, config["batch_size"], seed=seed), steps,
+    res = fit_gan(trainer, data.train, steps, batch_size=config["batch_size"], seed=seed,
                   d_steps=config["d_steps"], log_every=log_every, lr_schedule=config["lr_decay"],
                   callback=None if callback is None else (lambda step, rec: callback(step, rec, model)))
     model.eval()

@@ -35,7 +35,7 @@ import torch
 from probgen import plots
 from probgen.data import load_dataset
 from probgen.eval.modes import mode_statistics
-from probgen.inference.adversarial import EpochSampler, GANTrainer, fit_gan
+from probgen.inference.adversarial import GANTrainer, fit_gan
 from probgen.models.nets import gan_networks
 from probgen.recipes.gan import DEFAULTS
 
@@ -69,7 +69,7 @@ def train_one(data, setting: dict, *, seed: int, steps: int, snapshots=()):
                 kept[step] = g(z).detach()
                 g.train()
 
-    res = fit_gan(tr, EpochSampler(data.train, setting["batch_size"], seed=seed), steps,
+    res = fit_gan(tr, data.train, steps, batch_size=setting["batch_size"], seed=seed,
                   d_steps=setting["d_steps"], log_every=min(100, steps), callback=cb,
                   lr_schedule=setting["lr_decay"])
     with torch.no_grad():

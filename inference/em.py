@@ -171,6 +171,23 @@ class SufficientStats:
                                self.sum_xx + other.sum_xx, self.shift,
                                self.log_likelihood + other.log_likelihood, self.n + other.n)
 
+    def pooled(self, all_reduce_sum: Callable[[Tensor], Tensor]) -> SufficientStats:
+        """The statistics of all data shards: every sum over points (``nk``, ``sum_x``,
+        ``sum_xx``, ``log_likelihood``, ``n``) summed by ``all_reduce_sum`` (a tensor -> its
+        sum over processes, e.g. ``ProcessGroup.all_reduce_sum``) in one call; ``shift`` is
+        the same on every shard and is kept."""
+        sums = (self.nk, self.sum_x, self.sum_xx)
+        dtype, device = self.nk.dtype, self.nk.device
+        flat = torch.cat([*(t.reshape(-1) for t in sums),
+                          self.log_likelihood.reshape(1).to(dtype),
+                          torch.tensor([float(self.n)], dtype=dtype, device=device)])
+        flat = all_reduce_sum(flat)
+        parts = flat.split([*(t.numel() for t in sums), 1, 1])
+        nk, sx, sxx = (p.view_as(t) for p, t in zip(parts, sums))
+        return SufficientStats(nk, sx, sxx, self.shift,
+                               parts[3].reshape(()).to(self.log_likelihood.dtype),
+                               int(round(float(parts[4]))))
+
 
 @dataclass
 class EMResult:
@@ -746,7 +763,7 @@ def run_em(x: Tensor, params: MixtureParams, *, tol: float = 1e-3, max_iter: int
     callback : callable(iteration, lower_bound), optional
     reduce : callable(SufficientStats) -> SufficientStats, optional
         Pools the statistics of the data shards before the M-step: with ``x`` one process's
-        rows and :func:`probgen.distributed.all_reduce_stats`, EM across processes, where
+        rows and :meth:`SufficientStats.pooled` over the processes, EM across processes, where
         every process then takes the same M-step and the same stopping decision.
     progress : bool
         Show a bar over the iterations (up to ``max_iter``) with the mean log-likelihood, the

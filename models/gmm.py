@@ -207,7 +207,7 @@ class GaussianMixture:
 
     def _device(self, X) -> torch.device:
         if self.device is not None:
-            from probgen.runs import resolve_device
+            from probgen.devices import resolve_device
 
             return resolve_device(str(self.device))
         return X.device if isinstance(X, Tensor) else torch.device("cpu")
@@ -250,24 +250,24 @@ class GaussianMixture:
         return out
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y=None, *, data_parallel: bool = False, progress: bool = False) -> GaussianMixture:
+    def fit(self, X, y=None, *, processes=None, progress: bool = False) -> GaussianMixture:
         """Fit by EM, ``n_init`` times, keeping the best lower bound; returns ``self``.
 
         Parameters
         ----------
         X : array-like or Tensor, shape (n_samples, n_features)
         y : ignored
-        data_parallel : bool
-            Across processes (``torchrun``, :mod:`probgen.distributed`): every process passes
-            the same full ``X``; the initialisation is computed from it (the same on all),
-            and each E-step runs on this process's share of the rows, with the sufficient
-            statistics summed over processes. The fit is that of one process, to rounding.
-            Ignored in a single process.
+        processes : probgen.inference.loop.ProcessGroup, optional
+            Across processes (``torchrun``; :func:`probgen.distributed.process_group` gives
+            the hooks): every process passes the same full ``X``; the initialisation is
+            computed from it (the same on all), and each E-step runs on this process's share
+            of the rows, with the sufficient statistics summed over processes. The fit is
+            that of one process, to rounding. ``None`` or one process: all rows here.
         progress : bool
             Show a bar over the EM iterations of each initialisation (on a terminal only;
             :mod:`probgen.progress`).
         """
-        self._fit(X, stacklevel=3, data_parallel=data_parallel, progress=progress)
+        self._fit(X, stacklevel=3, processes=processes, progress=progress)
         return self
 
     def fit_predict(self, X, y=None):
@@ -275,8 +275,7 @@ class GaussianMixture:
         self._fit(X, stacklevel=3)
         return self.predict(X)
 
-    def _fit(self, X, *, stacklevel: int, data_parallel: bool = False,
-             progress: bool = False) -> None:
+    def _fit(self, X, *, stacklevel: int, processes=None, progress: bool = False) -> None:
         self._validate_params()
         dtype = _resolve_dtype(self.dtype)
         dev = self._device(X)
@@ -290,13 +289,11 @@ class GaussianMixture:
         inits = self._check_inits(d, dev, dtype)
         gen = make_generator(self.random_state)
         x_em, reduce = x, None
-        if data_parallel:
-            from probgen import distributed as pdist
+        if processes is not None and processes.distributed:
+            x_em = x.tensor_split(processes.world_size)[processes.rank]  # (about N / world, D)
 
-            dist = pdist.info()
-            if dist.distributed:
-                x_em = x.tensor_split(dist.world_size)[dist.rank]  # (about N / world, D)
-                reduce = pdist.all_reduce_stats
+            def reduce(stats):
+                return stats.pooled(processes.all_reduce_sum)
         best = None
         for i in range(self.n_init):
             start = self._initial_params(x, inits, gen)

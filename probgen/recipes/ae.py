@@ -104,7 +104,7 @@ def train(run, data, config, device):
                  batch_size=config.get("batch_size", 100), lr=config.get("lr", 1e-3),
                  on_nan=config.get("on_nan", "skip"), callbacks=[log_epoch], checkpoint=epoch_checkpoint(run, model),
                  start_epoch=start_epoch, start_step=start_step, optim_state=optim_state,
-                 progress=getattr(run, "progress", run.writer))
+                 progress=getattr(run, "progress", run.writer), seed=config.get("seed", 0))
     model.eval()
     model.fit_code_distribution(data.train)
     # the code distribution is part of the fitted model: checkpoint it too

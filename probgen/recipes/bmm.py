@@ -114,9 +114,11 @@ def train(run, data, config, device):
         return bm.as_density(event_shape=data.shape)
 
     x = data.train.reshape(data.train.shape[0], -1)            # (N, D): images flattened
+    from probgen.distributed import process_group
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        bm.fit(x, data_parallel=True, progress=getattr(run, "progress", run.writer))
+        bm.fit(x, processes=process_group(), progress=getattr(run, "progress", run.writer))
     if not run.writer:  # across processes: rank 0 scores, logs and saves the same fit
         return bm.as_density(event_shape=data.shape)
     for it, lb in enumerate(bm.lower_bounds_, start=1):

@@ -111,9 +111,11 @@ def train(run, data, config, device):
     # (N, D): images flattened; dequantized data get one seeded draw of their noise (EM
     # fits the whole set at once, so there are no epochs to draw afresh in)
     x = _values(data, "train", config["seed"])
+    from probgen.distributed import process_group
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        gm.fit(x, data_parallel=True, progress=getattr(run, "progress", run.writer))
+        gm.fit(x, processes=process_group(), progress=getattr(run, "progress", run.writer))
     if not run.writer:  # across processes: rank 0 scores, logs and saves the same fit
         return gm.as_density(event_shape=data.shape)
     for it, lb in enumerate(gm.lower_bounds_, start=1):

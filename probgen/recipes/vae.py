@@ -228,6 +228,7 @@ def train(run, data, config, device):
 
     import pyro
 
+    from probgen.distributed import process_group
     from probgen.inference.svi import fit_svi
 
     pyro.clear_param_store()
@@ -284,7 +285,7 @@ def train(run, data, config, device):
                 on_nan=config.get("on_nan", "skip"), callbacks=callbacks,
                 checkpoint=epoch_checkpoint(run, model), start_epoch=start_epoch,
                 start_step=start_step, optim_state=optim_state, progress=getattr(run, "progress", run.writer),
-                seed=config["seed"])
+                seed=config["seed"], processes=process_group())
     model.autocast_dtype = None
     model.eval()
     return model
