@@ -23,7 +23,7 @@ DEQUANTIZE_MODES = ("none", "auto", "on")
 
 
 def _bernoulli(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    from probgen.data.transforms import bernoulli_pixels
+    from probgen.data.batching import bernoulli_pixels
 
     if generator is not None and generator.device != x.device:
         generator = None
