@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from probgen.inference.adversarial import EpochSampler, fit_gan
+from probgen.inference.adversarial import fit_gan
 from probgen.recipes import gan as recipe
 
 
@@ -51,7 +51,7 @@ def fit(trainer, data, config: dict, *, steps: int, seed: int = 0, log_every: in
         callback=None):
     """``steps`` steps of ``trainer`` on ``data.train`` with the config's batch size,
     discriminator steps and learning-rate schedule; ``callback(step, record)``."""
-    return fit_gan(trainer, EpochSampler(data.train, config["batch_size"], seed=seed), steps,
+    return fit_gan(trainer, data.train, steps, batch_size=config["batch_size"], seed=seed,
                    d_steps=config["d_steps"], log_every=log_every, lr_schedule=config["lr_decay"],
                    callback=callback)
 

@@ -6,6 +6,8 @@ One algorithm per module; this table of contents imports them lazily, so that
 =================  ==========================================================================
 module             what it does
 =================  ==========================================================================
+``loop``           :func:`train_loop`: steps, NaN policy, stopping, callbacks, checkpoints;
+                   the process-group operations come in as :class:`ProcessGroup` hooks
 ``svi``            :func:`fit_svi` trains any Pyro model/guide pair on ``Trace_ELBO`` (NaN-safe)
 ``objectives``     :class:`IWAE` and :class:`DReG`: importance-weighted training objectives
 ``bounds``         :func:`elbo` and :func:`iwae_bound` per example, chunked over samples
@@ -24,7 +26,9 @@ module             what it does
 import importlib
 
 _EXPORTS = {
-    "fit_svi": "svi", "fit_loss": "svi", "FitResult": "svi",
+    "train_loop": "loop", "LoopOptions": "loop", "ProcessGroup": "loop", "FitResult": "loop",
+    "FitState": "loop",
+    "fit_svi": "svi", "fit_loss": "svi",
     "IWAE": "objectives", "DReG": "objectives", "make_objective": "objectives",
     "elbo": "bounds", "iwae_bound": "bounds", "ELBORecord": "bounds", "IWAERecord": "bounds",
     "program_elbo": "program_bounds", "program_iwae_bound": "program_bounds",
@@ -35,7 +39,7 @@ _EXPORTS = {
     "gaussian_observation": "ais", "AISResult": "ais", "BDMCResult": "ais",
     "AISOptions": "ais", "hmc_transition": "hmc", "best_on_grid": "grid",
     "parzen": "parzen", "select_bandwidth": "parzen", "PARZEN_WARNING": "parzen",
-    "run_em": "em", "e_step": "em", "m_step": "em", "ConvergenceWarning": "em",
+    "run_em": "em", "best_of_em": "em", "e_step": "em", "m_step": "em", "ConvergenceWarning": "em",
     "KMeans": "kmeans", "kmeans_plusplus": "kmeans", "lloyd": "kmeans",
     "fit_forward_kl": "kl", "fit_reverse_kl": "kl", "kl_monte_carlo": "kl",
     "kl_quadrature_1d": "kl", "StratifiedMixtureELBO": "kl",

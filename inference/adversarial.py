@@ -15,8 +15,8 @@ trajectories being sensitive to rounding). The discriminator step runs ONE forwa
 real and generated data concatenated (and, for WGAN-GP, the interpolates too): with
 BatchNorm in the discriminator this keeps the pass that is differentiated in one place (the
 known DistributedDataParallel + BatchNorm in-place error of two passes does not arise).
-BatchNorm layers built by :mod:`probgen.models.nets` take their statistics per group in that
-pass (:func:`probgen.models.nets.batch_groups`): the real and the generated half are each
+BatchNorm layers that can take their statistics per group (those built by
+:mod:`probgen.models.nets`) do so in that pass (:func:`batch_groups`): the real and the generated half are each
 normalised by their own mean and variance, exactly as in two separate passes (pytorch/examples'
 DCGAN; "construct different mini-batches for real and fake", ganhacks), so the generator step
 judges the generated batch alone and gets the same normalisation the discriminator step gave
@@ -40,10 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from probgen.errors import ConfigError, DivergedError, suggest
-from probgen.models.nets import batch_groups, gan_uses_batch_statistics, has_grouped_batch_norm
+from probgen.inference.loop import SINGLE_PROCESS, ProcessGroup
 
-__all__ = ["GANLoss", "LOSSES", "get_loss", "GANTrainer", "EpochSampler", "fit_gan", "GANFitResult",
-           "LR_SCHEDULES", "linear_decay"]
+__all__ = ["GANLoss", "LOSSES", "get_loss", "GANTrainer", "fit_gan", "GANFitResult",
+           "LR_SCHEDULES", "linear_decay", "batch_groups", "has_grouped_batch_norm",
+           "gan_uses_batch_statistics"]
 
 
 # ----------------------------------------------------------------------------- losses
@@ -118,6 +119,49 @@ def get_loss(name: str) -> GANLoss:
     return LOSSES[name]
 
 
+# ----------------------------------------------------------------------------- batch statistics
+def _batch_norms(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def gan_uses_batch_statistics(module: nn.Module) -> bool:
+    """True when ``module`` holds a BatchNorm layer (its output depends on the whole batch)."""
+    return bool(_batch_norms(module))
+
+
+def _groupable(m: nn.Module) -> bool:
+    # a BatchNorm layer that takes its statistics per block of examples while its ``groups``
+    # attribute is k (probgen.models.nets.GroupedBatchNorm1d/2d)
+    return isinstance(getattr(m, "groups", None), int)
+
+
+def has_grouped_batch_norm(module: nn.Module) -> bool:
+    """True when every BatchNorm layer of ``module`` can take per-group statistics."""
+    bns = _batch_norms(module)
+    return bool(bns) and all(_groupable(m) for m in bns)
+
+
+class batch_groups:  # noqa: N801 - used as a function-like context manager
+    """``with batch_groups(module, k):`` every BatchNorm layer of ``module`` that can
+    (:class:`probgen.models.nets.GroupedBatchNorm1d`/``2d``) takes its batch statistics per
+    block of B / k consecutive examples."""
+
+    def __init__(self, module: nn.Module, groups: int):
+        self.layers = [m for m in _batch_norms(module) if _groupable(m)]
+        self.groups = int(groups)
+
+    def __enter__(self):
+        self.before = [m.groups for m in self.layers]
+        for m in self.layers:
+            m.groups = self.groups
+        return self
+
+    def __exit__(self, *exc):
+        for m, g in zip(self.layers, self.before):
+            m.groups = g
+        return False
+
+
 # ----------------------------------------------------------------------------- trainer
 def _set_requires_grad(module: nn.Module, flag: bool) -> None:
     for p in module.parameters():
@@ -143,11 +187,16 @@ class GANTrainer:
     amp : bool
         bfloat16 autocast of the networks' passes, on the networks' device (meant for CUDA;
         it runs on the CPU too). The losses are computed in float32.
+    processes : ProcessGroup
+        Across processes (:func:`probgen.distributed.process_group`): the networks are wrapped
+        by its ``wrap_module`` (``DistributedDataParallel``) and each process draws its slice
+        of the global batch's noise. Default: one process.
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, *, latent_dim: int,
                  loss: str = "ns", lr: float = 2e-4, lr_d: float | None = None,
-                 betas=(0.5, 0.999), amp: bool = False):
+                 betas=(0.5, 0.999), amp: bool = False,
+                 processes: ProcessGroup = SINGLE_PROCESS):
         self.G, self.D = generator, discriminator
         self.latent_dim = int(latent_dim)
         self.loss_name = loss
@@ -174,11 +223,9 @@ class GANTrainer:
         # generator step; the other network runs unwrapped there (no gradient to share).
         # broadcast_buffers=False: each process keeps its BatchNorm running statistics, and the
         # two D passes of a step do not trip DDP's in-place buffer broadcast.
-        from probgen import distributed as pdist
-
-        self._dist = pdist.info()
-        self._G_sync = pdist.wrap_ddp(generator, self.device)
-        self._D_sync = pdist.wrap_ddp(discriminator, self.device)
+        self.processes = processes
+        self._G_sync = processes.wrap_module(generator, self.device)
+        self._D_sync = processes.wrap_module(discriminator, self.device)
 
     @property
     def device(self) -> torch.device:
@@ -193,12 +240,12 @@ class GANTrainer:
         """``n`` latent draws. Across processes every process draws the noise of the whole
         global batch (their RNGs agree) and keeps its slice, so that a step in N processes
         is the step of one process with the global batch."""
-        d = self._dist
+        d = self.processes
         z = torch.randn(n * d.world_size, self.latent_dim, device=self.device)
         return z[d.rank * n:(d.rank + 1) * n] if d.distributed else z
 
     def _uniform(self, n: int, *shape) -> torch.Tensor:
-        d = self._dist
+        d = self.processes
         u = torch.rand(n * d.world_size, *shape, device=self.device)
         return u[d.rank * n:(d.rank + 1) * n] if d.distributed else u
 
@@ -334,41 +381,7 @@ class GANTrainer:
         self.step_count = int(state["step"])
 
 
-# ----------------------------------------------------------------------------- data and loop
-class EpochSampler:
-    """Minibatches of a tensor, epoch by epoch, reproducible from (seed, batch index).
-
-    Batch k of a run is a function of ``seed`` and k alone (epoch e is shuffled by a
-    generator seeded with ``seed`` and e), so a resumed run sees the same batches as an
-    uninterrupted one without saving any iterator state. Incomplete last batches are dropped.
-    """
-
-    def __init__(self, x: torch.Tensor, batch_size: int, *, seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
-        gb = int(batch_size) * int(world_size)
-        if batch_size < 1 or gb > x.shape[0]:
-            across = f" ({world_size} processes x {batch_size})" if world_size > 1 else ""
-            raise ConfigError(
-                f"batch size{across} must be between 1 and the {x.shape[0]} training examples; "
-                f"got {gb}. Lower --batch-size."
-            )
-        self.x, self.batch_size, self.seed = x, int(batch_size), int(seed)
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.per_epoch = x.shape[0] // gb
-        self._epoch, self._perm = -1, None
-
-    def batch(self, k: int) -> torch.Tensor:
-        """Batch ``k``; across processes, this process's slice of global batch ``k``."""
-        epoch, pos = divmod(int(k), self.per_epoch)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(self.x.shape[0], generator=g).to(self.x.device)
-            self._epoch = epoch
-        b, gb = self.batch_size, self.batch_size * self.world_size
-        start = pos * gb + self.rank * b
-        return self.x[self._perm[start:start + b]]
-
-
+# ----------------------------------------------------------------------------- the loop
 @dataclass
 class GANFitResult:
     """What :func:`fit_gan` returns: the trainer (fitted networks inside) and the log."""
@@ -391,19 +404,25 @@ def linear_decay(step: int, steps: int, *, start: float = 0.5) -> float:
 LR_SCHEDULES = {"none": None, "linear": linear_decay}
 
 
-def fit_gan(trainer: GANTrainer, sampler: EpochSampler, steps: int, *, d_steps: int = 1,
-            log_every: int = 100, callback: Callable[[int, dict], None] | None = None,
+def fit_gan(trainer: GANTrainer, data, steps: int, *, batch_size: int, seed: int = 0,
+            d_steps: int = 1, log_every: int = 100,
+            callback: Callable[[int, dict], None] | None = None,
             should_stop: Callable[[], bool] | None = None,
             lr_schedule: str = "none", on_step: Callable[[int], None] | None = None,
             progress: bool = False) -> GANFitResult:
     """Train from ``trainer.step_count`` up to ``steps`` steps.
 
-    Each step draws ``d_steps`` real batches for as many discriminator steps, then takes a
-    generator step. Every ``log_every`` steps (and at the last) the record ``{"step",
-    "loss_d", "loss_g", "d_real", "d_fake"}`` (means since the previous record) goes to the
-    history and to ``callback(step, record)``. ``on_step(step)`` runs after every step (after
-    the callback; checkpoints go there). ``should_stop()`` is asked after every step;
-    when it is true the loop returns early (``trainer.step_count < steps``). ``lr_schedule``
+    ``data`` is a :class:`probgen.data.Dataset` (its train split, through its training
+    transform) or a tensor (N, *shape). Real batches of ``batch_size`` (per process, across
+    the trainer's processes) come from :func:`probgen.data.batching.batch_stream`: batch k of
+    the run is a function of ``(seed, k)``, so a run resumed at any step sees the batches an
+    uninterrupted one would; incomplete batches are dropped. Each step draws ``d_steps`` real
+    batches for as many discriminator steps, then takes a generator step. Every ``log_every``
+    steps (and at the last) the record ``{"step", "loss_d", "loss_g", "d_real", "d_fake"}``
+    (means since the previous record, over all processes) goes to the history and to
+    ``callback(step, record)``. ``on_step(step)`` runs after every step (after the callback;
+    checkpoints go there). ``should_stop()`` is asked after every step, and when it is true
+    on any process the loop returns early (``trainer.step_count < steps``). ``lr_schedule``
     names a key of :data:`LR_SCHEDULES` (``"linear"``: constant, then linear decay to 0 over
     the second half). ``progress`` shows a bar over the steps with the last record's losses,
     the rate and the time left (:mod:`probgen.progress`: on a terminal only).
@@ -413,9 +432,16 @@ def fit_gan(trainer: GANTrainer, sampler: EpochSampler, steps: int, *, d_steps: 
     schedule = LR_SCHEDULES[lr_schedule]
     import time
 
-    from probgen import distributed as pdist
+    from probgen.data.batching import batch_stream
     from probgen.progress import bar as progress_bar
 
+    group = trainer.processes
+    start = trainer.step_count * d_steps
+    where = dict(seed=seed, start=start, rank=group.rank, world_size=group.world_size)
+    if hasattr(data, "stream"):
+        reals = data.stream(batch_size, **where)
+    else:
+        reals = (b[0] for b in batch_stream((data,), batch_size, **where))
     t0 = time.perf_counter()
     bar = progress_bar(steps, initial=trainer.step_count, desc="GAN", unit="step", progress=progress)
     history: list[dict] = []
@@ -424,16 +450,15 @@ def fit_gan(trainer: GANTrainer, sampler: EpochSampler, steps: int, *, d_steps: 
     while trainer.step_count < steps:
         if schedule is not None:
             trainer.set_lr_factor(schedule(trainer.step_count, steps))
-        k = trainer.step_count * d_steps
-        reals = [sampler.batch(k + i) for i in range(d_steps)]
-        rec = trainer.step(reals[-1], d_steps_reals=reals)
+        batches = [next(reals) for _ in range(d_steps)]
+        rec = trainer.step(batches[-1], d_steps_reals=batches)
         for key, v in rec.items():
             acc[key] = acc.get(key, 0.0) + v
         count += 1
         bar.update(1)
         if trainer.step_count % log_every == 0 or trainer.step_count == steps:
             means = torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in acc.values()]) / count
-            means = pdist.all_reduce_mean(means)  # over processes too
+            means = group.all_reduce_mean(means)  # over processes too
             out = {"step": trainer.step_count, **{k2: float(v) for k2, v in zip(acc, means)}}
             history.append(out)
             acc, count = {}, 0
@@ -443,7 +468,7 @@ def fit_gan(trainer: GANTrainer, sampler: EpochSampler, steps: int, *, d_steps: 
                 callback(trainer.step_count, out)
         if on_step is not None:
             on_step(trainer.step_count)
-        if should_stop is not None and should_stop():
+        if should_stop is not None and group.any_true(bool(should_stop())):
             break
     bar.close()
     return GANFitResult(trainer, history, time.perf_counter() - t0)

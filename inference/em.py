@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 
 from probgen.errors import ProbgenError
+from probgen.inference.kmeans import KMeans, kmeans_plusplus
 from probgen.progress import bar as progress_bar
 
 __all__ = [
@@ -75,6 +76,9 @@ __all__ = [
     "compute_precision_cholesky",
     "precision_cholesky_from_precisions",
     "run_em",
+    "best_of_em",
+    "start_from_responsibilities",
+    "INITIALISERS",
     "warn_not_converged",
 ]
 
@@ -170,6 +174,23 @@ class SufficientStats:
         return SufficientStats(self.nk + other.nk, self.sum_x + other.sum_x,
                                self.sum_xx + other.sum_xx, self.shift,
                                self.log_likelihood + other.log_likelihood, self.n + other.n)
+
+    def pooled(self, all_reduce_sum: Callable[[Tensor], Tensor]) -> SufficientStats:
+        """The statistics of all data shards: every sum over points (``nk``, ``sum_x``,
+        ``sum_xx``, ``log_likelihood``, ``n``) summed by ``all_reduce_sum`` (a tensor -> its
+        sum over processes, e.g. ``ProcessGroup.all_reduce_sum``) in one call; ``shift`` is
+        the same on every shard and is kept."""
+        sums = (self.nk, self.sum_x, self.sum_xx)
+        dtype, device = self.nk.dtype, self.nk.device
+        flat = torch.cat([*(t.reshape(-1) for t in sums),
+                          self.log_likelihood.reshape(1).to(dtype),
+                          torch.tensor([float(self.n)], dtype=dtype, device=device)])
+        flat = all_reduce_sum(flat)
+        parts = flat.split([*(t.numel() for t in sums), 1, 1])
+        nk, sx, sxx = (p.view_as(t) for p, t in zip(parts, sums))
+        return SufficientStats(nk, sx, sxx, self.shift,
+                               parts[3].reshape(()).to(self.log_likelihood.dtype),
+                               int(round(float(parts[4]))))
 
 
 @dataclass
@@ -746,7 +767,7 @@ def run_em(x: Tensor, params: MixtureParams, *, tol: float = 1e-3, max_iter: int
     callback : callable(iteration, lower_bound), optional
     reduce : callable(SufficientStats) -> SufficientStats, optional
         Pools the statistics of the data shards before the M-step: with ``x`` one process's
-        rows and :func:`probgen.distributed.all_reduce_stats`, EM across processes, where
+        rows and :meth:`SufficientStats.pooled` over the processes, EM across processes, where
         every process then takes the same M-step and the same stopping decision.
     progress : bool
         Show a bar over the iterations (up to ``max_iter``) with the mean log-likelihood, the
@@ -786,6 +807,66 @@ def run_em(x: Tensor, params: MixtureParams, *, tol: float = 1e-3, max_iter: int
             break
     bar.close()
     return result
+
+
+def start_from_responsibilities(x: Tensor, resp: Tensor, covariance_type: str,
+                                reg_covar: float) -> MixtureParams:
+    """The M-step of responsibilities ``resp`` (N, K) of ``x`` (N, D): EM's starting point, with
+    scikit-learn's initial weights (the masses divided by n_samples, not by their sum)."""
+    stats = stats_from_responsibilities(x, resp, covariance_type)
+    p = m_step(stats, covariance_type, reg_covar, dtype=x.dtype)
+    p.weights = (stats.nk + 10 * torch.finfo(stats.nk.dtype).eps).to(x.dtype) / x.shape[0]
+    return p
+
+
+def best_of_em(x: Tensor, start: Callable[[], MixtureParams], n_init: int, *, tol: float,
+               max_iter: int, reg_covar: float,
+               reduce: Callable[[SufficientStats], SufficientStats] | None = None,
+               progress: bool = False) -> EMResult:
+    """:func:`run_em` from ``n_init`` starts (``start()`` gives each), keeping the run whose
+    last lower bound is the highest (the first among equals)."""
+    best = None
+    for i in range(n_init):
+        res = run_em(x, start(), tol=tol, max_iter=max_iter, reg_covar=reg_covar, reduce=reduce,
+                     progress=progress, desc=f"EM {i + 1}/{n_init}" if n_init > 1 else "EM")
+        lb = res.lower_bounds[-1] if res.lower_bounds else -math.inf
+        if best is None or lb > best[0]:
+            best = (lb, res)
+    return best[1]
+
+
+# ----------------------------------------------------------------------------- starts
+# init_params -> function (x (N, D), K, generator) -> responsibilities (N, K)
+def _init_kmeans(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    labels = KMeans(k, n_init=1, random_state=gen, dtype=x.dtype, device=x.device).fit(x).labels_
+    return torch.nn.functional.one_hot(labels, k).to(x.dtype)
+
+
+def _init_kmeans_pp(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    _, idx = kmeans_plusplus(x, k, generator=gen)
+    resp = torch.zeros(x.shape[0], k, dtype=x.dtype, device=x.device)
+    resp[idx, torch.arange(k, device=x.device)] = 1.0
+    return resp
+
+
+def _init_random(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    resp = torch.rand(x.shape[0], k, generator=gen, dtype=x.dtype).to(x.device)
+    return resp / resp.sum(1, keepdim=True)
+
+
+def _init_random_from_data(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    idx = torch.randperm(x.shape[0], generator=gen)[:k].to(x.device)
+    resp = torch.zeros(x.shape[0], k, dtype=x.dtype, device=x.device)
+    resp[idx, torch.arange(k, device=x.device)] = 1.0
+    return resp
+
+
+INITIALISERS: dict[str, Callable[[Tensor, int, torch.Generator], Tensor]] = {
+    "kmeans": _init_kmeans,              # hard labels of one k-means run (k-means++ seeded)
+    "k-means++": _init_kmeans_pp,        # one point per component, chosen by k-means++
+    "random": _init_random,              # uniform random responsibilities
+    "random_from_data": _init_random_from_data,  # one random point per component
+}
 
 
 def warn_not_converged(n_init: int, max_iter: int, tol: float, stacklevel: int) -> None:

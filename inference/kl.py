@@ -37,7 +37,6 @@ standard error) and, in 1-D, with :func:`kl_quadrature_1d`.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -195,8 +194,8 @@ def fit_forward_kl(samples: torch.Tensor, n_components: int = 1, *, n_init: int 
     """Minimise KL(p || q) over mixtures q of ``n_components`` Gaussians, given samples of p.
 
     ``KL(p||q) = -H(p) - E_p[log q]``, and ``H(p)`` does not depend on q, so this is maximum
-    likelihood of q on the samples, by EM with full covariances
-    (:class:`probgen.models.gmm.GaussianMixture`). For a single Gaussian the
+    likelihood of q on the samples, by EM with full covariances (:mod:`probgen.inference.em`,
+    as :class:`probgen.models.gmm.GaussianMixture` fits). For a single Gaussian the
     optimum is moment matching, which the first M-step computes exactly. For a mixture the
     likelihood has local optima: each of the ``n_init`` starts is k-means++ seeded, and the
     start that ends with the highest likelihood is kept.
@@ -240,21 +239,32 @@ def fit_forward_kl(samples: torch.Tensor, n_components: int = 1, *, n_init: int 
             raise ConfigError(f"init_locs must have shape (n_components, D) = ({k}, {x.shape[1]}) "
                               f"and come with n_init=1; got shape {tuple(init_locs.shape)} and "
                               f"n_init={n_init}.")
-    from probgen.models.gmm import GaussianMixture
-
-    gm = GaussianMixture(
-        k, covariance_type="full", tol=tol, reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
-        init_params="k-means++", means_init=init_locs, random_state=seed, dtype=x.dtype,
+    from probgen.inference.em import (
+        INITIALISERS,
+        best_of_em,
+        start_from_responsibilities,
+        warn_not_converged,
+        weighted_log_prob,
     )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        gm.fit(x)
-    for w in caught:  # re-issued at the caller's line
-        warnings.warn(w.message, w.category, stacklevel=2)
-    locs = gm.means_.to(x.dtype)
-    trils = torch.linalg.cholesky(gm.covariances_.to(x.dtype))
-    weights = gm.weights_.to(x.dtype)
-    history = list(gm.lower_bounds_) + [float(gm.score(x))]
+    from probgen.inference.kmeans import make_generator
+
+    gen = make_generator(seed)
+
+    def start():  # k-means++ seeded; the given centres replace its means (scikit-learn's means_init)
+        p = start_from_responsibilities(x, INITIALISERS["k-means++"](x, k, gen), "full", reg_covar)
+        if init_locs is not None:
+            p.means = init_locs
+        return p
+
+    res = best_of_em(x, start, n_init, tol=tol, max_iter=max_iter, reg_covar=reg_covar)
+    if not res.converged and max_iter > 0:
+        warn_not_converged(n_init, max_iter, tol, stacklevel=3)  # the caller, past no_grad
+    p = res.params
+    locs = p.means.to(x.dtype)
+    trils = torch.linalg.cholesky(p.covariances.to(x.dtype))
+    weights = p.weights.to(x.dtype)
+    score = float(torch.logsumexp(weighted_log_prob(x, p), 1).mean(dtype=torch.float64))
+    history = list(res.lower_bounds) + [score]
     return KLFit("forward", locs, trils, weights, [-v for v in history])
 
 

@@ -314,7 +314,7 @@ class KMeans:
 
     def _device(self, x):
         if self.device is not None:
-            from probgen.runs import resolve_device
+            from probgen.devices import resolve_device
 
             return resolve_device(str(self.device))
         return x.device if isinstance(x, Tensor) else torch.device("cpu")

@@ -24,7 +24,6 @@ McLachlan and Peel, "Finite Mixture Models" (2000).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -32,50 +31,17 @@ from torch import Tensor
 from probgen.errors import ConfigError, DataError, NotFittedError, suggest
 from probgen.inference.em import (
     COVARIANCE_TYPES,
+    INITIALISERS,
     MixtureParams,
-    m_step,
-    run_em,
-    stats_from_responsibilities,
+    best_of_em,
+    start_from_responsibilities,
     warn_not_converged,
     weighted_log_prob,
 )
-from probgen.inference.kmeans import KMeans, as_2d_tensor, kmeans_plusplus, make_generator
+from probgen.inference.kmeans import as_2d_tensor, make_generator
 
 __all__ = ["GaussianMixture", "MixtureDensity", "INITIALISERS"]
 
-
-# ============================================================================ initialisers
-# init_params -> function (x (N, D), K, generator) -> responsibilities (N, K)
-def _init_kmeans(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
-    labels = KMeans(k, n_init=1, random_state=gen, dtype=x.dtype, device=x.device).fit(x).labels_
-    return torch.nn.functional.one_hot(labels, k).to(x.dtype)
-
-
-def _init_kmeans_pp(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
-    _, idx = kmeans_plusplus(x, k, generator=gen)
-    resp = torch.zeros(x.shape[0], k, dtype=x.dtype, device=x.device)
-    resp[idx, torch.arange(k, device=x.device)] = 1.0
-    return resp
-
-
-def _init_random(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
-    resp = torch.rand(x.shape[0], k, generator=gen, dtype=x.dtype).to(x.device)
-    return resp / resp.sum(1, keepdim=True)
-
-
-def _init_random_from_data(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
-    idx = torch.randperm(x.shape[0], generator=gen)[:k].to(x.device)
-    resp = torch.zeros(x.shape[0], k, dtype=x.dtype, device=x.device)
-    resp[idx, torch.arange(k, device=x.device)] = 1.0
-    return resp
-
-
-INITIALISERS: dict[str, Callable[[Tensor, int, torch.Generator], Tensor]] = {
-    "kmeans": _init_kmeans,              # hard labels of one k-means run (k-means++ seeded)
-    "k-means++": _init_kmeans_pp,        # one point per component, chosen by k-means++
-    "random": _init_random,              # uniform random responsibilities
-    "random_from_data": _init_random_from_data,  # one random point per component
-}
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -207,7 +173,7 @@ class GaussianMixture:
 
     def _device(self, X) -> torch.device:
         if self.device is not None:
-            from probgen.runs import resolve_device
+            from probgen.devices import resolve_device
 
             return resolve_device(str(self.device))
         return X.device if isinstance(X, Tensor) else torch.device("cpu")
@@ -250,24 +216,24 @@ class GaussianMixture:
         return out
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y=None, *, data_parallel: bool = False, progress: bool = False) -> GaussianMixture:
+    def fit(self, X, y=None, *, processes=None, progress: bool = False) -> GaussianMixture:
         """Fit by EM, ``n_init`` times, keeping the best lower bound; returns ``self``.
 
         Parameters
         ----------
         X : array-like or Tensor, shape (n_samples, n_features)
         y : ignored
-        data_parallel : bool
-            Across processes (``torchrun``, :mod:`probgen.distributed`): every process passes
-            the same full ``X``; the initialisation is computed from it (the same on all),
-            and each E-step runs on this process's share of the rows, with the sufficient
-            statistics summed over processes. The fit is that of one process, to rounding.
-            Ignored in a single process.
+        processes : probgen.inference.loop.ProcessGroup, optional
+            Across processes (``torchrun``; :func:`probgen.distributed.process_group` gives
+            the hooks): every process passes the same full ``X``; the initialisation is
+            computed from it (the same on all), and each E-step runs on this process's share
+            of the rows, with the sufficient statistics summed over processes. The fit is
+            that of one process, to rounding. ``None`` or one process: all rows here.
         progress : bool
             Show a bar over the EM iterations of each initialisation (on a terminal only;
             :mod:`probgen.progress`).
         """
-        self._fit(X, stacklevel=3, data_parallel=data_parallel, progress=progress)
+        self._fit(X, stacklevel=3, processes=processes, progress=progress)
         return self
 
     def fit_predict(self, X, y=None):
@@ -275,8 +241,7 @@ class GaussianMixture:
         self._fit(X, stacklevel=3)
         return self.predict(X)
 
-    def _fit(self, X, *, stacklevel: int, data_parallel: bool = False,
-             progress: bool = False) -> None:
+    def _fit(self, X, *, stacklevel: int, processes=None, progress: bool = False) -> None:
         self._validate_params()
         dtype = _resolve_dtype(self.dtype)
         dev = self._device(X)
@@ -290,23 +255,15 @@ class GaussianMixture:
         inits = self._check_inits(d, dev, dtype)
         gen = make_generator(self.random_state)
         x_em, reduce = x, None
-        if data_parallel:
-            from probgen import distributed as pdist
+        if processes is not None and processes.distributed:
+            x_em = x.tensor_split(processes.world_size)[processes.rank]  # (about N / world, D)
 
-            dist = pdist.info()
-            if dist.distributed:
-                x_em = x.tensor_split(dist.world_size)[dist.rank]  # (about N / world, D)
-                reduce = pdist.all_reduce_stats
-        best = None
-        for i in range(self.n_init):
-            start = self._initial_params(x, inits, gen)
-            res = run_em(x_em, start, tol=self.tol, max_iter=self.max_iter,
-                         reg_covar=self._regularisation(), reduce=reduce, progress=progress,
-                         desc=f"EM {i + 1}/{self.n_init}" if self.n_init > 1 else "EM")
-            lb = res.lower_bounds[-1] if res.lower_bounds else -math.inf
-            if best is None or lb > best[0]:
-                best = (lb, res)
-        lb, res = best
+            def reduce(stats):
+                return stats.pooled(processes.all_reduce_sum)
+        res = best_of_em(x_em, lambda: self._initial_params(x, inits, gen), self.n_init,
+                         tol=self.tol, max_iter=self.max_iter, reg_covar=self._regularisation(),
+                         reduce=reduce, progress=progress)
+        lb = res.lower_bounds[-1] if res.lower_bounds else -math.inf
         self._set_params(res.params)
         self.converged_ = bool(res.converged)
         self.n_iter_ = int(res.n_iter)
@@ -325,13 +282,9 @@ class GaussianMixture:
 
     def _initial_params(self, x: Tensor, inits: dict, gen: torch.Generator) -> MixtureParams:
         ct = COVARIANCE_TYPES[self.covariance_type]
-        n = x.shape[0]
         if len(inits) < 3:
             resp = INITIALISERS[self.init_params](x, self.n_components, gen)
-            stats = stats_from_responsibilities(x, resp, self.covariance_type)
-            p = m_step(stats, self.covariance_type, self.reg_covar, dtype=x.dtype)
-            # scikit-learn divides the initial masses by n_samples, not by their sum
-            p.weights = (stats.nk + 10 * torch.finfo(stats.nk.dtype).eps).to(x.dtype) / n
+            p = start_from_responsibilities(x, resp, self.covariance_type, self.reg_covar)
         else:
             p = MixtureParams(None, None, None, None, self.covariance_type)
         if "weights_init" in inits:

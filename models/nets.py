@@ -273,7 +273,8 @@ def _gan_sn(module: _gan_nn.Module, norm: str) -> _gan_nn.Module:
 class _GroupedBatchNorm:
     """BatchNorm whose batch statistics are taken per group of consecutive examples.
 
-    While ``groups`` is k > 1 (set by :func:`batch_groups`), a training-mode forward pass over
+    While ``groups`` is k > 1 (set by :func:`probgen.inference.adversarial.batch_groups`), a
+    training-mode forward pass over
     a batch of k * n examples normalises each block of n consecutive examples with its own
     mean and variance and updates the running statistics once per block, in order: exactly
     what k separate passes over the blocks would do. A discriminator judging a real and a
@@ -314,37 +315,13 @@ class _GroupedBatchNorm:
 
 
 class GroupedBatchNorm1d(_GroupedBatchNorm, _gan_nn.BatchNorm1d):
-    """:class:`torch.nn.BatchNorm1d` with per-group batch statistics (see :func:`batch_groups`)."""
+    """:class:`torch.nn.BatchNorm1d` with per-group batch statistics (see
+    :func:`probgen.inference.adversarial.batch_groups`)."""
 
 
 class GroupedBatchNorm2d(_GroupedBatchNorm, _gan_nn.BatchNorm2d):
-    """:class:`torch.nn.BatchNorm2d` with per-group batch statistics (see :func:`batch_groups`)."""
-
-
-class batch_groups:  # noqa: N801 - used as a function-like context manager
-    """``with batch_groups(module, k):`` every :class:`GroupedBatchNorm1d`/``2d`` layer of
-    ``module`` takes its batch statistics per block of B / k consecutive examples."""
-
-    def __init__(self, module: _gan_nn.Module, groups: int):
-        self.layers = [m for m in module.modules() if isinstance(m, _GroupedBatchNorm)]
-        self.groups = int(groups)
-
-    def __enter__(self):
-        self.before = [m.groups for m in self.layers]
-        for m in self.layers:
-            m.groups = self.groups
-        return self
-
-    def __exit__(self, *exc):
-        for m, g in zip(self.layers, self.before):
-            m.groups = g
-        return False
-
-
-def has_grouped_batch_norm(module: _gan_nn.Module) -> bool:
-    """True when every BatchNorm layer of ``module`` can take per-group statistics."""
-    bns = [m for m in module.modules() if isinstance(m, _gan_nn.modules.batchnorm._BatchNorm)]
-    return bool(bns) and all(isinstance(m, _GroupedBatchNorm) for m in bns)
+    """:class:`torch.nn.BatchNorm2d` with per-group batch statistics (see
+    :func:`probgen.inference.adversarial.batch_groups`)."""
 
 
 class MLPGenerator(_gan_nn.Module):
@@ -536,8 +513,3 @@ class _ShapeToFlat(_gan_nn.Module):
 
     def forward(self, x):
         return self.net(x.flatten(1))
-
-
-def gan_uses_batch_statistics(module: _gan_nn.Module) -> bool:
-    """True when ``module`` holds a BatchNorm layer (its output depends on the whole batch)."""
-    return any(isinstance(m, _gan_nn.modules.batchnorm._BatchNorm) for m in module.modules())

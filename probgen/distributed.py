@@ -6,9 +6,11 @@ one and every function here is then a no-op, so training code calls them uncondi
 
 Batches: every process draws the same seeded permutation of the training set for an epoch
 (the role of ``DistributedSampler.set_epoch``), cuts it into global batches, and takes its own
-slice of each. With ``B`` examples per process, one step of ``N`` processes sees exactly the
-global batch that one process with ``N * B`` examples would see, so that, with gradients
-averaged by ``DistributedDataParallel``, the parameters follow the single-process run.
+slice of each (:mod:`probgen.data.batching`). With ``B`` examples per process, one step of
+``N`` processes sees exactly the global batch that one process with ``N * B`` examples would
+see, so that, with gradients averaged, the parameters follow the single-process run.
+The training loops of :mod:`probgen.inference` know nothing of processes: they take the
+operations of this module as hooks, :func:`process_group`.
 Only rank 0 writes checkpoints, logs and figures.
 
 Faults: with ``--dist-timeout`` (or ``$PROBGEN_DIST_TIMEOUT``) every collective operation has
@@ -28,9 +30,8 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["DistInfo", "setup", "cleanup", "info", "is_main", "barrier", "all_reduce_sum",
-           "all_reduce_mean", "any_true", "share_outcome", "global_batches", "dataset_batches",
-           "sync_gradients", "all_reduce_stats", "epoch_seed", "wrap_ddp", "launch",
-           "DEFAULT_TIMEOUT_S"]
+           "all_reduce_mean", "any_true", "share_outcome", "sync_gradients", "wrap_ddp",
+           "process_group", "launch", "DEFAULT_TIMEOUT_S"]
 
 # seconds the processes of a restarted group wait for each other at their rendezvous
 DEFAULT_TIMEOUT_S = 300.0
@@ -189,81 +190,6 @@ def share_outcome(fn, *args, **kwargs):
     return result
 
 
-def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """The seed of one process's random draws in one epoch: a function of (seed, epoch, rank)
-    alone, so that a run resumed at an epoch boundary draws what an uninterrupted one would."""
-    return (int(seed) * 1_000_003 + int(epoch)) * 1009 + int(rank) + 1
-
-
-def global_batches(n: int, batch_size: int, *, seed: int, epoch: int, device=None,
-                   dist_info: DistInfo | None = None, drop_last: bool = False):
-    """Yield this process's index slice of each global batch of one epoch.
-
-    Parameters
-    ----------
-    n : int
-        Number of training examples.
-    batch_size : int
-        Examples per process per step; the global batch is ``batch_size * world_size``.
-    seed, epoch : int
-        The permutation is ``randperm(n)`` from a generator seeded with ``seed * 100003 + epoch``:
-        identical on every process, new every epoch.
-    """
-    d = dist_info or _INFO
-    g = torch.Generator().manual_seed(seed * 100003 + epoch)
-    order = torch.randperm(n, generator=g)
-    gb = batch_size * d.world_size
-    stop = n - (n % gb) if drop_last else n
-    for start in range(0, stop, gb):
-        chunk = order[start:start + gb]  # (<= gb,) the global batch
-        mine = chunk.tensor_split(d.world_size)[d.rank]
-        if mine.numel():
-            yield mine.to(device) if device is not None else mine
-
-
-def dataset_batches(data, batch_size: int, *, seed: int, epoch: int, dist_info: DistInfo | None = None):
-    """This process's part of each global batch of a probgen Dataset's train split.
-
-    Like :func:`global_batches`, with the Dataset's dynamic binarisation (or the uniform
-    noise of dequantized data) drawn for the whole global batch from a generator seeded by
-    ``(seed, epoch)`` and then sliced, so the pixels a process sees do not depend on the
-    number of processes.
-    """
-    d = dist_info or _INFO
-    x = data.train
-    n = int(x.shape[0])
-    if n == 0:
-        from probgen.errors import DataError
-
-        raise DataError(f"the train split of {data.name!r} is empty: nothing to train on.")
-    from probgen.data.transforms import bernoulli_pixels
-
-    gen = None
-    if data.binarize == "dynamic" or getattr(data, "bin_width", None) is not None:
-        gen = torch.Generator(device=x.device).manual_seed(epoch_seed(seed, epoch, rank=-1))
-    g = torch.Generator().manual_seed(seed * 100003 + epoch)
-    order = torch.randperm(n, generator=g).to(x.device)
-    gb = batch_size * d.world_size
-    if d.distributed and n < gb:
-        from probgen.errors import ConfigError
-
-        raise ConfigError(f"{n} training examples are fewer than one global batch of {gb} "
-                          f"({d.world_size} processes x --batch-size {batch_size}): lower "
-                          "--batch-size or use fewer processes.")
-    # across processes an incomplete last global batch is dropped: every process takes the
-    # same number of steps, and each averages over as many examples as the others
-    stop = n - (n % gb) if d.distributed else n
-    for start in range(0, stop, gb):
-        xb = x[order[start:start + gb]]  # (<= gb, *shape) the global batch
-        if gen is not None and data.binarize == "dynamic":
-            xb = bernoulli_pixels(xb, gen)
-        elif gen is not None:  # dequantized: fresh uniform noise in each value's bin
-            xb = data.add_noise(xb, gen)
-        mine = xb.tensor_split(d.world_size)[d.rank]
-        if mine.shape[0]:
-            yield mine
-
-
 def sync_gradients(params) -> None:
     """Average the gradients of ``params`` over processes (one flat all-reduce per step).
 
@@ -284,25 +210,6 @@ def sync_gradients(params) -> None:
             p.grad.copy_(g.view_as(p))
 
 
-def all_reduce_stats(stats):
-    """Pool :class:`~probgen.inference.em.SufficientStats` of the data shards of all processes
-    (the data-parallel E-step: every sum is a sum over points)."""
-    if not _INFO.distributed:
-        return stats
-    import dataclasses
-
-    flat = torch.cat([stats.nk.reshape(-1), stats.sum_x.reshape(-1), stats.sum_xx.reshape(-1),
-                      stats.log_likelihood.reshape(1).to(stats.nk.dtype),
-                      torch.tensor([float(stats.n)], dtype=stats.nk.dtype, device=stats.nk.device)])
-    all_reduce_sum(flat)
-    sizes = [stats.nk.numel(), stats.sum_x.numel(), stats.sum_xx.numel(), 1, 1]
-    nk, sx, sxx, ll, n = flat.split(sizes)
-    return dataclasses.replace(stats, nk=nk.view_as(stats.nk), sum_x=sx.view_as(stats.sum_x),
-                               sum_xx=sxx.view_as(stats.sum_xx),
-                               log_likelihood=ll.reshape(()).to(stats.log_likelihood.dtype),
-                               n=int(round(float(n))))
-
-
 def wrap_ddp(module: torch.nn.Module, device: torch.device, **kwargs) -> torch.nn.Module:
     """``DistributedDataParallel(module)`` in a distributed run, the module itself otherwise.
 
@@ -321,6 +228,19 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device, **kwargs) -> torch.n
         # torch 2.14 renames the option but asks to keep broadcast_buffers=False for now
         warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated")
         return DDP(module, device_ids=ids, **kwargs)
+
+
+def process_group():
+    """The hooks a training loop of :mod:`probgen.inference` takes to run across the processes
+    of this group (:class:`~probgen.inference.loop.ProcessGroup`): rank and size, sums and
+    agreement over processes, gradient averaging and ``DistributedDataParallel`` wrapping.
+    For a single process, the one-process group whose hooks do nothing."""
+    from probgen.inference.loop import SINGLE_PROCESS, ProcessGroup
+
+    if not _INFO.distributed:
+        return SINGLE_PROCESS
+    return ProcessGroup(rank=_INFO.rank, world_size=_INFO.world_size, all_reduce_sum=all_reduce_sum,
+                        any_true=any_true, sync_gradients=sync_gradients, wrap_module=wrap_ddp)
 
 
 def launch(argv: list[str], nproc: int, max_restarts: int = 0) -> int:

@@ -106,11 +106,9 @@ def test_fresh_noise_per_epoch_and_fixed_noise_at_evaluation():
     assert not torch.equal(a, b)                              # fresh noise every pass
     for x in (a, b):                                          # inside each value's bin
         assert bool((x >= edges).all()) and bool((x < edges + 1 / 256).all())
-    from probgen import distributed as pdist
-
-    e0 = next(pdist.dataset_batches(data, 50, seed=3, epoch=0))
-    e0b = next(pdist.dataset_batches(data, 50, seed=3, epoch=0))
-    e1 = next(pdist.dataset_batches(data, 50, seed=3, epoch=1))
+    e0 = next(data.batches("train", 50, seed=3, epoch=0))
+    e0b = next(data.batches("train", 50, seed=3, epoch=0))
+    e1 = next(data.batches("train", 50, seed=3, epoch=1))
     assert torch.equal(e0, e0b) and not torch.equal(e0.sort(0).values, e1.sort(0).values)
     assert torch.equal(next(data.batches("test", 50, shuffle=False)), data.test)  # edges as stored
 

@@ -9,6 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from probgen import distributed as pdist
+from probgen.data.batching import batches
 
 
 def _free_port() -> int:
@@ -30,11 +31,11 @@ def _train(world: int, rank: int, batch: int, steps_epochs: int = 2) -> dict:
     net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
     model = pdist.wrap_ddp(net, torch.device("cpu"))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    info = pdist.DistInfo(rank=rank, world_size=world)
     for epoch in range(steps_epochs):
-        for idx in pdist.global_batches(len(x), batch, seed=3, epoch=epoch, dist_info=info, drop_last=True):
+        for xb, yb in batches((x, y), batch, seed=3, epoch=epoch, rank=rank, world_size=world,
+                              drop_last=True):
             opt.zero_grad()
-            loss = ((model(x[idx]) - y[idx]) ** 2).mean()
+            loss = ((model(xb) - yb) ** 2).mean()
             loss.backward()
             opt.step()
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -70,13 +71,14 @@ def _in_gloo_processes(train, world: int = 2) -> dict[int, dict]:
 
 
 def test_global_batches_partition_each_epoch():
+    ids = torch.arange(50)
     seen = []
     for rank in range(3):
-        info = pdist.DistInfo(rank=rank, world_size=3)
-        seen += [i for b in pdist.global_batches(50, 4, seed=0, epoch=1, dist_info=info) for i in b.tolist()]
+        seen += [i for (b,) in batches((ids,), 4, seed=0, epoch=1, rank=rank, world_size=3)
+                 for i in b.tolist()]
     assert sorted(seen) == list(range(50))
-    one = list(pdist.global_batches(50, 12, seed=0, epoch=1))
-    per_rank = [list(pdist.global_batches(50, 4, seed=0, epoch=1, dist_info=pdist.DistInfo(r, 3)))
+    one = [b for (b,) in batches((ids,), 12, seed=0, epoch=1)]
+    per_rank = [[b for (b,) in batches((ids,), 4, seed=0, epoch=1, rank=r, world_size=3)]
                 for r in range(3)]
     for step, global_batch in enumerate(one[:-1]):  # the last batch is short
         assert torch.equal(global_batch, torch.cat([per_rank[r][step] for r in range(3)]))
@@ -111,7 +113,8 @@ def _pyro_regression(world: int, rank: int, batch: int) -> dict:
         pass
 
     pyro.clear_param_store()
-    fit_svi(model, guide, (x, y), epochs=3, batch_size=batch, lr=0.05, seed=4)
+    fit_svi(model, guide, (x, y), epochs=3, batch_size=batch, lr=0.05, seed=4,
+            processes=pdist.process_group())
     return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from probgen.errors import ConfigError, DataError, DivergedError
-from probgen.inference.adversarial import LOSSES, EpochSampler, GANTrainer, fit_gan, get_loss
+from probgen.inference.adversarial import LOSSES, GANTrainer, fit_gan, get_loss
 from probgen.models.gan import GAN
 from probgen.models.nets import DCGANDiscriminator, DCGANGenerator, gan_networks
 
@@ -77,7 +77,8 @@ def test_dcgan_step_on_28x28_with_batchnorm_changes_weights_and_runs_d_once_per_
 
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_grouped_batch_norm_is_batch_norm_run_on_each_group_in_turn(momentum):
-    from probgen.models.nets import GroupedBatchNorm2d, batch_groups
+    from probgen.inference.adversarial import batch_groups
+    from probgen.models.nets import GroupedBatchNorm2d
 
     torch.manual_seed(0)
     grouped = GroupedBatchNorm2d(3, momentum=momentum)
@@ -174,15 +175,22 @@ def test_packed_discriminator_judges_groups():
     assert torch.allclose(d(x)[:1], d(x[:3]))
 
 
-def test_epoch_sampler_is_a_function_of_seed_and_index():
+def test_the_gan_batch_stream_is_a_function_of_seed_and_index():
+    from itertools import islice
+
+    from probgen.data.batching import batch_stream
+
     x = torch.arange(20.0).reshape(10, 2)
-    a, b = EpochSampler(x, 3, seed=5), EpochSampler(x, 3, seed=5)
-    seq = [a.batch(k) for k in range(7)]
-    assert torch.equal(b.batch(4), seq[4])  # random access, no iterator state
+
+    def stream(start=0):
+        return (b for (b,) in batch_stream((x,), 3, seed=5, start=start))
+
+    seq = list(islice(stream(), 7))
+    assert torch.equal(next(stream(start=4)), seq[4])  # random access, no iterator state
     epoch0 = torch.cat(seq[:3])[:, 0].tolist()
     assert len(set(epoch0)) == 9  # an epoch draws without replacement (last one dropped)
     with pytest.raises(ConfigError, match="batch size must be between 1 and the 10 training examples; got 11"):
-        EpochSampler(x, 11)
+        next(batch_stream((x,), 11, seed=5))
 
 
 def test_a_short_run_with_the_toy_defaults_moves_samples_onto_the_ring():
@@ -203,7 +211,7 @@ def test_a_short_run_with_the_toy_defaults_moves_samples_onto_the_ring():
         return float((gan.decode(z).norm(dim=1) - 1).abs().median())
 
     before = radius_error()
-    res = fit_gan(tr, EpochSampler(data.train, o["batch_size"], seed=0), 300, log_every=100,
+    res = fit_gan(tr, data, 300, batch_size=o["batch_size"], seed=0, log_every=100,
                   lr_schedule=o["lr_decay"])
     assert [h["step"] for h in res.history] == [100, 200, 300]
     assert radius_error() < 0.5 * before

@@ -147,7 +147,7 @@ def test_em_bar_leaves_the_fit_unchanged(forced, capsys):
 
 
 def test_gan_bar_leaves_training_unchanged(forced, capsys):
-    from probgen.inference.adversarial import EpochSampler, GANTrainer, fit_gan
+    from probgen.inference.adversarial import GANTrainer, fit_gan
     from probgen.models.nets import gan_networks
 
     data = torch.randn(256, 2)
@@ -155,7 +155,7 @@ def test_gan_bar_leaves_training_unchanged(forced, capsys):
     def train(p):
         g, d = gan_networks((2,), 2, width=16, depth=2)
         tr = GANTrainer(g, d, latent_dim=2, loss="ns", lr=1e-3)
-        res = fit_gan(tr, EpochSampler(data, 32, seed=0), 12, log_every=4, progress=p)
+        res = fit_gan(tr, data, 12, batch_size=32, seed=0, log_every=4, progress=p)
         return res.history, [p.detach().clone() for p in g.parameters()]
 
     (h_on, g_on), (h_off, g_off), drawn = _twice(train, capsys)

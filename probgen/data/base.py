@@ -22,6 +22,14 @@ BINARIZE_MODES = ("none", "fixed", "dynamic")
 DEQUANTIZE_MODES = ("none", "auto", "on")
 
 
+def _bernoulli(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    from probgen.data.batching import bernoulli_pixels
+
+    if generator is not None and generator.device != x.device:
+        generator = None
+    return bernoulli_pixels(x, generator)
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """What ``probgen datasets`` lists: known without loading anything."""
@@ -165,54 +173,62 @@ class Dataset:
         split: str = "train",
         batch_size: int = 128,
         *,
+        seed: int | None = None,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
         shuffle: bool = True,
         generator: torch.Generator | None = None,
-        drop_last: bool = False,
+        start: int = 0,
         with_labels: bool = False,
     ) -> Iterator[torch.Tensor] | Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield minibatches of ``split`` straight from the tensors on the device.
 
+        The batches of :func:`probgen.data.batching.batches`: with ``seed``, epoch ``epoch``
+        is a function of ``(seed, epoch)``; across ``world_size`` processes this is process
+        ``rank``'s slice of each global batch; ``start`` skips the first global batches.
         With ``binarize="dynamic"`` the train split is resampled as Bernoulli(pixel) on
-        every batch (a fresh binarisation each epoch), using ``generator`` when given; on
-        dequantized data (``bin_width`` set) each train batch gets fresh uniform noise in
-        its bins the same way. Other splits are yielded as stored (bin lower edges on
-        dequantized data: evaluation adds its own seeded noise).
+        every batch (a fresh binarisation each epoch); on dequantized data (``bin_width``
+        set) each train batch gets fresh uniform noise in its bins. The noise is seeded per
+        batch with ``seed``, else drawn from ``generator`` (or torch's global RNG). Other
+        splits are yielded as stored (bin lower edges on dequantized data: evaluation adds
+        its own seeded noise).
         """
-        x = self.split(split)
-        n = x.shape[0]
-        if n == 0:
-            raise DataError(f"the {split} split of {self.name!r} is empty: nothing to iterate over.")
-        if batch_size < 1:
-            raise DataError(f"batch_size must be a positive integer; got {batch_size}.")
-        if drop_last and n < batch_size:
-            # no full batch: iterating would silently do nothing (an epoch without a step)
-            raise DataError(
-                f"the {split} split of {self.name!r} has {n} example(s), fewer than one batch of "
-                f"{batch_size}, and drop_last=True drops that partial batch. Use batch_size <= {n}, "
-                "drop_last=False, or more data."
-            )
-        y = self.labels(split) if with_labels else None
-        if with_labels and y is None:
-            self.labels(split, required_for="iterating with labels")
-        gen_device = generator.device if generator is not None else "cpu"
-        if shuffle:
-            order = torch.randperm(n, generator=generator, device=gen_device).to(x.device)
-        else:
-            order = torch.arange(n, device=x.device)
-        stop = n - (n % batch_size) if drop_last else n
-        from probgen.data.transforms import bernoulli_pixels
+        from probgen.data.batching import batches
 
-        for start in range(0, stop, batch_size):
-            idx = order[start:start + batch_size]
-            xb = x[idx]
-            if self.binarize == "dynamic" and split == "train":
-                if generator is not None and generator.device == xb.device:
-                    xb = bernoulli_pixels(xb, generator)
-                else:
-                    xb = bernoulli_pixels(xb)
-            elif self.bin_width is not None and split == "train":
-                xb = self.add_noise(xb, generator)
-            yield (xb, y[idx]) if with_labels else xb
+        x = self.split(split)
+        tensors = (x,)
+        if with_labels:
+            y = self.labels(split, required_for="iterating with labels")
+            tensors = (x, y)
+        parts = batches(tensors, batch_size, seed=seed, epoch=epoch, generator=generator,
+                        shuffle=shuffle, rank=rank, world_size=world_size, drop_last=drop_last,
+                        start=start, transform=self.train_transform if split == "train" else None,
+                        name=f"the {split} split of {self.name!r}")
+        for part in parts:
+            yield part if with_labels else part[0]
+
+    def stream(self, batch_size: int, *, seed: int, start: int = 0, rank: int = 0,
+               world_size: int = 1) -> Iterator[torch.Tensor]:
+        """Training batches without end (:func:`probgen.data.batching.batch_stream`): batch
+        ``k`` of the run is a function of ``(seed, k)``; incomplete batches are dropped."""
+        from probgen.data.batching import batch_stream
+
+        for (xb,) in batch_stream((self.train,), batch_size, seed=seed, start=start, rank=rank,
+                                  world_size=world_size, transform=self.train_transform):
+            yield xb
+
+    @property
+    def train_transform(self):
+        """What every training batch goes through, ``f(x, generator) -> x``: a fresh
+        binarisation (``binarize="dynamic"``), fresh noise in each value's bin (dequantized
+        data), or ``None``."""
+        if self.binarize == "dynamic":
+            return _bernoulli
+        if self.bin_width is not None:
+            return self.add_noise
+        return None
 
     def _check_split(self, name: str) -> str:
         if name not in SPLITS:

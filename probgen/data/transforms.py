@@ -38,7 +38,6 @@ __all__ = [
     "stream",
     "check_seed",
     "holdout",
-    "bernoulli_pixels",
     "fixed_test_split",
     "split_sizes",
     "pixels_to_unit",
@@ -157,17 +156,6 @@ def to_value_range(x: torch.Tensor, value_range) -> torch.Tensor:
 def binarize_once(x: torch.Tensor, seed: int, purpose: str) -> torch.Tensor:
     """One Bernoulli(x) draw per value of ``x`` (values in [0, 1]), from a seeded stream."""
     return torch.bernoulli(x, generator=stream(seed, purpose))
-
-
-def bernoulli_pixels(p: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One Bernoulli(p) draw per value of ``p`` (values in [0, 1]) as 0/1 in ``p``'s dtype.
-
-    ``u < p`` with ``u ~ Uniform[0, 1)``: exactly Bernoulli(p) (0 where p = 0, 1 where p = 1),
-    and the same draws as ``torch.bernoulli(p, generator=generator)`` on the CPU, at a cost
-    that does not depend on the values (``torch.bernoulli`` is about 3x slower on grey values
-    in (0, 1); on MNIST, mostly 0 or 1, about 1.3x). ``generator`` must be on ``p``'s device.
-    """
-    return torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device).lt_(p)
 
 
 def check_finite(x: torch.Tensor, what: str) -> None:

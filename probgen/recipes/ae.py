@@ -111,7 +111,7 @@ def train(run, data, config, device):
                  batch_size=c.batch_size, lr=c.lr,
                  on_nan=c.on_nan, callbacks=[log_epoch], checkpoint=epoch_checkpoint(run, model),
                  start_epoch=start_epoch, start_step=start_step, optim_state=optim_state,
-                 progress=getattr(run, "progress", run.writer))
+                 progress=getattr(run, "progress", run.writer), seed=config.get("seed", 0))
     model.eval()
     model.fit_code_distribution(data.train)
     # the code distribution is part of the fitted model: checkpoint it too

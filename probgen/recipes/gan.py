@@ -130,8 +130,9 @@ def resolve_config(config: dict, data) -> dict:
     return out
 
 
-def build(config: dict, data, device):
-    """The GAN model and its trainer, on ``device``."""
+def build(config: dict, data, device, processes=None):
+    """The GAN model and its trainer, on ``device`` (across ``processes``, a
+    :class:`~probgen.inference.loop.ProcessGroup`, when given)."""
     from probgen.inference.adversarial import GANTrainer
     from probgen.models.gan import GAN
     from probgen.models.nets import gan_networks
@@ -143,7 +144,8 @@ def build(config: dict, data, device):
     g, d = g.to(device), d.to(device)
     trainer = GANTrainer(g, d, latent_dim=config["latent_dim"], loss=config["loss"],
                          lr=config["lr"], lr_d=config["lr_d"],
-                         betas=(config["beta1"], config["beta2"]), amp=config["amp"])
+                         betas=(config["beta1"], config["beta2"]), amp=config["amp"],
+                         **({} if processes is None else {"processes": processes}))
     model = GAN(g, d, latent_dim=config["latent_dim"], data_shape=data.shape)
     return model, trainer
 
@@ -159,7 +161,8 @@ def train(run, data, config, device):
 
     import torch
 
-    from probgen.inference.adversarial import EpochSampler, fit_gan
+    from probgen.distributed import process_group
+    from probgen.inference.adversarial import fit_gan
     from probgen.progress import write
     from probgen.recipes import record_progress
     from probgen.runs import atomic_write_bytes
@@ -167,7 +170,7 @@ def train(run, data, config, device):
     config = resolve_config(config, data)
     run.config = config
     run.write_json("config.json", config)
-    model, trainer = build(config, data, device)
+    model, trainer = build(config, data, device, process_group())
 
     snap_path = run.path / "snapshots.pt"
     snapshots: dict = {"z": torch.randn(512 if _kind(data) == "toy" else 64, config["latent_dim"],
@@ -179,11 +182,6 @@ def train(run, data, config, device):
         if snap_path.exists():
             snapshots = torch.load(snap_path, map_location="cpu", weights_only=True)
             snapshots = {k: v for k, v in snapshots.items() if k == "z" or int(k) <= trainer.step_count}
-    from probgen import distributed as pdist
-
-    dist = pdist.info()
-    sampler = EpochSampler(data.train, config["batch_size"], seed=config["seed"], rank=dist.rank,
-                           world_size=dist.world_size)
     keep = set(snapshot_steps(config["steps"], config["log_every"]))
 
     def save(step):
@@ -208,7 +206,8 @@ def train(run, data, config, device):
             save(step)
 
     stop = getattr(run, "should_stop", None)
-    fit_gan(trainer, sampler, config["steps"], d_steps=config["d_steps"],
+    fit_gan(trainer, data, config["steps"], batch_size=config["batch_size"], seed=config["seed"],
+            d_steps=config["d_steps"],
             log_every=config["log_every"], callback=callback, should_stop=stop,
             lr_schedule=config["lr_decay"], on_step=on_step,
             progress=getattr(run, "progress", run.writer))

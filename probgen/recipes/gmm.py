@@ -140,10 +140,12 @@ def fit_mixture(run, data, config: dict, device, mixture, *, values, offset: flo
         mixture.load_state_dict(ckpt["state"])
         return mixture.as_density(event_shape=data.shape)
 
+    from probgen.distributed import process_group
+
     x = values("train", config["seed"])                        # (N, D)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        mixture.fit(x, data_parallel=True, progress=getattr(run, "progress", run.writer))
+        mixture.fit(x, processes=process_group(), progress=getattr(run, "progress", run.writer))
     if not run.writer:  # across processes: rank 0 scores, logs and saves the same fit
         return mixture.as_density(event_shape=data.shape)
     for it, lb in enumerate(mixture.lower_bounds_, start=1):

@@ -130,7 +130,7 @@ def _elbo(config: dict, info: dict):
 def train(run, data, config, device):
     import time
 
-    from probgen.inference.svi import _elbo_losses, fit_svi
+    from probgen.inference.svi import elbo_loss, fit_svi
     from probgen.recipes import epoch_checkpoint, resume_epochs
 
     c = Config.read(config)
@@ -139,7 +139,7 @@ def train(run, data, config, device):
     if run.writer and c.loss == "auto":
         print(f"{program.name}: ELBO by {loss_name} (observed site {program.info['observed']!r} in "
               f"plate {program.info['plate']!r})", flush=True)
-    val_loss = _elbo_losses()[loss_name]()
+    val_loss = elbo_loss(loss_name)
     start_epoch, start_step, optim_state, _ = resume_epochs(run, program, device)
     n = int(data.train.shape[0])
     t0 = time.perf_counter()

@@ -217,6 +217,7 @@ def train(run, data, config, device):
     import pyro
     import torch
 
+    from probgen.distributed import process_group
     from probgen.inference.svi import fit_svi
     from probgen.recipes import epoch_checkpoint, resume_epochs
 
@@ -268,7 +269,7 @@ def train(run, data, config, device):
                 on_nan=c.on_nan, callbacks=callbacks,
                 checkpoint=epoch_checkpoint(run, model), start_epoch=start_epoch,
                 start_step=start_step, optim_state=optim_state, progress=getattr(run, "progress", run.writer),
-                seed=config["seed"])
+                seed=config["seed"], processes=process_group())
     model.autocast_dtype = None
     model.eval()
     return model
