@@ -31,10 +31,10 @@ from probgen.inference.em import MixtureParams, m_step, stats_from_responsibilit
 from probgen.models.gmm import (
     INITIALISERS,
     GaussianMixture,
-    _choice_param,
-    _float_param,
-    _int_param,
-    _resolve_dtype,
+    choice_param,
+    float_param,
+    int_param,
+    resolve_dtype,
 )
 
 __all__ = ["BernoulliMixture"]
@@ -102,13 +102,13 @@ class BernoulliMixture(GaussianMixture):
         return f"BernoulliMixture(n_components={self.n_components}, alpha={self.alpha:g}, dtype={self.dtype})"
 
     def _validate_params(self) -> None:
-        _int_param("n_components", self.n_components, 1, _NAME)
-        _float_param("alpha", self.alpha, 0.0, _NAME)
-        _float_param("tol", self.tol, 0.0, _NAME)
-        _int_param("max_iter", self.max_iter, 0, _NAME)
-        _int_param("n_init", self.n_init, 1, _NAME)
-        _choice_param("init_params", self.init_params, tuple(INITIALISERS), _NAME)
-        _resolve_dtype(self.dtype, _NAME)
+        int_param("n_components", self.n_components, 1, _NAME)
+        float_param("alpha", self.alpha, 0.0, _NAME)
+        float_param("tol", self.tol, 0.0, _NAME)
+        int_param("max_iter", self.max_iter, 0, _NAME)
+        int_param("n_init", self.n_init, 1, _NAME)
+        choice_param("init_params", self.init_params, tuple(INITIALISERS), _NAME)
+        resolve_dtype(self.dtype, _NAME)
         if not math.isfinite(self.alpha) or not math.isfinite(self.tol):
             raise ConfigError(f"alpha and tol of {_NAME} must be finite; got alpha="
                               f"{self.alpha!r}, tol={self.tol!r}.")
@@ -221,7 +221,7 @@ class BernoulliMixture(GaussianMixture):
                 f"{tuple(state['weights'].shape)}, which do not fit n_components="
                 f"{self.n_components}.")
         dev = self._device(state["means"]) if self.device is not None else state["means"].device
-        dtype = _resolve_dtype(self.dtype, _NAME)
+        dtype = resolve_dtype(self.dtype, _NAME)
         self._set_params(MixtureParams(state["weights"], state["means"], None, None,
                                        "bernoulli").to(dev, dtype))
         self.lower_bounds_ = [float(v) for v in state["lower_bounds"]]

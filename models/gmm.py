@@ -47,19 +47,19 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 # ============================================================================ validation
-def _int_param(name, value, low, estimator="GaussianMixture"):
+def int_param(name, value, low, estimator="GaussianMixture"):
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"The {name!r} parameter of {estimator} must be an int in the "
                           f"range [{low}, inf). Got {value!r} instead.")
 
 
-def _float_param(name, value, low, estimator="GaussianMixture"):
+def float_param(name, value, low, estimator="GaussianMixture"):
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= low:
         raise ConfigError(f"The {name!r} parameter of {estimator} must be a float in the "
                           f"range [{low:g}, inf). Got {value!r} instead.")
 
 
-def _choice_param(name, value, choices, estimator="GaussianMixture"):
+def choice_param(name, value, choices, estimator="GaussianMixture"):
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(
             f"The {name!r} parameter of {estimator} must be a str among "
@@ -67,7 +67,7 @@ def _choice_param(name, value, choices, estimator="GaussianMixture"):
             f"{suggest(value, choices) if isinstance(value, str) else ''}")
 
 
-def _resolve_dtype(dtype, estimator="GaussianMixture") -> torch.dtype:
+def resolve_dtype(dtype, estimator="GaussianMixture") -> torch.dtype:
     if isinstance(dtype, str) and dtype in _DTYPES:
         return _DTYPES[dtype]
     if dtype in (torch.float32, torch.float64):
@@ -162,14 +162,14 @@ class GaussianMixture:
 
     # ------------------------------------------------------------------ validation
     def _validate_params(self) -> None:
-        _int_param("n_components", self.n_components, 1)
-        _choice_param("covariance_type", self.covariance_type, tuple(COVARIANCE_TYPES))
-        _float_param("tol", self.tol, 0.0)
-        _float_param("reg_covar", self.reg_covar, 0.0)
-        _int_param("max_iter", self.max_iter, 0)
-        _int_param("n_init", self.n_init, 1)
-        _choice_param("init_params", self.init_params, tuple(INITIALISERS))
-        _resolve_dtype(self.dtype)
+        int_param("n_components", self.n_components, 1)
+        choice_param("covariance_type", self.covariance_type, tuple(COVARIANCE_TYPES))
+        float_param("tol", self.tol, 0.0)
+        float_param("reg_covar", self.reg_covar, 0.0)
+        int_param("max_iter", self.max_iter, 0)
+        int_param("n_init", self.n_init, 1)
+        choice_param("init_params", self.init_params, tuple(INITIALISERS))
+        resolve_dtype(self.dtype)
 
     def _device(self, X) -> torch.device:
         if self.device is not None:
@@ -243,7 +243,7 @@ class GaussianMixture:
 
     def _fit(self, X, *, stacklevel: int, processes=None, progress: bool = False) -> None:
         self._validate_params()
-        dtype = _resolve_dtype(self.dtype)
+        dtype = resolve_dtype(self.dtype)
         dev = self._device(X)
         x = as_2d_tensor(X, dtype=dtype, device=dev, estimator=type(self).__name__)
         self._check_values(x)
@@ -434,7 +434,7 @@ class GaussianMixture:
                 f"{tuple(state['covariances'].shape)}, which do not fit n_components="
                 f"{self.n_components}, covariance_type={self.covariance_type!r}.")
         dev = self._device(state["means"]) if self.device is not None else state["means"].device
-        dtype = _resolve_dtype(self.dtype)
+        dtype = resolve_dtype(self.dtype)
         p = MixtureParams(state["weights"], state["means"], state["covariances"],
                           state["precisions_cholesky"], self.covariance_type).to(dev, dtype)
         self._set_params(p)

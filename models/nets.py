@@ -41,7 +41,7 @@ def _activation(name: str) -> type[nn.Module]:
     return ACTIVATIONS[name]
 
 
-def _mlp(sizes: Sequence[int], activation: str, *, last_activation: bool) -> nn.Sequential:
+def make_mlp(sizes: Sequence[int], activation: str, *, last_activation: bool) -> nn.Sequential:
     """Linear layers ``sizes[0] -> sizes[1] -> ...`` with ``activation`` between them."""
     act = _activation(activation)
     layers: list[nn.Module] = []
@@ -63,7 +63,7 @@ def _check_sizes(latent_dim: int, hidden: Sequence[int]) -> tuple[int, ...]:
     return hidden
 
 
-class _GaussianHead(nn.Module):
+class GaussianHead(nn.Module):
     """h (N, H) -> (loc, scale) of a diagonal Gaussian, each (N, L); one fused matmul."""
 
     def __init__(self, in_features: int, latent_dim: int):
@@ -100,9 +100,9 @@ class MLPEncoder(nn.Module):
         self.latent_dim = latent_dim
         self.stochastic = stochastic
         in_dim = math.prod(self.data_shape)
-        self.body = _mlp((in_dim, *hidden), activation, last_activation=True)
+        self.body = make_mlp((in_dim, *hidden), activation, last_activation=True)
         last = hidden[-1] if hidden else in_dim
-        self.head = _GaussianHead(last, latent_dim) if stochastic else nn.Linear(last, latent_dim)
+        self.head = GaussianHead(last, latent_dim) if stochastic else nn.Linear(last, latent_dim)
 
     def forward(self, x: torch.Tensor):
         h = self.body(x.reshape(x.shape[0], -1))  # (N, D) -> (N, H)
@@ -118,7 +118,7 @@ class MLPDecoder(nn.Module):
         hidden = _check_sizes(latent_dim, hidden)
         self.data_shape = tuple(data_shape)
         self.latent_dim = latent_dim
-        self.net = _mlp((latent_dim, *reversed(hidden), math.prod(self.data_shape)), activation,
+        self.net = make_mlp((latent_dim, *reversed(hidden), math.prod(self.data_shape)), activation,
                         last_activation=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -157,9 +157,9 @@ class ConvEncoder(nn.Module):
             nn.Conv2d(32, 64, 4, stride=2, padding=1), act(),
         )
         flat = 64 * (h // 4) * (w // 4)
-        self.body = _mlp((flat, *hidden), activation, last_activation=True)
+        self.body = make_mlp((flat, *hidden), activation, last_activation=True)
         last = hidden[-1] if hidden else flat
-        self.head = _GaussianHead(last, latent_dim) if stochastic else nn.Linear(last, latent_dim)
+        self.head = GaussianHead(last, latent_dim) if stochastic else nn.Linear(last, latent_dim)
 
     def forward(self, x: torch.Tensor):
         h = self.conv(x.reshape(x.shape[0], *self.data_shape))  # (N, 64, H/4, W/4)
@@ -178,7 +178,7 @@ class ConvDecoder(nn.Module):
         self.latent_dim = latent_dim
         act = _activation(activation)
         self._grid = (64, h // 4, w // 4)
-        self.body = _mlp((latent_dim, *reversed(hidden), math.prod(self._grid)), activation,
+        self.body = make_mlp((latent_dim, *reversed(hidden), math.prod(self._grid)), activation,
                          last_activation=True)
         self.deconv = nn.Sequential(
             nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), act(),

@@ -32,7 +32,7 @@ from torch import nn
 
 from probgen.errors import ConfigError
 from probgen.inference.bounds import LatentBounds
-from probgen.models.nets import MLPDecoder, MLPEncoder, _GaussianHead, _mlp
+from probgen.models.nets import GaussianHead, MLPDecoder, MLPEncoder, make_mlp
 from probgen.models.vae import BernoulliLikelihood, check_data_shape, data_plate
 
 __all__ = ["TwoLayerVAE", "GaussianMLP"]
@@ -44,8 +44,8 @@ class GaussianMLP(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int], activation: str = "tanh"):
         super().__init__()
         hidden = tuple(int(h) for h in hidden)
-        self.body = _mlp((in_dim, *hidden), activation, last_activation=True) if hidden else nn.Identity()
-        self.head = _GaussianHead(hidden[-1] if hidden else in_dim, out_dim)
+        self.body = make_mlp((in_dim, *hidden), activation, last_activation=True) if hidden else nn.Identity()
+        self.head = GaussianHead(hidden[-1] if hidden else in_dim, out_dim)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.body(h))

@@ -126,3 +126,44 @@ def test_no_import_cycle_between_top_level_modules():
 def test_every_exemption_is_still_needed():
     for a, b in EXEMPT_EDGES:
         assert b in _imports(a, MODULES[a]), f"{a} no longer imports {b}: drop the exemption"
+
+
+def _private_uses(path: Path, package: str) -> list[str]:
+    """``from X import _name`` and ``X._name`` for a module X of ours imported in ``path``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    ours = ("probgen", "models", "inference", "_")
+    aliases, bad = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join([*up, *([node.module] if node.module else [])])
+            if not base.startswith(ours):
+                continue
+            for a in node.names:
+                if a.name.startswith("_") and not a.name.startswith("__"):
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {base}.{a.name}")
+                elif f"{base}.{a.name}" in MODULES or base in ("probgen", "models", "inference"):
+                    aliases.add(a.asname or a.name)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith(ours):
+                    aliases.add(a.asname or a.name.split(".")[0])
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                and not node.attr.startswith("__")):
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in aliases:
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} uses {ast.unparse(node)}")
+    return bad
+
+
+def test_no_module_uses_a_private_name_of_another():
+    files = {p: m.rpartition(".")[0] if p.name != "__init__.py" else m for m, p in MODULES.items()}
+    for folder in ("examples", "benchmarks"):
+        files.update({p: folder for p in sorted((ROOT / folder).glob("*.py"))})
+    bad = [b for p, package in files.items() for b in _private_uses(p, package)]
+    assert bad == []
