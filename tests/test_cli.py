@@ -68,7 +68,8 @@ def test_train_eval_sample_round_trip(tmp_path):
     assert main(["train", "gmm", "--data", "bimodal1d", "--out", str(run), "--no-figures"]) == 0
     assert main(["eval", str(run)]) == 0
     ev = json.loads((run / "eval.json").read_text())
-    assert set(ev) == {"model", "dataset", "split", "n", "representation", "metrics", "seed"}
+    assert set(ev) == {"model", "dataset", "split", "n", "representation", "metrics", "seed", "options"}
+    assert ev["options"]["k"] == 100 and ev["options"]["ais"] is False  # the estimators as run
     ll, true = ev["metrics"]["log_likelihood"], ev["metrics"]["true_log_likelihood"]
     assert set(ll) >= {"value", "stderr", "unit"} and abs(ll["value"] - true["value"]) < 0.05
     assert main(["sample", str(run), "-n", "7"]) == 0

@@ -101,7 +101,7 @@ def test_every_model_follows_its_data_and_unused_budget_flows_on(tmp_path):
     models = res["models"]
     assert models["gmm"]["metrics"]["log_likelihood"]["value"] is not None
     assert models["ppca"]["metrics"]["log_likelihood"]["value"] is not None
-    assert models["vae"]["metrics"]["elbo"]["value"] <= models["vae"]["metrics"]["iwae_10"]["value"]
+    assert models["vae"]["metrics"]["elbo"]["value"] <= models["vae"]["metrics"]["iwae"]["value"]
     assert models["gan"]["metrics"]["modes_covered"]["value"] is not None
     vae_cfg = json.loads((out / "runs" / "vae" / "config.json").read_text())
     assert vae_cfg["likelihood"] == "gaussian" and vae_cfg["data_options"]["binarize"] == "none"
