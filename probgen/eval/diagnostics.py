@@ -290,7 +290,7 @@ DECODER_AIS_CAVEAT = (
 
 def decoder_ais_metric(model, x: torch.Tensor, *, x_val: torch.Tensor, out_range=None,
                        data_range=None, n_steps: int = 100, n_chains: int = 4, n_bdmc: int = 8,
-                       n_val: int = 16, sigmas: tuple[float, ...] | None = None, seed: int = 0,
+                       n_leapfrog: int = 10, n_val: int = 8, sigmas: tuple[float, ...] | None = None, seed: int = 0,
                        batch_size: int | None = None, per_example: dict | None = None,
                        key: str = "decoder_ais", progress: bool = False) -> Metric:
     """log p(x) of a decoder with a Gaussian observation model, by AIS, with its BDMC gap
@@ -302,16 +302,17 @@ def decoder_ais_metric(model, x: torch.Tensor, *, x_val: torch.Tensor, out_range
     ``data_range`` (a tanh generator's [-1, 1] onto pixels' [0, 1]); ``sigma`` is chosen among
     ``sigmas`` (default ``(0.01, 0.02, 0.05, 0.1, 0.2, 0.5)`` times the span of ``x_val``) on
     the first ``n_val`` examples of ``x_val`` by :func:`probgen.inference.ais.select_sigma`
-    (``max(10, n_steps // 5)`` steps, 2 chains). Forward AIS of ``n_steps`` transitions and
-    ``n_chains`` chains then scores ``x``; BDMC (:func:`probgen.inference.ais.bdmc`) on
+    (``max(10, n_steps // 5)`` steps, 2 chains). Forward AIS of ``n_steps`` transitions of
+    ``n_leapfrog`` leapfrog steps and ``n_chains`` chains then scores ``x``; BDMC (:func:`probgen.inference.ais.bdmc`) on
     ``n_bdmc`` examples simulated from the same model and sigma gives the gap between the
     reverse (upper) and forward (lower) estimates, which bounds the forward estimate's error
     on such data. All randomness comes from ``seed``.
 
     Returns a metric in nats per example of ``x`` as given (the caller adds a
     dequantization offset); ``extra`` holds ``sigma``, the grid and its validation scores,
-    ``bdmc`` (``lower``, ``upper``, ``gap``, ``gap_stderr``, ``n``), ``cost`` (seconds of
-    each stage and in all, steps, chains, leapfrog steps, examples), the observation model
+    ``bdmc`` (``lower``, ``upper``, ``gap``, ``gap_stderr``, ``n``), ``cost`` (wall seconds of
+    each stage and in all, CPU seconds of the process, torch threads, steps, chains, leapfrog
+    steps, examples), the observation model
     and its caveat. With ``per_example`` the per-example estimates are stored under ``key``.
     """
     import time
@@ -331,15 +332,16 @@ def decoder_ais_metric(model, x: torch.Tensor, *, x_val: torch.Tensor, out_range
     if sigmas is None:
         span = float(xv.max() - xv.min()) or 1.0
         sigmas = tuple(span * s for s in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     sel_steps = max(10, n_steps // 5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         sel = select_sigma(model=dec, x_val=xv, sigmas=sigmas, n_steps=sel_steps, n_chains=2,
-                           batch_size=batch_size, generator=gen, progress=progress)
+                           n_leapfrog=n_leapfrog, batch_size=batch_size, generator=gen,
+                           progress=progress)
     t1 = time.perf_counter()
-    res = ais(model=dec, x=x, n_steps=n_steps, n_chains=n_chains, sigma=sel.sigma,
-              batch_size=batch_size, generator=gen, progress=progress)
+    res = ais(model=dec, x=x, n_steps=n_steps, n_chains=n_chains, n_leapfrog=n_leapfrog,
+              sigma=sel.sigma, batch_size=batch_size, generator=gen, progress=progress)
     t2 = time.perf_counter()
     bd = None
     if n_bdmc > 0:
@@ -348,8 +350,9 @@ def decoder_ais_metric(model, x: torch.Tensor, *, x_val: torch.Tensor, out_range
             mean = dec.decode(z).reshape(n_bdmc, *x.shape[1:])
             noise = torch.randn(mean.shape, generator=gen, device=x.device).to(x.dtype)
         x_sim = mean + sel.sigma * noise
-        b = bdmc(model=dec, x=x_sim, z=z, n_steps=n_steps, n_chains=n_chains, sigma=sel.sigma,
-                 batch_size=batch_size, generator=gen, progress=progress)
+        b = bdmc(model=dec, x=x_sim, z=z, n_steps=n_steps, n_chains=n_chains,
+                 n_leapfrog=n_leapfrog, sigma=sel.sigma, batch_size=batch_size, generator=gen,
+                 progress=progress)
         gap = b.gap.double()
         bd = {"lower": float(b.lower.log_px.double().mean()), "upper": float(b.upper.log_px.double().mean()),
               "gap": float(gap.mean()),
@@ -357,7 +360,7 @@ def decoder_ais_metric(model, x: torch.Tensor, *, x_val: torch.Tensor, out_range
               "n": int(n_bdmc), "unit": "nats per simulated example",
               "note": "reverse (upper) minus forward (lower) AIS on examples simulated from the "
                       "decoder with the chosen sigma: it bounds the forward estimate's error there"}
-    t3 = time.perf_counter()
+    t3, cpu = time.perf_counter(), time.process_time() - cpu0
     extra = {
         "observation_model": f"N(x; decoder(z), sigma^2 I), sigma = {sel.sigma:.4g} chosen on "
                              f"{xv.shape[0]} validation examples",
@@ -365,7 +368,8 @@ def decoder_ais_metric(model, x: torch.Tensor, *, x_val: torch.Tensor, out_range
         "sigma_grid": list(sel.sigmas), "sigma_val_scores": sel.scores,
         "decoder_output_map": None if out_range is None or data_range is None else
         {"from": [float(v) for v in out_range], "to": [float(v) for v in data_range]},
-        "cost": {"seconds": t3 - t0, "sigma_seconds": t1 - t0, "ais_seconds": t2 - t1,
+        "cost": {"seconds": t3 - t0, "cpu_seconds": cpu, "threads": torch.get_num_threads(),
+                 "sigma_seconds": t1 - t0, "ais_seconds": t2 - t1,
                  "bdmc_seconds": t3 - t2, "n_steps": int(n_steps), "n_chains": int(n_chains),
                  "n_leapfrog": int(res.n_leapfrog), "n_images": int(x.shape[0]),
                  "n_val_images": int(xv.shape[0]), "sigma_steps": int(sel_steps),
