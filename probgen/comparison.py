@@ -611,16 +611,16 @@ def _paired(rows: dict, out: Path) -> list[dict]:
     listed with the reason."""
     from probgen.eval.paired import paired_difference, plot_per_example
 
-    pairs, panels = [], {}
+    pairs, figure = [], None
     names = list(rows)
     shared_any: set[tuple[str, str]] = set()
     reps = sorted({rep for r in rows.values() for rep in r["eval"].get("likelihoods", {})})
     for rep in reps:
         have = [n for n in names if rep in rows[n]["eval"].get("likelihoods", {})
                 and rows[n]["eval"]["likelihoods"][rep]["metric"] in rows[n]["per_example"]]
-        for n in have:
-            key = rows[n]["eval"]["likelihoods"][rep]["metric"]
-            panels[f"{n} ({key}, {rep})"] = rows[n]["per_example"][key]
+        rep_panels = {f"{n} ({rows[n]['eval']['likelihoods'][rep]['metric']})":
+                      rows[n]["per_example"][rows[n]["eval"]["likelihoods"][rep]["metric"]]
+                      for n in have}
         for i, a in enumerate(have):
             for b in have[i + 1:]:
                 la, lb = (rows[x]["eval"]["likelihoods"][rep] for x in (a, b))
@@ -643,7 +643,10 @@ def _paired(rows: dict, out: Path) -> list[dict]:
                               **({"bits_per_dim": -d.value / (_dim(rows[a]) * 0.6931471805599453),
                                   "bits_per_dim_stderr": d.stderr / (_dim(rows[a]) * 0.6931471805599453)}
                                  if rep == "binary" or rep.startswith("dequantized") else {})})
-                panels[f"{a} - {b} ({rep})"] = va[:n] - vb[:n]
+                rep_panels[f"{a} - {b}"] = va[:n] - vb[:n]
+        # the figure shows the representation with the most rows, on the examples all share
+        if rep_panels and (figure is None or len(have) > len(figure[0])):
+            figure = (have, rep, rep_panels)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             if (a, b) in shared_any:
@@ -653,8 +656,12 @@ def _paired(rows: dict, out: Path) -> list[dict]:
             pairs.append({"a": a, "b": b, "value": None,
                           "reason": f"no likelihood on a common representation ({a}: "
                                     f"{', '.join(ra)}; {b}: {', '.join(rb)}): not comparable"})
-    if panels:
-        plot_per_example(panels, out / "figures" / "per_example_loglik.png", differences=False)
+    if figure is not None:
+        _, rep, rep_panels = figure
+        n = min(len(v) for v in rep_panels.values())
+        plot_per_example({f"{k} [{rep}, first {n}]" if not i else k: v[:n]
+                          for i, (k, v) in enumerate(rep_panels.items())},
+                         out / "figures" / "per_example_loglik.png", differences=False)
     return pairs
 
 
