@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # the tables import no torch: the command line builds its fla
 __all__ = ["Option", "MetricInfo", "Estimator", "ESTIMATORS", "METRICS", "COMMANDS",
            "register_metric", "register_estimator", "unregister_estimator", "all_options",
            "resolve_options", "add_arguments", "options_from_args", "columns", "blank_reason",
-           "likelihood_preference", "likelihood_keys", "glossary"]
+           "likelihood_preference", "glossary"]
 
 COMMANDS = ("eval", "compare")
 _SAME = object()
@@ -235,11 +235,6 @@ def likelihood_preference() -> list[str]:
     """Likelihood metric keys, the most trusted estimate first."""
     ranked = [m for m in METRICS.values() if m.likelihood_rank is not None]
     return [m.key for m in sorted(ranked, key=lambda m: m.likelihood_rank)]
-
-
-def likelihood_keys() -> list[str]:
-    """The keys of every likelihood metric (estimates of log p(x) of a model)."""
-    return likelihood_preference()
 
 
 def glossary(keys=None) -> list[tuple[str, str, str]]:
