@@ -96,6 +96,8 @@ class MetricInfo:
     ``likelihood_rank`` (likelihoods only) orders the estimates of one model on one
     representation, lowest first: the one ``compare`` reports as the row's likelihood and
     pairs. ``last_resort`` marks an estimate used only when nothing else is there (Parzen).
+    ``group`` places the column: likelihoods first, then sample metrics, then costs (in the
+    order of registration within a group).
     """
 
     key: str
@@ -107,6 +109,10 @@ class MetricInfo:
     column: bool = True
     likelihood_rank: int | None = None
     last_resort: bool = False
+    group: str = "samples"
+
+
+_GROUPS = ("likelihood", "samples", "cost")
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,8 @@ def register_metric(info: MetricInfo) -> MetricInfo:
     """Add a metric to the table (a key may be registered once)."""
     if info.key in METRICS and METRICS[info.key] != info:
         raise ConfigError(f"metric {info.key!r} is already registered.")
+    if info.group not in _GROUPS:
+        raise ConfigError(f"metric {info.key!r}: group must be one of {', '.join(_GROUPS)}; got {info.group!r}.")
     if info.better not in ("higher", "lower", None):
         raise ConfigError(f"metric {info.key!r}: better must be 'higher', 'lower' or None; got {info.better!r}.")
     METRICS[info.key] = info
@@ -222,7 +230,8 @@ def options_from_args(args: argparse.Namespace) -> dict:
 
 def columns() -> list[tuple[str, str, str | None]]:
     """Compare's table columns, in order: ``(metric key, title, better)``."""
-    return [(m.key, m.title, m.better) for m in METRICS.values() if m.column]
+    cols = [m for m in METRICS.values() if m.column]
+    return [(m.key, m.title, m.better) for m in sorted(cols, key=lambda m: _GROUPS.index(m.group))]
 
 
 def blank_reason(key: str) -> str:
@@ -239,7 +248,7 @@ def likelihood_preference() -> list[str]:
 
 def glossary(keys=None) -> list[tuple[str, str, str]]:
     """``(title, unit, definition)`` of ``keys`` (default: every column)."""
-    keys = [m.key for m in METRICS.values() if m.column] if keys is None else list(keys)
+    keys = [c[0] for c in columns()] if keys is None else list(keys)
     return [(METRICS[k].title, METRICS[k].unit, METRICS[k].definition) for k in keys if k in METRICS]
 
 
@@ -248,24 +257,27 @@ _NOT_A_MODEL = "reference row: real validation examples, not a model"
 for _m in (
     MetricInfo("log_likelihood", "exact log-lik", "nats", "higher",
                "log p(x) of each test example from the model's own density, mean nats per example",
-               "the model has no exact density (no log_prob)", likelihood_rank=0),
+               "the model has no exact density (no log_prob)", likelihood_rank=0, group="likelihood"),
     MetricInfo("elbo", "ELBO", "nats", "higher",
                "evidence lower bound E_q[log p(x, z) - log q(z | x)] <= log p(x)",
-               "the model has no latent-variable bound (no elbo)", likelihood_rank=3),
+               "the model has no latent-variable bound (no elbo)", likelihood_rank=3,
+               group="likelihood"),
     MetricInfo("iwae", "IWAE-k", "nats", "higher",
                "importance-weighted bound with k samples (k in the metric's extra); "
                "ELBO <= IWAE-k <= log p(x)",
-               "the model has no importance-weighted bound (no iwae_bound)", likelihood_rank=2),
+               "the model has no importance-weighted bound (no iwae_bound)", likelihood_rank=2,
+               group="likelihood"),
     MetricInfo("ais", "AIS", "nats", "higher",
                "annealed importance sampling with HMC on the model's own likelihood: a stochastic "
-               "lower bound on log p(x)", "AIS not requested (--ais)", likelihood_rank=1),
+               "lower bound on log p(x)", "AIS not requested (--ais)", likelihood_rank=1,
+               group="likelihood"),
     MetricInfo("parzen", "Parzen", "nats", "higher",
                "Parzen-window estimate from the model's samples: biased, shown for older "
                "literature only", "Parzen window not requested (--parzen)", likelihood_rank=5,
-               last_resort=True),
+               last_resort=True, group="likelihood"),
     MetricInfo("true_log_likelihood", "true log-lik", "nats", "higher",
                "log-density of the test examples under the data-generating distribution",
-               "the data have no known density", column=True),
+               "the data have no known density", group="likelihood"),
     MetricInfo("modes_covered", "modes", "modes", "higher",
                "mixture modes that receive at least a fifth of their expected count of samples "
                "within 3 sigma", "the data are not a mixture with known modes"),
@@ -296,7 +308,8 @@ for _m in (
     MetricInfo("class_histogram", "classes", "normalized entropy", "higher",
                "normalized entropy of the classes a classifier assigns to the samples (1: uniform)",
                "not an image data set with class labels"),
-    MetricInfo("train_time", "train s", "s", "lower", "seconds of training", _NOT_A_MODEL),
+    MetricInfo("train_time", "train s", "s", "lower", "seconds of training", _NOT_A_MODEL,
+               group="cost"),
 ):
     register_metric(_m)
 
@@ -524,7 +537,7 @@ register_metric(MetricInfo(
     "AIS of the decoder with a Gaussian observation model, sigma chosen on validation examples "
     "(Wu et al. 2017): a likelihood for models without a density (the GAN), BDMC gap in extra",
     "applies to models with a decoder and no exact density, on dequantized or continuous data "
-    "(--decoder-ais)", likelihood_rank=4))
+    "(--decoder-ais)", likelihood_rank=4, group="likelihood"))
 register_estimator(Estimator(
     "decoder_ais", "AIS of a decoder with a Gaussian observation model, and its BDMC gap",
     ("decoder_ais",), _decoder_ais, requires=_decoder_requires, switch="decoder_ais", options=(
