@@ -12,7 +12,10 @@ The evaluation layer sees models only through the protocol of DESIGN.md:
                              ``latent_dim``, ``prior_log_prob`` and ``log_likelihood`` or
                              ``decode``
 
-It never asks which class a model is. A Pyro program, a ``(model, guide)`` pair or an
+Which estimators run, on which models, with which options, is the table of
+:mod:`probgen.eval.registry`: :func:`evaluate` runs every registered estimator that applies
+and is turned on, each given a :class:`ScoringContext` (the model, the data, the examples, the
+options, the dequantization machinery). It never asks which class a model is. A Pyro program, a ``(model, guide)`` pair or an
 object with ``model`` and ``guide`` and none of ``log_prob``, ``elbo`` or ``iwae_bound``, is
 given the protocol by :func:`probgen.inference.program_bounds.as_program`: its ELBO, IWAE-k
 and AIS are computed from its traces. Something with none of these raises a
