@@ -61,6 +61,13 @@ def _add_quiet(p: argparse.ArgumentParser) -> None:
                         "default: drawn on a terminal)")
 
 
+def _add_estimator_args(p: argparse.ArgumentParser, command: str) -> None:
+    """The estimators' flags, generated from their table (:mod:`probgen.eval.registry`)."""
+    from probgen.eval import registry
+
+    registry.add_arguments(p, command)
+
+
 # options whose values may start with "-" (argparse reads "-1,1" as an option otherwise)
 _NEGATIVE_VALUED = ("--value-range",)
 
@@ -143,15 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(_parser=p)
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--k", type=int, default=None,
-                   help="importance samples for the IWAE bound (models with a bound)")
     p.add_argument("--n-samples", type=int, default=None,
                    help="samples drawn for the sample metrics (default: size of the split, at most 10,000)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="evaluate on the first N examples of the split")
-    p.add_argument("--ais", action="store_true", help="add annealed importance sampling")
-    p.add_argument("--ais-steps", type=int, default=500)
-    p.add_argument("--parzen", action="store_true", help="add the Parzen-window estimate")
+    _add_estimator_args(p, "eval")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the Monte Carlo estimates and samples (default 0)")
     p.add_argument("--out", default=None, metavar="FILE",
@@ -197,10 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score these finished runs instead of training, e.g. "
                         "vae=runs/vae,gan=runs/gan (default: train every model)")
     p.add_argument("--seed", type=int, default=0, help="seed of training and scoring (default 0)")
-    p.add_argument("--k", type=int, default=None, help="importance samples for IWAE (default 100)")
-    p.add_argument("--ais", action="store_true", help="add annealed importance sampling (default off)")
-    p.add_argument("--ais-steps", type=int, default=200, help="AIS transitions (default 200)")
-    p.add_argument("--parzen", action="store_true", help="add the Parzen-window estimate (default off)")
     p.add_argument("--no-model-choice", dest="model_choice", action="store_false",
                    help="skip choosing the number of mixture components (BIC, PSIS-LOO) that "
                         "runs beside a gmm row on 1-D and 2-D data (default: run it, within "
@@ -216,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-changed-data", action="store_true",
                    help="score --runs even when their data differ from those they trained on "
                         "(default: refuse)")
+    _add_estimator_args(p, "compare")
     _add_quiet(p)
     _add_common_data_args(p)
 
@@ -391,12 +391,13 @@ def _cmd_eval(args) -> int:
 
     path = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
     check_eval_out(path, args.overwrite, explicit=args.out is not None)
+    from probgen.eval.registry import options_from_args
+
     result = evaluate(
-        args.run_dir, split=args.split, k=args.k, n_samples=args.n_samples, limit=args.limit,
-        ais=args.ais, ais_steps=args.ais_steps, parzen=args.parzen, device=args.device,
-        data_root=args.data_root, allow_changed_model=args.allow_changed_model, seed=args.seed,
-        allow_changed_data=args.allow_changed_data, progress=not args.quiet, write=True,
-        out=args.out, announce=True,
+        args.run_dir, split=args.split, n_samples=args.n_samples, limit=args.limit,
+        device=args.device, data_root=args.data_root, allow_changed_model=args.allow_changed_model,
+        seed=args.seed, allow_changed_data=args.allow_changed_data, progress=not args.quiet,
+        write=True, out=args.out, announce=True, **options_from_args(args),
     )
     for name, m in result["metrics"].items():
         if m.get("value") is None:
@@ -448,6 +449,7 @@ def _cmd_kl_demo(args) -> int:
 
 def _cmd_compare(args) -> int:
     from probgen.comparison import CompareSpec, compare
+    from probgen.eval.registry import options_from_args
 
     runs = {}
     if args.runs:
@@ -459,11 +461,11 @@ def _cmd_compare(args) -> int:
     spec = CompareSpec(
         data=args.data, models=args.models,
         out=Path(args.out), budget_minutes=args.budget, runs=runs, seed=args.seed,
-        device=args.device, data_root=args.data_root, k=args.k, ais=args.ais,
-        ais_steps=args.ais_steps, parzen=args.parzen, model_choice=args.model_choice,
+        device=args.device, data_root=args.data_root, model_choice=args.model_choice,
         limit=args.limit,
         eval_limit=args.eval_limit, overwrite=args.overwrite, quiet=args.quiet,
         allow_changed_model=args.allow_changed_model, allow_changed_data=args.allow_changed_data,
+        **options_from_args(args),
     )
     compare(spec)
     print(f"report: {Path(args.out) / 'report.html'}")

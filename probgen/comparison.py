@@ -9,6 +9,38 @@ row per model and a column per metric, each cell a value with its standard error
 with the reason; the lecture's VAE-against-GAN comparison filled with measured values; paired
 differences of per-example log-likelihoods; and a report a person reads
 (``results.json``, ``report.md``, ``report.html`` with its figures).
+
+The columns, the estimators that fill them and their options are the tables of
+:mod:`probgen.eval.registry`; ``compare(..., k=200, decoder_ais_images=50)`` and the flags of
+``probgen compare`` set the options (``results.json``'s ``estimator_options``).
+
+One likelihood per representation
+---------------------------------
+``results["models"][NAME]["likelihoods"]`` holds, for each representation the row was scored
+on, its most trusted likelihood there (:func:`likelihoods`)::
+
+    {"binary" | "dequantized-8bit" | "continuous" | "raw-pixels" | ...: {
+        "metric": key in results["models"][NAME]["metrics"] ("log_likelihood", "ais", "iwae",
+                  "elbo", "decoder_ais", "parzen"),
+        "value", "stderr": mean nats per example and its standard error over examples,
+        "unit": "nats",
+        "bits_per_dim", "bits_per_dim_stderr": -value / (D ln 2) (binary and dequantized; else None),
+        "estimator": "exact" | "ais" | "iwae-K" | "elbo" | "parzen" (the estimate of log p; on
+                     dequantized data the estimate inside the dequantization bound),
+        "inner_estimator", "bound": on dequantized data, the estimate again and
+                     "dequantization bound",
+        "n": test examples scored,
+        "scored": {"split", "n", "sha256", "bin_width", "value_range"}: which values were scored,
+        "last_resort": true for a Parzen estimate (only when the row has nothing else),
+        "observation_model", "caveat", "bdmc": for the AIS of a decoder with a Gaussian
+                     observation model (the GAN's likelihood), what was scored and its BDMC gap}}
+
+The preference is the metric table's (:func:`probgen.eval.registry.likelihood_preference`):
+exact > AIS > IWAE-k > ELBO > AIS of the decoder with a Gaussian observation model (a density
+built from the decoder, not the model's own likelihood) > Parzen. ``paired_differences``
+pairs every two rows with an entry on the same representation that scored the same test
+values (:func:`_paired`), each with the entry above; ``estimator_costs[NAME][metric]`` records
+what an expensive estimate cost (seconds, steps, chains, examples).
 """
 
 from __future__ import annotations
@@ -21,31 +53,27 @@ from pathlib import Path
 from probgen.errors import ConfigError
 from probgen.report import REFERENCE_ROW_NAME
 
-__all__ = ["compare", "COLUMNS", "CompareSpec", "parse_models", "parse_model_item"]
-
-# (metric name in eval.json, column title, better) -- the table's columns, in order
-COLUMNS: list[tuple[str, str, str]] = [
-    ("log_likelihood", "exact log-lik", "higher"),
-    ("elbo", "ELBO", "higher"),
-    ("iwae", "IWAE-k", "higher"),
-    ("ais", "AIS", "higher"),
-    ("parzen", "Parzen", "higher"),
-    ("true_log_likelihood", "true log-lik", "higher"),
-    ("modes_covered", "modes", "higher"),
-    ("high_quality_fraction", "HQ frac", "higher"),
-    ("reverse_kl", "reverse KL", "lower"),
-    ("frechet_distance", "Frechet", "lower"),
-    ("kernel_distance", "kernel", "lower"),
-    ("precision", "precision", "higher"),
-    ("recall", "recall", "higher"),
-    ("density", "density", "higher"),
-    ("coverage", "coverage", "higher"),
-    ("class_histogram", "classes", "higher"),
-    ("train_time", "train s", "lower"),
-]
+__all__ = ["compare", "columns", "likelihoods", "likelihood_preference", "CompareSpec", "parse_models",
+           "parse_model_item"]  # and COLUMNS, read from the table of metrics when asked for
 
 
-@dataclass
+def __getattr__(name: str):
+    # COLUMNS is read from the table of metrics when asked for, so that a metric registered
+    # after this module was imported is a column too
+    if name == "COLUMNS":
+        return columns()
+    raise AttributeError(f"module 'probgen.comparison' has no attribute {name!r}")
+
+
+def columns() -> list[tuple[str, str, str | None]]:
+    """The table's columns, in order: ``(metric key in eval.json, column title, better)``, from
+    :func:`probgen.eval.registry.columns`."""
+    from probgen.eval import registry
+
+    return registry.columns()
+
+
+@dataclass(init=False)
 class CompareSpec:
     """What to compare: one data set, several models, a training budget.
 
@@ -54,6 +82,10 @@ class CompareSpec:
     gaussian,latent_dim=2)"``; see :func:`parse_models`); ``model_options`` maps a row's name
     to more options (Python values). ``runs`` maps a row's name to a trained run folder to
     score instead of training.
+
+    Every other keyword is an estimator's option (:mod:`probgen.eval.registry`: ``k=200``,
+    ``ais=True``, ``decoder_ais_images=50``, ...); ``options`` holds them all, unset ones at
+    compare's defaults.
     """
 
     data: str
@@ -64,10 +96,6 @@ class CompareSpec:
     seed: int = 0
     device: str = "auto"
     data_root: str | None = None
-    k: int | None = None
-    ais: bool = False
-    ais_steps: int = 200
-    parzen: bool = False
     limit: int | None = None
     eval_limit: int | None = None
     model_options: dict[str, dict] = field(default_factory=dict)
@@ -76,6 +104,20 @@ class CompareSpec:
     allow_changed_data: bool = False
     quiet: bool = False  # no progress bars (they are drawn on a terminal only)
     model_choice: bool = True  # choose the number of mixture components beside a "gmm" row
+    options: dict = field(default_factory=dict)
+
+    def __init__(self, data: str, models, out, **kwargs):
+        from dataclasses import MISSING, fields
+
+        from probgen.eval import registry
+
+        for f in fields(self)[3:]:
+            if f.name in kwargs:
+                setattr(self, f.name, kwargs.pop(f.name))
+            else:
+                setattr(self, f.name, f.default if f.default is not MISSING else f.default_factory())
+        self.data, self.models, self.out = data, models, Path(out)
+        self.options = registry.resolve_options({**self.options, **kwargs}, "compare")
 
 
 @dataclass
@@ -219,7 +261,7 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
         if budget is not None:
             kwargs["budget_minutes"] = budget
         try:
-            spec = CompareSpec(data=spec, models=models, out=Path(out), **kwargs)
+            spec = CompareSpec(spec, models, Path(out), **kwargs)
         except TypeError as e:
             raise ConfigError(f"compare: {e}") from e
     from probgen.progress import write
@@ -322,6 +364,10 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
         timing["score_s"][REFERENCE_ROW] = time.perf_counter() - t0
     stages.update(1)
     stages.close()
+    results["estimator_options"] = spec.options
+    results["estimator_costs"] = {n: {k: m["extra"]["cost"] for k, m in r["eval"]["metrics"].items()
+                                      if isinstance(m.get("extra"), dict) and "cost" in m["extra"]}
+                                  for n, r in rows.items()}
     results["paired_differences"] = _paired(rows, out)
     results["vae_vs_gan"] = _lecture_table(rows, spec)
     if choice_pending:  # the gmm row came from --runs: the step gets what training left
@@ -353,7 +399,7 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
         results["models"][n]["flags"] = flags
 
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    report.write_reports(results, rows, out, columns=COLUMNS)
+    report.write_reports(results, rows, out, columns=columns())
     write(f"[compare] training {timing['train_total_s']:.0f} s of a {budget_s:.0f} s budget; "
           f"scoring {timing['score_total_s']:.0f} s (not in the budget)")
     results["trained"] = {n: r["model"] for n, r in rows.items()}
@@ -501,18 +547,66 @@ def _score(name: str, run, model, data, spec: CompareSpec) -> dict:
     from probgen.programs import own_params
 
     with own_params(model):
-        ev = evaluate(model, data, "test", k=spec.k, limit=spec.eval_limit, ais=spec.ais,
-                      ais_steps=spec.ais_steps, parzen=spec.parzen, model_name=name,
+        ev = evaluate(model, data, "test", limit=spec.eval_limit, model_name=name,
                       per_example=per_example, n_samples=sample_count(data),
-                      progress=not spec.quiet)
+                      progress=not spec.quiet, reload=_reloader(run, data, spec), **spec.options)
     ev["eval_seconds"] = time.perf_counter() - t0
     train = run.path / "train.json"
     seconds = json.loads(train.read_text()).get("seconds") if train.exists() else None
     ev["metrics"]["train_time"] = {"value": seconds, "stderr": None, "unit": "s"} if seconds is not None \
         else {"value": None, "stderr": None, "unit": "s", "reason": "run has no train.json"}
+    ev["likelihoods"] = likelihoods(ev["metrics"])
     run.write_json("eval.json", ev)
     return {"run": run.path, "eval": ev, "model": model, "data": data,
             "data_options": run.config.get("data_options"), "per_example": per_example}
+
+
+def _reloader(run, data, spec: CompareSpec):
+    """The run's data with other data options, for estimators that score another
+    representation (the decoder's AIS on dequantized images of a binarised run)."""
+    from probgen.training import run_data_loader
+
+    return run_data_loader(run.config, device=data.test.device, data_root=spec.data_root)
+
+
+def likelihoods(metrics: dict) -> dict[str, dict]:
+    """The row's most trusted likelihood on each representation it was scored on (see the
+    module docstring): ``{representation: {"metric", "value", "stderr", "unit",
+    "bits_per_dim", "bits_per_dim_stderr", "estimator", ...}}``."""
+    from probgen.eval import registry
+
+    out: dict[str, dict] = {}
+    for key in registry.likelihood_preference():
+        m = metrics.get(key)
+        if not m or m.get("value") is None or not m.get("representation"):
+            continue
+        rep = m["representation"]
+        if rep in out or not _finite(m["value"]):
+            continue
+        extra = m.get("extra") or {}
+        entry = {"metric": key, "value": m["value"], "stderr": m.get("stderr"),
+                 "unit": m.get("unit", "nats"), "bits_per_dim": m.get("bits_per_dim"),
+                 "bits_per_dim_stderr": m.get("bits_per_dim_stderr"),
+                 "estimator": m.get("inner_estimator") or m.get("estimator"),
+                 "n": extra.get("n")}
+        if m.get("inner_estimator"):
+            entry["inner_estimator"] = m["inner_estimator"]
+            entry["bound"] = m.get("estimator")
+        if registry.METRICS[key].last_resort:
+            entry["last_resort"] = True
+        for field_name in ("caveat", "observation_model", "bdmc"):
+            if field_name in extra:
+                entry[field_name] = extra[field_name]
+        if "scored" in extra:
+            entry["scored"] = extra["scored"]
+        out[rep] = entry
+    return out
+
+
+def _finite(v) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def _evaluate_model(name: str, trained: dict, spec: CompareSpec) -> dict:
@@ -532,54 +626,76 @@ def _evaluate_run(run_dir: Path, spec: CompareSpec, name: str | None = None) -> 
     return _score(name or run.config["model"], run, model, data, spec)
 
 
-def _representation(row: dict) -> tuple:
-    """The representation a row was scored on, from its data as loaded
-    (:attr:`probgen.data.Dataset.representation`: binary, dequantized, raw pixels or
-    continuous), and the pixel range of images that are not binary (a run that left the range
-    unset has the data set's default, the same as one that named it). Fixed and dynamic
-    binarisation share their 0/1 test images, so both are ``binary``."""
-    data = row["data"]
-    rng = tuple(data.value_range) if data.kind == "image" and data.binarize == "none" else None
-    return data.representation, rng
-
-
 def _paired(rows: dict, out: Path) -> list[dict]:
     """Mean paired difference of per-example log-likelihoods for every pair of models scored on
-    the same representation of the same test points (same binarisation and value range)."""
+    the same representation of the same test points, with each row's most trusted estimate
+    on that representation (:func:`likelihoods`).
+
+    Two rows pair on a representation when both have a likelihood on it and their scored
+    examples are the same values: the same ``sha256`` of the test split and the same bin
+    width (``extra["scored"]``, :func:`probgen.eval.evaluate.scored_data`), compared over the
+    first ``min(n)`` examples. Option strings play no part: a GAN told ``value_range -1,1`` and
+    a mixture told nothing pair on toy data, where both score the same points; a binary and
+    a dequantized likelihood never pair. A pair of rows with no representation in common is
+    listed with the reason."""
     from probgen.eval.paired import paired_difference, plot_per_example
 
-    best = {}
-    for name, r in rows.items():
-        for key in ("log_likelihood", "ais", "iwae", "elbo"):
-            if key in r["per_example"]:
-                best[name] = (key, r["per_example"][key])
-                break
-    pairs = []
-    names = sorted(best)
+    pairs, figure = [], None
+    names = list(rows)
+    shared_any: set[tuple[str, str]] = set()
+    reps = sorted({rep for r in rows.values() for rep in r["eval"].get("likelihoods", {})})
+    for rep in reps:
+        have = [n for n in names if rep in rows[n]["eval"].get("likelihoods", {})
+                and rows[n]["eval"]["likelihoods"][rep]["metric"] in rows[n]["per_example"]]
+        rep_panels = {f"{n} ({rows[n]['eval']['likelihoods'][rep]['metric']})":
+                      rows[n]["per_example"][rows[n]["eval"]["likelihoods"][rep]["metric"]]
+                      for n in have}
+        for i, a in enumerate(have):
+            for b in have[i + 1:]:
+                la, lb = (rows[x]["eval"]["likelihoods"][rep] for x in (a, b))
+                shared_any.add((a, b))
+                sa, sb = la.get("scored", {}), lb.get("scored", {})
+                if (sa.get("sha256"), sa.get("bin_width")) != (sb.get("sha256"), sb.get("bin_width")):
+                    pairs.append({"a": a, "b": b, "representation": rep, "value": None,
+                                  "reason": f"both {rep}, but scored on different test values "
+                                            f"(value range {sa.get('value_range')} vs "
+                                            f"{sb.get('value_range')}, bin width "
+                                            f"{sa.get('bin_width')} vs {sb.get('bin_width')}): "
+                                            "their likelihoods are not comparable"})
+                    continue
+                va, vb = rows[a]["per_example"][la["metric"]], rows[b]["per_example"][lb["metric"]]
+                n = min(len(va), len(vb))
+                d = paired_difference(va[:n], vb[:n])
+                pairs.append({"a": a, "b": b, "representation": rep, "a_estimate": la["metric"],
+                              "b_estimate": lb["metric"], "n": n, "value": d.value,
+                              "stderr": d.stderr, "unit": "nats",
+                              **({"bits_per_dim": -d.value / (_dim(rows[a]) * 0.6931471805599453),
+                                  "bits_per_dim_stderr": d.stderr / (_dim(rows[a]) * 0.6931471805599453)}
+                                 if rep == "binary" or rep.startswith("dequantized") else {})})
+                rep_panels[f"{a} - {b}"] = va[:n] - vb[:n]
+        # the figure shows the representation with the most rows, on the examples all share
+        if rep_panels and (figure is None or len(have) > len(figure[0])):
+            figure = (have, rep, rep_panels)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            if _representation(rows[a]) != _representation(rows[b]):
-                pairs.append({"a": a, "b": b, "value": None,
-                              "reason": "scored on different data representations "
-                                        f"({rows[a]['data_options']} vs {rows[b]['data_options']}): "
-                                        "their likelihoods are not comparable"})
+            if (a, b) in shared_any:
                 continue
-            va, vb = best[a][1], best[b][1]
-            n = min(len(va), len(vb))
-            d = paired_difference(va[:n], vb[:n])
-            pairs.append({"a": a, "b": b, "a_estimate": best[a][0], "b_estimate": best[b][0],
-                          "value": d.value, "stderr": d.stderr, "unit": "nats"})
-    if best:
-        # each model's values, then the differences of the comparable pairs only (a difference
-        # between a density of grey pixels and a probability of binary ones means nothing)
-        panels = {f"{n} ({k})": v for n, (k, v) in best.items()}
-        for p in pairs:
-            if p["value"] is not None:
-                va, vb = best[p["a"]][1], best[p["b"]][1]
-                n = min(len(va), len(vb))
-                panels[f"{p['a']} - {p['b']}"] = va[:n] - vb[:n]
-        plot_per_example(panels, out / "figures" / "per_example_loglik.png", differences=False)
+            ra = sorted(rows[a]["eval"].get("likelihoods", {})) or ["none"]
+            rb = sorted(rows[b]["eval"].get("likelihoods", {})) or ["none"]
+            pairs.append({"a": a, "b": b, "value": None,
+                          "reason": f"no likelihood on a common representation ({a}: "
+                                    f"{', '.join(ra)}; {b}: {', '.join(rb)}): not comparable"})
+    if figure is not None:
+        _, rep, rep_panels = figure
+        n = min(len(v) for v in rep_panels.values())
+        plot_per_example({f"{k} [{rep}, first {n}]" if not i else k: v[:n]
+                          for i, (k, v) in enumerate(rep_panels.items())},
+                         out / "figures" / "per_example_loglik.png", differences=False)
     return pairs
+
+
+def _dim(row: dict) -> int:
+    return int(row["data"].dim)
 
 
 def _lecture_table(rows: dict, spec: CompareSpec) -> dict:
@@ -592,7 +708,7 @@ def _lecture_table(rows: dict, spec: CompareSpec) -> dict:
         entry = {}
         metrics = r["eval"]["metrics"]
         entry["likelihood"] = ", ".join(
-            k for k in ("log_likelihood", "elbo", "iwae", "ais") if metrics.get(k, {}).get("value") is not None
+            k for k in likelihood_preference() if metrics.get(k, {}).get("value") is not None
         ) or "none"
         if callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None)):
             x = data.test[:64]
@@ -612,6 +728,13 @@ def _lecture_table(rows: dict, spec: CompareSpec) -> dict:
             entry["sharpness_of_data"] = _sharpness(data.test[:64].reshape(-1, *data.shape))
         table[name] = entry
     return table
+
+
+def likelihood_preference() -> list[str]:
+    """Likelihood metrics, the most trusted first (:func:`probgen.eval.registry.likelihood_preference`)."""
+    from probgen.eval import registry
+
+    return registry.likelihood_preference()
 
 
 def _sharpness(x) -> float:

@@ -32,25 +32,23 @@ PARZEN_NOTE = (
 )
 
 
-# why a column is blank when a model's evaluation has no entry for it at all
-MISSING_REASONS = {
-    "iwae": "the model has no importance-weighted bound (no iwae_bound)",
-    "ais": "AIS not requested (--ais)",
-    "parzen": "Parzen window not requested (--parzen)",
-}
-
-
 def _metric_for(metrics: dict, name: str) -> tuple[str, dict | None]:
-    if name == "iwae":
-        keys = sorted((k for k in metrics if k.startswith("iwae_")), key=lambda k: int(k.split("_")[1]))
-        return (keys[-1], metrics[keys[-1]]) if keys else ("iwae", None)
     return name, metrics.get(name)
 
 
 def _iwae_k(models: dict) -> str:
     """The k of the IWAE column, from the models that have the bound ("" when none has)."""
-    ks = sorted({_metric_for(ev["metrics"], "iwae")[0][5:] for ev in models.values()} - {""}, key=int)
-    return "/".join(ks)
+    ks = sorted({((ev["metrics"].get("iwae") or {}).get("extra") or {}).get("k")
+                 for ev in models.values()} - {None})
+    return "/".join(map(str, ks))
+
+
+def blank_reason(key: str) -> str:
+    """Why a column is blank when a model's evaluation has no entry for it at all (the table
+    of metrics, :func:`probgen.eval.registry.blank_reason`)."""
+    from probgen.eval import registry
+
+    return registry.blank_reason(key)
 
 
 def format_metric(m: dict | None) -> str:
@@ -86,7 +84,7 @@ def table_rows(results: dict, columns) -> tuple[list[str], list[list[str]], list
                 reason = (m or {}).get("reason")
                 if reason is None and name == REFERENCE_ROW_NAME:
                     reason = "reference row: real validation examples, not a model"
-                reason = reason or MISSING_REASONS.get(col, "not computed for this model")
+                reason = reason or blank_reason(col)
                 notes.append(f"{name} / {title}: {reason}")
                 cell = f"— [{len(notes)}]"
             row.append(cell)
@@ -237,7 +235,7 @@ def comparison_table(results: dict, columns, *, details: bool = True):
                 reason = (m or {}).get("reason")
                 if reason is None and is_ref:
                     reason = "reference row: real validation examples, not a model"
-                cell = blank(name, title, reason or MISSING_REASONS.get(col, "not computed for this model"))
+                cell = blank(name, title, reason or blank_reason(col))
             row.append(cell)
         if flagged:
             row.append(", ".join(_FLAG_WORDS.get(f["metric"], f["metric"]) for f in ev.get("flags") or []))

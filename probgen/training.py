@@ -29,7 +29,8 @@ from probgen import __version__
 from probgen.errors import ConfigError, suggest
 
 __all__ = ["train", "evaluate", "check_eval_out", "load_run", "load_run_data", "Trained", "recipe_options",
-           "data_config", "describe_data", "deterministic_algorithms", "model_spec"]
+           "data_config", "describe_data", "deterministic_algorithms", "model_spec",
+           "run_data_loader"]
 
 # train()'s own keywords: everything else is an option of the model's recipe
 COMMON_DEFAULTS: dict[str, Any] = dict(
@@ -170,6 +171,15 @@ def load_run_data(config: dict, *, device="cpu", data_root=None, download=False)
         limit=config.get("limit"), download=download, dequantize=d.get("dequantize", "none"),
         bin_width=d.get("bin_width"),
     )
+
+
+def run_data_loader(config: dict, *, device="cpu", data_root=None):
+    """``data options -> Dataset``: the data of a run loaded with other data options (the
+    same data set, seed and limit), for estimators that score another representation."""
+    def load(data_options: dict):
+        return load_run_data({**config, "data_options": data_options}, device=device,
+                             data_root=data_root)
+    return load
 
 
 @contextlib.contextmanager
@@ -417,15 +427,17 @@ def check_eval_out(path: Path, overwrite: bool, *, explicit: bool) -> None:
                           "or --out FILE to write the new one elsewhere.")
 
 
-def evaluate(target, data=None, *, split: str = "test", k: int | None = None,
-             n_samples: int | None = None, limit: int | None = None, ais: bool = False,
-             ais_steps: int = 500, parzen: bool = False, device="auto", data_root=None,
+def evaluate(target, data=None, *, split: str = "test", n_samples: int | None = None,
+             limit: int | None = None, device="auto", data_root=None,
              seed: int | None = 0, allow_changed_model: bool = False,
              allow_changed_data: bool = False, write: bool = True, out=None,
              model_name: str | None = None, progress: bool = False,
-             announce: bool = False) -> dict:
+             announce: bool = False, **options) -> dict:
     """Score a run folder (``target`` a path; writes its eval.json) or a model object on
     ``data`` (a Dataset or a data set name), with every metric the model allows.
+
+    ``options`` are the estimators' options (:mod:`probgen.eval.registry`: ``k=5000``,
+    ``ais=True``, ``ais_steps=500``, ``parzen=True``, ...; ``probgen eval``'s flags).
 
     ``seed`` seeds the Monte Carlo draws and samples (``None``: leave the RNGs as they are);
     ``write`` writes a run's results to ``out`` (default RUN_DIR/eval.json, under the folder's
@@ -438,12 +450,13 @@ def evaluate(target, data=None, *, split: str = "test", k: int | None = None,
     from probgen.eval import evaluate as eval_model
     from probgen.runs import seed_everything
 
-    run = None
+    run = reload = None
     if isinstance(target, str | Path):
         run, data_obj, model = load_run(target, device=device, data_root=data_root,
                                         allow_changed_model=allow_changed_model,
                                         allow_changed_data=allow_changed_data,
                                         lock=write and out is None)
+        reload = run_data_loader(run.config, device=data_obj.test.device, data_root=data_root)
         model_name = model_name or run.config["model"]
         if run.config["model"] == "program":
             model_name = run.config["program"]["name"]
@@ -469,9 +482,9 @@ def evaluate(target, data=None, *, split: str = "test", k: int | None = None,
     from probgen.programs import own_params
 
     with own_params(model):
-        result = eval_model(model, data_obj, split=split, k=k, n_samples=n_samples, limit=limit,
-                            ais=ais, ais_steps=ais_steps, parzen=parzen, model_name=model_name,
-                            per_example=per_example, progress=progress)
+        result = eval_model(model, data_obj, split=split, n_samples=n_samples, limit=limit,
+                            model_name=model_name, per_example=per_example, progress=progress,
+                            reload=reload, **options)
     seconds = time.perf_counter() - t0
     if seed is not None:
         result["seed"] = seed

@@ -39,9 +39,9 @@ CLASS_ENTROPY_FRACTION = 0.9  # flag: normalised class entropy below this fracti
 HQ_FRACTION = 0.5             # flag: high-quality fraction below this fraction of the reference's
 
 # metric names of results.json, most preferred first, for a row's likelihood
-LIKELIHOOD_PREFERENCE = ("log_likelihood", "ais", "iwae", "elbo")
-# the key paired_differences uses for each (probgen.comparison._paired)
-_PAIRED_KEY = {"log_likelihood": "log_likelihood", "ais": "ais", "iwae": "iwae", "elbo": "elbo"}
+# the likelihood estimates a row is ranked by, the most trusted first: the table of metrics'
+# preference (probgen.eval.registry) without its last resorts (Parzen windows: not bounds)
+LIKELIHOOD_PREFERENCE = ("log_likelihood", "ais", "decoder_ais", "iwae", "elbo")
 
 # sample metrics: (name in results.json, words, better)
 SAMPLE_METRICS = (
@@ -71,8 +71,14 @@ _REP_ORDER = ("binary", "dequantized-8bit", "dequantized", "continuous", "raw-pi
 
 # ------------------------------------------------------------------------------ likelihoods
 def _iwae_keys(metrics: dict) -> list[str]:
-    keys = [k for k in metrics if k.startswith("iwae_") and k[5:].isdigit()]
-    return sorted(keys, key=lambda k: int(k[5:]))
+    """The IWAE bounds of a row: ``iwae`` (its k in ``extra``) and, in results of older
+    versions, ``iwae_K``; the smallest k first."""
+    def k_of(key):
+        if key == "iwae":
+            return int(((metrics[key] or {}).get("extra") or {}).get("k") or 0)
+        return int(key[5:])
+    keys = [k for k in metrics if k == "iwae" or (k.startswith("iwae_") and k[5:].isdigit())]
+    return sorted(keys, key=k_of)
 
 
 def _value(m: dict | None) -> float | None:
@@ -135,8 +141,9 @@ def _kind(entry: dict) -> str:
 
 
 def _paired_key(entry: dict) -> str:
+    """The estimate's key as ``paired_differences`` names it (``a_estimate``/``b_estimate``)."""
     key = entry.get("metric", "")
-    return "iwae" if key.startswith("iwae_") else _PAIRED_KEY.get(key, key)
+    return "iwae" if key.startswith("iwae_") else key
 
 
 def likelihood_label(entry: dict) -> str:
@@ -206,7 +213,7 @@ def _diff_se(results: dict, a: str, ea: dict, b: str, eb: dict) -> tuple[float, 
     for p in results.get("paired_differences") or []:
         if p.get("value") is None or p.get("stderr") is None:
             continue
-        if {p["a"], p["b"]} == {a, b}:
+        if {p["a"], p["b"]} == {a, b} and p.get("representation") in (None, ea.get("representation")):
             est = {p["a"]: p.get("a_estimate"), p["b"]: p.get("b_estimate")}
             if est[a] == _paired_key(ea) and est[b] == _paired_key(eb):
                 return float(p["stderr"]), True

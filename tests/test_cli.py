@@ -68,7 +68,8 @@ def test_train_eval_sample_round_trip(tmp_path):
     assert main(["train", "gmm", "--data", "bimodal1d", "--out", str(run), "--no-figures"]) == 0
     assert main(["eval", str(run)]) == 0
     ev = json.loads((run / "eval.json").read_text())
-    assert set(ev) == {"model", "dataset", "split", "n", "representation", "metrics", "seed"}
+    assert set(ev) == {"model", "dataset", "split", "n", "representation", "metrics", "seed", "options"}
+    assert ev["options"]["k"] == 100 and ev["options"]["ais"] is False  # the estimators as run
     ll, true = ev["metrics"]["log_likelihood"], ev["metrics"]["true_log_likelihood"]
     assert set(ll) >= {"value", "stderr", "unit"} and abs(ll["value"] - true["value"]) < 0.05
     assert main(["sample", str(run), "-n", "7"]) == 0
@@ -195,3 +196,26 @@ def test_eval_out_must_be_a_file_in_an_existing_folder(gmm_run, tmp_path, capsys
     assert "is a folder; give a file name" in capsys.readouterr().err
     assert _eval(gmm_run, "--out", str(tmp_path / "missing" / "e.json")) == 2
     assert "does not exist; create it first" in capsys.readouterr().err
+
+
+def test_estimator_flags_come_from_the_registry_with_each_commands_defaults(tmp_path, capsys):
+    from probgen.cli import build_parser
+    from probgen.eval import registry
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for command in ("eval", "compare"):
+        group = next(g for g in sub[command]._action_groups if g.title == "estimators")
+        assert {a.dest for a in group._group_actions} == set(registry.all_options())
+    helps = {a.dest: a.help for a in sub["compare"]._actions}
+    assert helps["decoder_ais"].endswith("(default on)") and helps["ais_steps"].endswith("(default 200)")
+    helps = {a.dest: a.help for a in sub["eval"]._actions}
+    assert helps["decoder_ais"].endswith("(default off)") and helps["ais_steps"].endswith("(default 500)")
+    args = sub["compare"].parse_args(["--data", "d", "--models", "m", "--out", "o", "--no-decoder-ais"])
+    assert args.decoder_ais is False
+
+    run = tmp_path / "gmm"
+    assert main(["train", "gmm", "--data", "bimodal1d", "--out", str(run), "--no-figures", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--k", "0"]) == 2
+    assert "--k (k) must be at least 1; got 0" in capsys.readouterr().err
+    assert not (run / "eval.json").exists()  # refused before anything is written

@@ -109,7 +109,7 @@ def test_every_model_follows_its_data_and_unused_budget_flows_on(tmp_path):
     models = res["models"]
     assert models["gmm"]["metrics"]["log_likelihood"]["value"] is not None
     assert models["ppca"]["metrics"]["log_likelihood"]["value"] is not None
-    assert models["vae"]["metrics"]["elbo"]["value"] <= models["vae"]["metrics"]["iwae_10"]["value"]
+    assert models["vae"]["metrics"]["elbo"]["value"] <= models["vae"]["metrics"]["iwae"]["value"]
     assert models["gan"]["metrics"]["modes_covered"]["value"] is not None
     vae_cfg = json.loads((out / "runs" / "vae" / "config.json").read_text())
     assert vae_cfg["likelihood"] == "gaussian" and vae_cfg["data_options"]["binarize"] == "none"
@@ -207,3 +207,53 @@ def test_report_says_what_results_json_holds(tmp_path):
 
     assert f"<p class='verdict'>{html.escape(lines[2])}</p>" in page
     assert "<table id='results'>" in page and page.count("data:image/png;base64,") >= 3
+
+
+def test_gan_and_gmm_on_ring8_pair_and_the_gan_has_a_likelihood(tmp_path):
+    """The GAN's options name value_range -1,1 and the mixture's none, but on toy data both
+    score the same test points: their likelihoods pair. The GAN's is the AIS of its generator
+    with a Gaussian observation model, with its BDMC gap and its cost."""
+    import probgen
+
+    res = probgen.compare("ring8", ["gmm", "gan(steps=200)"], tmp_path / "cmp", budget=0.1,
+                          limit=1000, eval_limit=200, decoder_ais_images=8, decoder_ais_steps=10,
+                          decoder_ais_chains=2, bdmc_images=2)
+    assert res["data_options"]["gan"]["value_range"] == [-1.0, 1.0]
+    gan = res["models"]["gan"]["likelihoods"]["continuous"]
+    gmm = res["models"]["gmm"]["likelihoods"]["continuous"]
+    assert gan["metric"] == "decoder_ais" and gan["estimator"] == "ais" and gan["n"] == 8
+    assert {"gap", "upper", "lower"} <= set(gan["bdmc"]) and "sigma" in gan["observation_model"]
+    assert gmm["metric"] == "log_likelihood" and gmm["estimator"] == "exact" and gmm["n"] == 200
+    assert gan["scored"]["sha256"] == gmm["scored"]["sha256"]
+    pair = next(p for p in res["paired_differences"] if {p["a"], p["b"]} == {"gmm", "gan"})
+    assert pair["value"] is not None and pair["n"] == 8 and pair["representation"] == "continuous"
+    cost = res["estimator_costs"]["gan"]["decoder_ais"]
+    assert cost["n_images"] == 8 and cost["n_steps"] == 10 and cost["seconds"] > 0
+    assert res["estimator_options"]["decoder_ais"] is True  # on by default in compare
+    saved = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert saved["models"]["gan"]["likelihoods"]["continuous"]["metric"] == "decoder_ais"
+    assert "decoder_ais" in res["vae_vs_gan"]["gan"]["likelihood"]
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    assert "AIS (decoder)" in md and "scored on different data representations" not in md
+
+
+def test_binary_and_dequantized_rows_never_pair(tmp_path):
+    """A binary VAE and a mixture on dequantized digits: the VAE's bound of binary images pairs
+    with nothing; its decoder's AIS on the dequantized images pairs with the mixture. Without
+    the decoder's AIS the two rows share no representation and do not pair."""
+    import probgen
+
+    res = probgen.compare("digits", ["vae(epochs=1,hidden=[16],latent_dim=2)", "gmm(components=2)"],
+                          tmp_path / "cmp", budget=0.1, eval_limit=40, k=5, decoder_ais_images=6,
+                          decoder_ais_steps=8, decoder_ais_chains=2, bdmc_images=2)
+    vae, gmm = (res["models"][n]["likelihoods"] for n in ("vae", "gmm"))
+    assert set(vae) == {"binary", "dequantized-17-level"} and set(gmm) == {"dequantized-17-level"}
+    assert vae["binary"]["metric"] == "iwae" and vae["dequantized-17-level"]["metric"] == "decoder_ais"
+    assert vae["dequantized-17-level"]["bits_per_dim"] > 0
+    pairs = [p for p in res["paired_differences"] if p["value"] is not None]
+    assert [(p["representation"], p["n"]) for p in pairs] == [("dequantized-17-level", 6)]
+    runs = {n: res["runs"][n] for n in ("vae", "gmm")}
+    again = probgen.compare("digits", ["vae", "gmm"], tmp_path / "cmp2", runs=runs, eval_limit=40,
+                            k=5, decoder_ais=False)
+    (pair,) = again["paired_differences"]
+    assert pair["value"] is None and "no likelihood on a common representation" in pair["reason"]

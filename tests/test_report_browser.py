@@ -81,7 +81,7 @@ def test_table_names_k_and_the_reason_for_every_blank():
 
     nats = lambda v: {"value": v, "stderr": 0.1, "unit": "nats"}  # noqa: E731
     results = {"models": {"gmm": {"metrics": {"log_likelihood": nats(-1.0)}},
-                          "vae": {"metrics": {"iwae_500": nats(-2.0)}},
+                          "vae": {"metrics": {"iwae": {**nats(-2.0), "extra": {"k": 500}}}},
                           REFERENCE_ROW: {"metrics": {"frechet_distance": {"value": 9.3, "stderr": None}}}}}
     header, rows, notes = table_rows(results, COLUMNS)
     assert header == ["model", "exact log-lik", "IWAE-k (k=500)", "Frechet"]  # k from the model that has it

@@ -12,7 +12,10 @@ The evaluation layer sees models only through the protocol of DESIGN.md:
                              ``latent_dim``, ``prior_log_prob`` and ``log_likelihood`` or
                              ``decode``
 
-It never asks which class a model is. A Pyro program, a ``(model, guide)`` pair or an
+Which estimators run, on which models, with which options, is the table of
+:mod:`probgen.eval.registry`: :func:`evaluate` runs every registered estimator that applies
+and is turned on, each given a :class:`ScoringContext` (the model, the data, the examples, the
+options, the dequantization machinery). It never asks which class a model is. A Pyro program, a ``(model, guide)`` pair or an
 object with ``model`` and ``guide`` and none of ``log_prob``, ``elbo`` or ``iwae_bound``, is
 given the protocol by :func:`probgen.inference.program_bounds.as_program`: its ELBO, IWAE-k
 and AIS are computed from its traces. Something with none of these raises a
@@ -29,17 +32,21 @@ every model (they depend on ``noise_seed`` only), so paired differences share th
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from probgen.errors import ConfigError
-from probgen.eval.metrics import Metric, summarize, unavailable
+from probgen.eval.metrics import Metric, unavailable
 
-__all__ = ["evaluate", "likelihood_metrics", "as_scorable"]
+if TYPE_CHECKING:  # torch is imported where it is used: the command line imports this package
+    import torch
+
+__all__ = ["evaluate", "likelihood_metrics", "as_scorable", "ScoringContext", "scored_data"]
 
 
 def _per_example(values) -> tuple[torch.Tensor, dict]:
     """Accept a tensor or a record with ``.total`` (and other per-example terms)."""
+    import torch
+
     if isinstance(values, torch.Tensor):
         return values, {}
     if isinstance(values, dict):
@@ -51,6 +58,8 @@ def _per_example(values) -> tuple[torch.Tensor, dict]:
 
 
 def _batched(fn, x: torch.Tensor, batch_size: int, *, desc: str = "", progress: bool = False):
+    import torch
+
     from probgen.progress import bar as progress_bar
 
     outs, terms = [], {}
@@ -77,12 +86,16 @@ class _Dequantized:
 
     def noisy(self):
         """The same ``draws`` noisy copies of ``x`` on every call."""
+        import torch
+
         gen = torch.Generator(device=self.x.device).manual_seed(self.seed)
         for _ in range(self.draws):
             yield self.data.add_noise(self.x, gen)
 
     def score(self, fn, batch_size: int, *, desc: str = "", progress: bool = False):
         """(bound per example, other terms averaged over draws, MC variance per example or None)."""
+        import torch
+
         totals, terms = [], {}
         for xs in self.noisy():
             tot, rest = _batched(fn, xs, batch_size, desc=desc, progress=progress)
@@ -97,19 +110,116 @@ class _Dequantized:
         return mean, terms, mc_var
 
 
-@torch.no_grad()
-def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None,
-                       limit: int | None = None, batch_size: int = 500,
-                       per_example: dict | None = None, ais: bool = False, ais_steps: int = 500,
-                       parzen: bool = False, progress: bool = False, dequant_draws: int = 4,
-                       noise_seed: int = 0) -> dict[str, Metric]:
-    """Exact log-likelihood, ELBO and IWAE-k, each where the model has it; with ``ais`` the
-    annealed-importance-sampling estimate (``ais_steps`` transitions; see
-    :func:`probgen.eval.diagnostics.ais_metric`), with ``parzen`` the Parzen-window estimate
-    (with its warning; :func:`probgen.eval.diagnostics.parzen_metric`).
+class ScoringContext:
+    """What an estimator of :mod:`probgen.eval.registry` gets: the model, the data, the
+    examples, the options, and the dequantization machinery.
+
+    Attributes: ``model``, ``data``, ``split``, ``x`` (the examples scored, (N, *shape)),
+    ``options`` (every estimator option, resolved), ``store`` (per-example values, by metric
+    key), ``batch_size``, ``n_samples``, ``progress``, ``noise_seed``.
+    """
+
+    def __init__(self, model, data, split, x, options, store, *, batch_size=500, n_samples=None,
+                 progress=False, dequant_draws=4, noise_seed=0, reload=None):
+        self.model, self.data, self.split, self.x = model, data, split, x
+        self.options, self.store = options, store
+        self.batch_size, self.n_samples, self.progress = batch_size, n_samples, progress
+        self.noise_seed = int(noise_seed)
+        self.deq = _Dequantized(data, x, dequant_draws, noise_seed) if data.bin_width is not None else None
+        self._reload = reload
+        self._views: dict = {}
+
+    def score(self, fn, batch_size: int, desc: str):
+        """``fn`` (x -> per-example values or a record) on every example: ``(values (N,),
+        other terms, Monte Carlo variance per example or None)``; on dequantized data the
+        dequantization bound over the seeded noise draws (module docstring)."""
+        if self.deq is None:
+            tot, terms = _batched(fn, self.x, batch_size, desc=desc, progress=self.progress)
+            mc_se = terms.pop("mc_stderr", None)  # each example's own Monte Carlo error
+            return tot, terms, None if mc_se is None else mc_se**2
+        return self.deq.score(fn, batch_size, desc=desc, progress=self.progress)
+
+    def label(self, m: Metric, estimator: str, data=None) -> Metric:
+        """``m`` labelled with the representation of ``data`` (default: the context's), its
+        estimator, bits/dim, and the identity of the test points it scored
+        (``extra["scored"]``: see :func:`scored_data`)."""
+        data = self.data if data is None else data
+        if data.bin_width is None:
+            m.describe(data.representation, estimator, data.dim)
+        else:
+            m.describe(data.representation, "dequantization bound", data.dim,
+                       inner_estimator=estimator)
+        if m.value is not None:
+            n = (m.extra or {}).get("n")
+            m.extra = {**(m.extra or {}), "scored": scored_data(data, self.split, n)}
+        return m
+
+    def one_draw(self):
+        """``(x, validation examples)`` with one seeded noise draw each on dequantized data
+        (the first of the draws :meth:`score` uses), else as they are."""
+        import torch
+
+        if self.deq is None:
+            return self.x, self.data.split("val")
+        xv = self.data.draw("val", torch.Generator(device=self.x.device).manual_seed(self.noise_seed + 1))
+        return next(self.deq.noisy()), xv
+
+    def shift(self, m: Metric, key: str) -> Metric:
+        """Add the dequantization offset ``D log w`` to a metric scored on one noisy draw
+        (and to its per-example values in ``store[key]``)."""
+        if self.deq is None:
+            return m
+        if m.value is not None:
+            m.value += self.deq.offset
+        if key in self.store:
+            self.store[key] = self.store[key] + self.deq.offset
+        return m
+
+    def reload(self, data_options: dict):
+        """The same data loaded with other data options (``{"binarize", "value_range",
+        "dequantize"}``), by the loader the caller gave (``None`` when none was given)."""
+        if self._reload is None:
+            return None
+        key = repr(sorted(data_options.items()))
+        if key not in self._views:
+            self._views[key] = self._reload(dict(data_options))
+        return self._views[key]
+
+
+_FINGERPRINTS: dict = {}
+
+
+def scored_data(data, split: str, n: int | None = None) -> dict:
+    """The identity of the examples a likelihood scored: ``{"split", "n", "sha256",
+    "bin_width", "value_range"}``, ``sha256`` of the whole split's stored values (lower bin
+    edges on dequantized data), so that two models scored the same test points exactly when
+    their ``sha256`` and ``bin_width`` agree (the first ``min(n)`` examples then match)."""
+    import hashlib
+
+    import torch
+
+    x = data.split(split)
+    key = (id(x), x.data_ptr(), tuple(x.shape))
+    if key not in _FINGERPRINTS:
+        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        _FINGERPRINTS.clear()
+        _FINGERPRINTS[key] = hashlib.sha256(arr.tobytes()).hexdigest()[:16]
+    return {"split": split, "n": int(x.shape[0] if n is None else n), "sha256": _FINGERPRINTS[key],
+            "bin_width": data.bin_width, "value_range": [float(v) for v in data.value_range]}
+
+
+def likelihood_metrics(model, data, split: str = "test", *, limit: int | None = None,
+                       batch_size: int = 500, per_example: dict | None = None,
+                       progress: bool = False, dequant_draws: int = 4, noise_seed: int = 0,
+                       reload=None, **options) -> dict[str, Metric]:
+    """Every likelihood estimator of :mod:`probgen.eval.registry` that applies to ``model``
+    and is turned on: exact log-likelihood, ELBO and IWAE-k where the model has them; with
+    ``ais=True`` AIS (``ais_steps`` transitions; :func:`probgen.eval.diagnostics.ais_metric`),
+    with ``parzen=True`` the Parzen-window estimate (with its warning), and so on:
+    ``options`` are the estimators' options by name (``k=200``; unknown names are an error).
 
     When ``per_example`` is a dict, the per-example values (tensors (N,)) are stored in it
-    under ``log_likelihood``, ``elbo``, ``iwae``, ``ais`` and ``parzen``, for paired
+    under each metric's key (``log_likelihood``, ``elbo``, ``iwae``, ``ais``, ...), for paired
     comparisons between models.
 
     ``progress`` shows a bar over the examples of each estimate (and the annealing steps of
@@ -118,105 +228,49 @@ def likelihood_metrics(model, data, split: str = "test", *, k: int | None = None
     On dequantized data every estimate becomes the dequantization bound (module docstring),
     from ``dequant_draws`` noise draws per example seeded by ``noise_seed``; the per-example
     values stored are the bounds, and each metric's ``extra`` holds the mean Monte Carlo
-    standard error per example over the draws.
+    standard error per example over the draws. ``reload`` (``data options -> Dataset``) lets
+    an estimator score the same data in another representation (the AIS of a decoder scores
+    binarised runs on the dequantized images).
     """
+    import torch
+
+    with torch.no_grad():
+        return _run_estimators("likelihood", model, data, split, limit=limit,
+                               batch_size=batch_size, per_example=per_example, progress=progress,
+                               dequant_draws=dequant_draws, noise_seed=noise_seed, reload=reload,
+                               options=options)
+
+
+def _run_estimators(kind, model, data, split, *, limit=None, batch_size=500, per_example=None,
+                    progress=False, dequant_draws=4, noise_seed=0, reload=None, options=None,
+                    n_samples=None) -> dict[str, Metric]:
+    from probgen.eval import registry
+
     model = as_scorable(model)
-    store = per_example if per_example is not None else {}
+    opts = registry.resolve_options(options)
     x = data.split(split)
     if limit is not None:
         x = x[:limit]
-    rep = data.representation
-    deq = _Dequantized(data, x, dequant_draws, noise_seed) if data.bin_width is not None else None
-
-    def score(fn, bs, desc):
-        if deq is None:
-            tot, terms = _batched(fn, x, bs, desc=desc, progress=progress)
-            mc_se = terms.pop("mc_stderr", None)  # each example's own Monte Carlo error
-            return tot, terms, None if mc_se is None else mc_se**2
-        return deq.score(fn, bs, desc=desc, progress=progress)
-
-    def label(m: Metric, estimator: str) -> Metric:
-        if deq is None:
-            return m.describe(rep, estimator, data.dim)
-        return m.describe(rep, "dequantization bound", data.dim, inner_estimator=estimator)
-
+    ctx = ScoringContext(model, data, split, x, opts, per_example if per_example is not None else {},
+                         batch_size=batch_size, n_samples=n_samples, progress=progress,
+                         dequant_draws=dequant_draws, noise_seed=noise_seed, reload=reload)
     out: dict[str, Metric] = {}
-    if callable(getattr(model, "log_prob", None)):
-        lp, _, var = score(model.log_prob, batch_size, "log-likelihood")
-        out["log_likelihood"] = label(summarize(lp, "nats", extra_var=var), "exact")
-        store["log_likelihood"] = lp
-    else:
-        bounds = [name for name, has in (("ELBO", callable(getattr(model, "elbo", None))),
-                                         ("IWAE", callable(getattr(model, "iwae_bound", None))),
-                                         ("AIS", ais)) if has]
-        out["log_likelihood"] = unavailable(
-            "the model has no exact density (no log_prob)"
-            + (f"; see its bounds ({', '.join(bounds)})" if bounds else ""), "nats")
-    if data.density is not None:
-        out["true_log_likelihood"] = summarize(data.density.log_prob(x), "nats").describe(
-            rep, "exact", data.dim)
-    if callable(getattr(model, "elbo", None)):
-        elbo, terms, var = score(model.elbo, batch_size, "ELBO")
-        out["elbo"] = label(summarize(elbo, "nats", extra_var=var), "elbo")
-        store["elbo"] = elbo
-        for name, v in terms.items():
-            out[f"elbo_{name}"] = summarize(v, "nats")
-    else:
-        out["elbo"] = unavailable("the model has no latent-variable bound (no elbo)", "nats")
-    if callable(getattr(model, "iwae_bound", None)):
-        kk = k or 100
-        # probgen's models chunk iwae_bound within a memory bound themselves
-        # (probgen.inference.bounds.chunk_plan); these batches of about 50,000 samples keep a
-        # model that scores all k samples at once within bounds too
-        iw, iw_terms, var = score(lambda xb: model.iwae_bound(xb, kk),
-                                  max(1, min(batch_size, 50_000 // kk)), f"IWAE-{kk}")
-        out[f"iwae_{kk}"] = label(summarize(iw, "nats", extra_var=var), f"iwae-{kk}")
-        store["iwae"] = iw
-        if "khat" in iw_terms:
-            from probgen.eval.diagnostics import khat_summary
-
-            out[f"iwae_{kk}"].extra = {**(out[f"iwae_{kk}"].extra or {}),
-                                       **khat_summary(iw_terms["khat"])}
-    if ais or parzen:
-        from probgen.eval import diagnostics
-
-        # on dequantized data one noise draw per example (the first of the draws above)
-        xs = x if deq is None else next(deq.noisy())
-        xv = data.split("val") if deq is None else data.draw("val", torch.Generator(
-            device=x.device).manual_seed(noise_seed + 1))
-        if ais and callable(getattr(model, "ais", None)):  # a program: AIS over its traces
-            res = model.ais(xs, n_steps=ais_steps, n_chains=32, batch_size=50)
-            out["ais"] = _shift(diagnostics.ais_result_metric(res, per_example=store), deq, store,
-                                "ais")
-            label(out["ais"], "ais")
-        elif ais:
-            out["ais"] = _shift(diagnostics.ais_metric(
-                model, xs, x_val=xv, n_steps=ais_steps, per_example=store, progress=progress),
-                deq, store, "ais")
-            label(out["ais"], "ais")
-        if parzen:
-            out["parzen"] = _shift(diagnostics.parzen_metric(model, xs, xv[:1000], per_example=store),
-                                   deq, store, "parzen")
-            label(out["parzen"], "parzen")
+    for est in list(registry.ESTIMATORS.values()):
+        if est.kind != kind or not est.enabled(opts):
+            continue
+        reason = est.requires(ctx)
+        if reason is not None:
+            if est.report_absence:
+                out[est.metrics[0]] = unavailable(reason, registry.METRICS[est.metrics[0]].unit)
+            continue
+        out.update(est.compute(ctx))
     return out
 
 
-def _shift(m: Metric, deq, store: dict, key: str) -> Metric:
-    """Add the dequantization offset ``D log w`` to a metric scored on one noisy draw."""
-    if deq is None:
-        return m
-    if m.value is not None:
-        m.value += deq.offset
-    if key in store:
-        store[key] = store[key] + deq.offset
-    return m
-
-
-def evaluate(model, data, split: str = "test", *, k: int | None = None,
-             n_samples: int | None = None, limit: int | None = None, ais: bool = False,
-             ais_steps: int = 500, parzen: bool = False, model_name: str | None = None,
+def evaluate(model, data, split: str = "test", *, n_samples: int | None = None,
+             limit: int | None = None, model_name: str | None = None,
              per_example: dict | None = None, progress: bool = False, dequant_draws: int = 4,
-             noise_seed: int = 0) -> dict:
+             noise_seed: int = 0, reload=None, **options) -> dict:
     """Every metric ``model`` allows on ``data[split]``, in the one results schema.
 
     ``model`` is a model with (some of) the protocol's methods, or a Pyro program: a
@@ -224,24 +278,28 @@ def evaluate(model, data, split: str = "test", *, k: int | None = None,
     ``sample``), scored from its traces (:mod:`probgen.inference.program_bounds`; its name in
     the results is the model function's or the object's class). With ``per_example`` (a dict)
     the per-example values are stored in it for paired comparisons (see
-    :func:`likelihood_metrics`).
+    :func:`likelihood_metrics`). ``options`` are the estimators' options
+    (:mod:`probgen.eval.registry`: ``k``, ``ais``, ``ais_steps``, ``parzen``, ...).
 
     ``progress`` shows bars over the likelihood estimates (on a terminal only; the values do
     not depend on it).
 
-    Returns ``{"model", "dataset", "split", "n", "representation", "metrics": {NAME:
+    Returns ``{"model", "dataset", "split", "n", "representation", "options", "metrics": {NAME:
     {"value", "stderr", "unit", "representation", "estimator", ...}}}`` (the fields of
-    :mod:`probgen.eval.metrics`); ``dequant_draws`` and ``noise_seed`` as in
-    :func:`likelihood_metrics`.
+    :mod:`probgen.eval.metrics`; ``options`` every estimator option as used);
+    ``dequant_draws``, ``noise_seed`` and ``reload`` as in :func:`likelihood_metrics`.
+
     Raises
     ------
     probgen.errors.ConfigError
-        For something with nothing to score, saying what is needed; for a program the
-        trace-based bounds cannot score (no data plate, no observed site, a latent the guide
-        misses, ...), naming the site and the fix.
+        For something with nothing to score, saying what is needed; for an unknown option;
+        for a program the trace-based bounds cannot score (no data plate, no observed site, a
+        latent the guide misses, ...), naming the site and the fix.
     """
+    from probgen.eval import registry
     from probgen.inference.program_bounds import is_program
 
+    opts = registry.resolve_options(options)
     scorable = as_scorable(model)
     if model_name is None and is_program(model):
         model_name = scorable.name
@@ -249,11 +307,10 @@ def evaluate(model, data, split: str = "test", *, k: int | None = None,
     x = data.split(split)
     n = x.shape[0] if limit is None else min(limit, x.shape[0])
     metrics: dict[str, Metric] = {}
-    metrics.update(likelihood_metrics(model, data, split, k=k, limit=limit, per_example=per_example,
-                                      ais=ais, ais_steps=ais_steps, parzen=parzen,
+    metrics.update(likelihood_metrics(model, data, split, limit=limit, per_example=per_example,
                                       progress=progress, dequant_draws=dequant_draws,
-                                      noise_seed=noise_seed))
-    metrics.update(_sample_metrics(model, data, split, n_samples=n_samples))
+                                      noise_seed=noise_seed, reload=reload, **opts))
+    metrics.update(_sample_metrics(model, data, split, n_samples=n_samples, options=opts))
     return {
         "model": model_name or type(model).__name__,
         "dataset": data.name,
@@ -262,6 +319,7 @@ def evaluate(model, data, split: str = "test", *, k: int | None = None,
         "representation": data.representation,
         **({"bin_width": data.bin_width, "dequant_draws": int(dequant_draws)}
            if data.bin_width is not None else {}),
+        "options": opts,
         "metrics": {name: m.to_dict() for name, m in metrics.items()},
     }
 
@@ -286,9 +344,9 @@ def as_scorable(model):
     return model
 
 
-def _sample_metrics(model, data, split, *, n_samples=None) -> dict[str, Metric]:
-    """Sample-based metrics for any model with ``sample(n)``: mode coverage on toy mixtures,
-    feature-network distances (and the class histogram) on labelled images."""
+def _sample_metrics(model, data, split, *, n_samples=None, options=None) -> dict[str, Metric]:
+    """The sample estimators of :mod:`probgen.eval.registry` (mode coverage on toy mixtures,
+    feature-network distances on labelled images, ...) for any model with ``sample(n)``."""
     if not callable(getattr(model, "sample", None)):
         if callable(getattr(model, "model", None)) and callable(getattr(model, "guide", None)):
             return {"samples": unavailable(
@@ -296,19 +354,4 @@ def _sample_metrics(model, data, split, *, n_samples=None) -> dict[str, Metric]:
                 "probgen cannot draw from it by itself; give the object a sample(n) method to "
                 "get the sample metrics")}
         return {}
-    out: dict[str, Metric] = {}
-    if data.density is not None and getattr(data.density, "means", None) is not None:
-        from probgen.eval import modes
-
-        out.update(modes.mode_metrics(model, data, n_samples=n_samples or 2500))
-    if data.kind == "image" and data.labels(split) is not None and data.train_labels is not None:
-        from probgen.eval import samples
-
-        out.update(samples.image_sample_metrics(model, data, split, n_samples=n_samples))
-    elif data.kind == "image":
-        reason = (f"needs class labels: the feature network is a classifier trained on them, and "
-                  f"data set {data.name!r} has none for its train and {split} splits")
-        for name in ("frechet_distance", "kernel_distance", "precision", "recall", "density",
-                     "coverage", "class_histogram"):
-            out[name] = unavailable(reason)
-    return out
+    return _run_estimators("samples", model, data, split, n_samples=n_samples, options=options)

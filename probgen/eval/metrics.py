@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: the command line imports this package
+    import torch
 
 __all__ = ["Metric", "summarize", "unavailable"]
 
@@ -77,6 +79,8 @@ def summarize(per_example: torch.Tensor, unit: str = "nats", *, extra_var: torch
     estimate; it is already contained in the spread over examples, so it is reported in
     ``extra`` rather than added twice.
     """
+    import torch
+
     v = per_example.detach().double().flatten().cpu()
     n = v.numel()
     if n == 0:
