@@ -37,6 +37,7 @@ PRECISION_FRACTION = 0.5      # flag: precision below this fraction of the refer
 COVERAGE_FRACTION = 0.5       # flag: coverage below this fraction of the reference's
 CLASS_ENTROPY_FRACTION = 0.9  # flag: normalised class entropy below this fraction of the reference's
 HQ_FRACTION = 0.5             # flag: high-quality fraction below this fraction of the reference's
+MODES_FRACTION = 7 / 8        # flag: fewer toy modes than this fraction of the reference's (7 of 8)
 
 # metric names of results.json, most preferred first, for a row's likelihood
 # the likelihood estimates a row is ranked by, the most trusted first: the table of metrics'
@@ -301,7 +302,8 @@ def flag_model(ev: dict, reference: dict | None, *, effort: dict | None = None,
     Reasons, each against the reference row (real validation examples as samples):
     precision below ``PRECISION_FRACTION`` of the reference's; coverage below
     ``COVERAGE_FRACTION`` of it; normalised class entropy below ``CLASS_ENTROPY_FRACTION`` of
-    it (a collapsed class histogram); fewer toy modes covered; a high-quality fraction below
+    it (a collapsed class histogram); fewer toy modes covered than ``MODES_FRACTION`` of the
+    reference's (one missing mode of ring8's eight is not flagged); a high-quality fraction below
     ``HQ_FRACTION`` of it. ``effort`` (:func:`run_effort`) and ``budget_s`` (the comparison's
     budget) go into the advice.
     """
@@ -312,7 +314,8 @@ def flag_model(ev: dict, reference: dict | None, *, effort: dict | None = None,
         ("coverage", COVERAGE_FRACTION, "coverage below {f:g} x the reference's"),
         ("class_histogram", CLASS_ENTROPY_FRACTION,
          "normalised class entropy below {f:g} x the reference's (a collapsed class histogram)"),
-        ("modes_covered", 1.0, "fewer modes covered than the reference"),
+        ("modes_covered", MODES_FRACTION,
+         "fewer modes covered than {f:.3g} x the reference's (7 of ring8's 8, 22 of grid25's 25)"),
         ("high_quality_fraction", HQ_FRACTION, "high-quality fraction below {f:g} x the reference's"),
     )
     flags = []

@@ -236,10 +236,12 @@ def test_toy_flags_fewer_modes_than_the_reference_and_a_low_high_quality_fractio
     ref = res["models"][REF]
     ev = res["models"]["flow"]
     assert vd.flag_model(ev, ref) == []
-    ev["metrics"]["modes_covered"]["value"] = 7.0
+    ev["metrics"]["modes_covered"]["value"] = 7.0  # one of eight missing: 7/8 of the reference
+    assert vd.flag_model(ev, ref) == []
+    ev["metrics"]["modes_covered"]["value"] = 6.0
     (flag,) = vd.flag_model(ev, ref)
     assert flag["metric"] == "modes_covered" and flag["message"] == (
-        "modes covered 7/8 against the reference's 8/8")
+        "modes covered 6/8 against the reference's 8/8")
     ev["metrics"]["high_quality_fraction"]["value"] = 0.49
     assert [f["metric"] for f in vd.flag_model(ev, ref)] == ["modes_covered", "high_quality_fraction"]
     # without a reference row nothing can be judged
