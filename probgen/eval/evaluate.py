@@ -288,7 +288,9 @@ def as_scorable(model):
 
 def _sample_metrics(model, data, split, *, n_samples=None) -> dict[str, Metric]:
     """Sample-based metrics for any model with ``sample(n)``: mode coverage on toy mixtures,
-    feature-network distances (and the class histogram) on labelled images."""
+    feature-network distances (and the class histogram) on labelled images; on vector data
+    (toy sets, a user's arrays) the energy distance, the MMD and the true log-density of the
+    samples where the data set has one (:func:`probgen.eval.samples.vector_sample_metrics`)."""
     if not callable(getattr(model, "sample", None)):
         if callable(getattr(model, "model", None)) and callable(getattr(model, "guide", None)):
             return {"samples": unavailable(
@@ -301,6 +303,10 @@ def _sample_metrics(model, data, split, *, n_samples=None) -> dict[str, Metric]:
         from probgen.eval import modes
 
         out.update(modes.mode_metrics(model, data, n_samples=n_samples or 2500))
+    if data.kind != "image":
+        from probgen.eval import samples
+
+        out.update(samples.vector_sample_metrics(model, data, split, n_samples=n_samples))
     if data.kind == "image" and data.labels(split) is not None and data.train_labels is not None:
         from probgen.eval import samples
 
