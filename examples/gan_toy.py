@@ -56,7 +56,8 @@ def train_one(data, setting: dict, *, seed: int, steps: int, snapshots=()):
     g, d = gan_networks(data.shape, setting["latent_dim"], pack=setting["pack"],
                         norm=setting["norm"], width=setting["width"], depth=setting["depth"])
     tr = GANTrainer(g, d, latent_dim=setting["latent_dim"], loss=setting["loss"], lr=setting["lr"],
-                    lr_d=setting["lr_d"], betas=(setting["beta1"], setting["beta2"]))
+                    lr_d=setting["lr_d"], betas=(setting["beta1"], setting["beta2"]),
+                    r1=setting.get("r1", 0.0))
     z = torch.randn(1000, setting["latent_dim"], generator=torch.Generator().manual_seed(seed))
     kept = {}
     with torch.no_grad():
