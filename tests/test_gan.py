@@ -230,7 +230,8 @@ def test_a_short_run_with_the_toy_defaults_moves_samples_onto_the_ring():
     o = DEFAULTS["toy"]
     torch.manual_seed(0)
     g, d = gan_networks((2,), o["latent_dim"], pack=o["pack"], width=o["width"], depth=o["depth"])
-    tr = GANTrainer(g, d, latent_dim=2, loss=o["loss"], lr=o["lr"], betas=(o["beta1"], o["beta2"]))
+    tr = GANTrainer(g, d, latent_dim=2, loss=o["loss"], lr=o["lr"], betas=(o["beta1"], o["beta2"]),
+                    r1=o["r1"])
     gan = GAN(g, d, latent_dim=2, data_shape=(2,))
     z = torch.randn(2000, 2)
 
@@ -347,6 +348,13 @@ def test_recipe_checks_its_options():
     with pytest.raises(ConfigError, match="--loss wgan-gp needs a discriminator without BatchNorm"):
         recipe.resolve_config(_config(loss="wgan-gp", norm="batch"), data)
     assert recipe.resolve_config(_config(), data)["pack"] == recipe.DEFAULTS["toy"]["pack"]
+    with pytest.raises(ConfigError, match="--r1 must be >= 0"):
+        recipe.resolve_config(_config(r1=-0.5), data)
+    with pytest.raises(ConfigError, match="--r1 penalises the gradient of D at each real example"):
+        recipe.resolve_config(_config(r1=1.0, norm="batch"), data)
+    # the toy default reaches the trainer
+    cfg = recipe.resolve_config(_config(), data)
+    assert recipe.build(cfg, data, "cpu")[1].r1 == recipe.DEFAULTS["toy"]["r1"] == cfg["r1"]
 
 
 def test_recipe_loss_names_match_the_loss_table():

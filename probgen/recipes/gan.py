@@ -20,19 +20,19 @@ DISTRIBUTED = True  # trains under torchrun (probgen.distributed)
 DEFAULTS = {
     "image": dict(arch="dcgan", loss="ns", batch_size=64, lr=2e-4, lr_d=None, beta1=0.5, beta2=0.999,
                   latent_dim=64, pack=1, width=64, depth=3, norm="batch", d_steps=1,
-                  lr_decay="none", steps=5000),
+                  lr_decay="none", steps=5000, r1=0.0),
     "toy": dict(arch="mlp", loss="minimax", batch_size=256, lr=1e-3, lr_d=None, beta1=0.5, beta2=0.9,
                 latent_dim=2, pack=1, width=128, depth=3, norm="none", d_steps=1,
-                lr_decay="linear", steps=6000),
+                lr_decay="linear", steps=6000, r1=1.0),
     # 28x28/32x32 images with --arch mlp: MLPs on flattened pixels. On mnist-5k, 3000 steps
     # of 3x256 MLPs collapsed onto one digit (class entropy 0); PacGAN packing of 4 kept 0.40
     # of it -- the narrow DCGAN (--width 16) reached 0.86 in 2000 steps, so prefer that.
     "image-mlp": dict(arch="mlp", loss="ns", batch_size=64, lr=2e-4, lr_d=None, beta1=0.5, beta2=0.999,
                       latent_dim=64, pack=4, width=256, depth=3, norm="none", d_steps=1,
-                      lr_decay="none", steps=5000),
+                      lr_decay="none", steps=5000, r1=0.0),
     "vector": dict(arch="mlp", loss="ns", batch_size=64, lr=2e-4, lr_d=None, beta1=0.5, beta2=0.999,
                    latent_dim=16, pack=1, width=256, depth=3, norm="none", d_steps=1,
-                   lr_decay="none", steps=5000),
+                   lr_decay="none", steps=5000, r1=0.0),
 }
 SNAPSHOT_FRACTIONS = (0.02, 0.1, 0.3, 1.0)
 # the keys of probgen.inference.adversarial.LOSSES, known without importing torch (a test
@@ -70,6 +70,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr-decay", choices=["none", "linear"], default=None,
                         help="learning rates constant, or linearly down to 0 over the second half "
                              "(default: linear toy, none otherwise)")
+    parser.add_argument("--r1", type=float, default=None,
+                        help="weight gamma of the R1 penalty gamma/2 E||grad D(x)||^2 on real data "
+                             "(Mescheder et al. 2018; 0 for none; needs --norm none or spectral) "
+                             "(default: 1 toy, else 0)")
     parser.add_argument("--amp", action="store_true",
                         help="bfloat16 autocast while training (meant for CUDA; runs, slowly, on the CPU)")
     parser.add_argument("--log-every", type=int, default=100, help="steps between log lines")
@@ -112,6 +116,14 @@ def resolve_config(config: dict, data) -> dict:
             f"--arch dcgan needs 28x28 or 32x32 images; {config.get('data', 'the data')} has shape "
             f"{tuple(data.shape)}. Use --arch mlp."
         )
+    if not float(out["r1"]) >= 0:
+        raise ConfigError(f"--r1 must be >= 0 (0: no R1 penalty); got {out['r1']}.")
+    if float(out["r1"]) and out["norm"] == "batch":
+        raise ConfigError(
+            "--r1 penalises the gradient of D at each real example, which BatchNorm in the "
+            "discriminator breaks (its output depends on the batch); got --norm batch. Use "
+            "--norm none or --norm spectral, or --r1 0."
+        )
     if out["loss"] == "wgan-gp" and out["norm"] == "batch":
         raise ConfigError(
             "--loss wgan-gp needs a discriminator without BatchNorm (the gradient penalty is per "
@@ -133,7 +145,8 @@ def build(config: dict, data, device):
     g, d = g.to(device), d.to(device)
     trainer = GANTrainer(g, d, latent_dim=config["latent_dim"], loss=config["loss"],
                          lr=config["lr"], lr_d=config["lr_d"],
-                         betas=(config["beta1"], config["beta2"]), amp=config.get("amp", False))
+                         betas=(config["beta1"], config["beta2"]), amp=config.get("amp", False),
+                         r1=config["r1"])
     model = GAN(g, d, latent_dim=config["latent_dim"], data_shape=data.shape)
     return model, trainer
 
