@@ -116,6 +116,11 @@ def resolve_config(config: dict, data) -> dict:
             f"--arch dcgan needs 28x28 or 32x32 images; {config.get('data', 'the data')} has shape "
             f"{tuple(data.shape)}. Use --arch mlp."
         )
+    if out["loss"] == "wgan-gp" and out["norm"] == "batch":
+        raise ConfigError(
+            "--loss wgan-gp needs a discriminator without BatchNorm (the gradient penalty is per "
+            "example); got --norm batch. Use --norm none or --norm spectral."
+        )
     if not float(out["r1"]) >= 0:
         raise ConfigError(f"--r1 must be >= 0 (0: no R1 penalty); got {out['r1']}.")
     if float(out["r1"]) and out["norm"] == "batch":
@@ -123,11 +128,6 @@ def resolve_config(config: dict, data) -> dict:
             "--r1 penalises the gradient of D at each real example, which BatchNorm in the "
             "discriminator breaks (its output depends on the batch); got --norm batch. Use "
             "--norm none or --norm spectral, or --r1 0."
-        )
-    if out["loss"] == "wgan-gp" and out["norm"] == "batch":
-        raise ConfigError(
-            "--loss wgan-gp needs a discriminator without BatchNorm (the gradient penalty is per "
-            "example); got --norm batch. Use --norm none or --norm spectral."
         )
     return out
 
