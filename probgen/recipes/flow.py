@@ -208,8 +208,10 @@ def figures(model, data, run) -> list:
 
     out = []
     figs = run.figures_dir
+    # images show 64 samples, and an autoregressive flow (maf) samples one pixel per pass
+    n = 64 if data.kind == "image" else min(2000, max(64, data.test.shape[0]))
     with torch.no_grad():
-        samples = model.sample(min(2000, max(64, data.test.shape[0]))).cpu()
+        samples = model.sample(n).cpu()
     if data.kind != "image" and data.dim == 2:
         test = data.test.detach().cpu()
         lo, hi = float(test.min()) - 0.5, float(test.max()) + 0.5
