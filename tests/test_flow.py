@@ -175,7 +175,7 @@ def test_defaults_follow_the_data():
 
     toy = recipe.resolve_config({}, load_dataset("ring8", limit=100))
     assert (toy["flow"], toy["epochs"], toy["hidden"], toy["bins"], toy["preprocess"]) == \
-        ("nsf", recipe.TOY_EPOCHS, [128, 128], 16, "standardize")
+        ("nsf", recipe.TOY_EPOCHS, [128, 128], recipe.TOY_BINS, "standardize")
     img = recipe.resolve_config({}, load_dataset("digits", limit=100, dequantize="auto"))
     assert (img["flow"], img["epochs"], img["hidden"], img["preprocess"]) == ("maf", 50, [512], "logit")
     assert recipe.resolve_config({"epochs": 3}, load_dataset("ring8", limit=100))["epochs"] == 3
