@@ -3,7 +3,8 @@
 Goodfellow et al., "Generative adversarial nets" (2014) for the minimax and the
 non-saturating losses; Lim and Ye, "Geometric GAN" (2017) and Miyato et al., "Spectral
 normalization for generative adversarial networks" (2018) for the hinge loss; Gulrajani et
-al., "Improved training of Wasserstein GANs" (2017) for WGAN-GP.
+al., "Improved training of Wasserstein GANs" (2017) for WGAN-GP; Mescheder, Geiger and
+Nowozin, "Which training methods for GANs do actually converge?" (2018) for the R1 penalty.
 
 One training step is a discriminator step on a minibatch of real data and a minibatch of
 generated data, then a generator step. When the discriminator holds BatchNorm the generator
@@ -191,19 +192,26 @@ class GANTrainer:
         Across processes (:func:`probgen.distributed.process_group`): the networks are wrapped
         by its ``wrap_module`` (``DistributedDataParallel``) and each process draws its slice
         of the global batch's noise. Default: one process.
+    r1 : float
+        Weight gamma of the R1 penalty ``gamma / 2 * E ||grad_x D(x)||^2`` on real data (per
+        packed group; Mescheder et al. 2018), added to the discriminator loss; 0 for none.
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, *, latent_dim: int,
                  loss: str = "ns", lr: float = 2e-4, lr_d: float | None = None,
                  betas=(0.5, 0.999), amp: bool = False,
-                 processes: ProcessGroup = SINGLE_PROCESS):
+                 processes: ProcessGroup = SINGLE_PROCESS, r1: float = 0.0):
         self.G, self.D = generator, discriminator
+        self.r1 = float(r1)
+        if not self.r1 >= 0:
+            raise ConfigError(f"r1 (the R1 penalty's weight) must be >= 0; got {r1!r}.")
         self.latent_dim = int(latent_dim)
         self.loss_name = loss
         self.loss = get_loss(loss)
-        if self.loss.gradient_penalty and gan_uses_batch_statistics(discriminator):
+        if (self.loss.gradient_penalty or self.r1) and gan_uses_batch_statistics(discriminator):
+            what = f"loss {loss!r}" if self.loss.gradient_penalty else "the R1 penalty"
             raise ConfigError(
-                f"loss {loss!r} penalises the gradient of D at each interpolate on its own, "
+                f"{what} penalises the gradient of D at each example on its own, "
                 "which BatchNorm in the discriminator breaks (its output depends on the batch). "
                 "Build the discriminator with norm='none' or 'spectral'."
             )
@@ -278,7 +286,7 @@ class GANTrainer:
         if fake is None:
             with torch.no_grad(), self._autocast():
                 fake = self.G(self._noise(b))
-        parts = [real, fake.detach().to(real.dtype)]
+        parts = [real.detach().requires_grad_(True) if self.r1 else real, fake.detach().to(real.dtype)]
         if self.loss.gradient_penalty:
             eps = self._uniform(b // self.pack, *([1] * (real.dim() - 1))).to(real.device)
             eps = eps.repeat_interleave(self.pack, dim=0)  # one mixing weight per packed group
@@ -293,6 +301,9 @@ class GANTrainer:
             (grad,) = torch.autograd.grad(logits[2 * m:].sum(), parts[2], create_graph=True)
             norms = grad.reshape(m, -1).norm(dim=1)  # (B, *shape) -> (B / pack, pack * D)
             loss = loss + self.loss.gradient_penalty * ((norms - 1) ** 2).mean()
+        if self.r1:
+            (grad,) = torch.autograd.grad(real_l.sum(), parts[0], create_graph=True)
+            loss = loss + 0.5 * self.r1 * grad.reshape(m, -1).pow(2).sum(1).mean()
         self._finite(loss.detach(), "discriminator", self.step_count)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()

@@ -289,29 +289,14 @@ class _GroupedBatchNorm:
         k = int(self.groups)
         if k == 1 or not (self.training or self.running_mean is None):
             return super().forward(x)
-        self._check_input_dim(x)
-        n, c, rest = x.shape[0], x.shape[1], tuple(x.shape[2:])
+        n = x.shape[0]
         if n % k:
             raise ValueError(f"a batch of {n} cannot be cut into {k} equal groups")
         m = n // k
-        # (k * m, C, *S) -> (m, k * C, *S): group i's channels become channels i*C..(i+1)*C-1
-        xg = x.reshape(k, m, c, *rest).transpose(0, 1).reshape(m, k * c, *rest)
-        w = None if self.weight is None else self.weight.repeat(k)
-        b = None if self.bias is None else self.bias.repeat(k)
-        y = F.batch_norm(xg, None, None, w, b, True, 0.0, self.eps)
-        if self.training and self.track_running_stats:
-            self._update_running_stats(xg.detach(), k, c)
-        return y.reshape(m, k, c, *rest).transpose(0, 1).reshape(n, c, *rest)  # back to (k*m, C, *S)
-
-    @torch.no_grad()
-    def _update_running_stats(self, xg, k: int, c: int) -> None:
-        dims = [0, *range(2, xg.dim())]
-        var, mean = torch.var_mean(xg.float(), dim=dims, correction=1)  # (k * C,), as BatchNorm
-        for i in range(k):  # one update per group, in order
-            self.num_batches_tracked.add_(1)
-            f = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            self.running_mean.mul_(1 - f).add_(mean[i * c:(i + 1) * c].to(self.running_mean.dtype), alpha=f)
-            self.running_var.mul_(1 - f).add_(var[i * c:(i + 1) * c].to(self.running_var.dtype), alpha=f)
+        # BatchNorm itself on each block of consecutive examples, in order: the blocks are
+        # views (no copy), each pass normalises and updates the running statistics in one
+        # native kernel, and only the outputs are joined
+        return torch.cat([super(_GroupedBatchNorm, self).forward(x[i * m:(i + 1) * m]) for i in range(k)])
 
 
 class GroupedBatchNorm1d(_GroupedBatchNorm, _gan_nn.BatchNorm1d):

@@ -139,3 +139,26 @@ def test_cli_on_dequantized_images_reports_bits_per_dim(tmp_path):
     assert ll["estimator"] == "dequantization bound" and ll["inner_estimator"] == "exact"
     assert ll["representation"] == "dequantized-17-level" and math.isfinite(ll["value"])
     assert ll["bits_per_dim"] == pytest.approx(-ll["value"] / (64 * math.log(2)))
+
+
+def test_defaults_follow_the_data():
+    from probgen.recipes import flow as recipe
+
+    toy = recipe.resolve_config({}, load_dataset("ring8", limit=100))
+    assert (toy["flow"], toy["epochs"], toy["hidden"], toy["bins"], toy["preprocess"]) == \
+        ("nsf", recipe.TOY_EPOCHS, [128, 128], recipe.TOY_BINS, "standardize")
+    img = recipe.resolve_config({}, load_dataset("digits", limit=100, dequantize="auto"))
+    assert (img["flow"], img["epochs"], img["hidden"], img["preprocess"]) == ("maf", 50, [512], "logit")
+    assert recipe.resolve_config({"epochs": 3}, load_dataset("ring8", limit=100))["epochs"] == 3
+
+
+def test_learning_rate_anneals_over_epochs_or_a_time_budget():
+    from probgen.recipes.flow import lr_at
+
+    cfg = {"lr": 1e-3, "epochs": 50}
+    assert lr_at(cfg, 0) == pytest.approx(1e-3) and lr_at(cfg, 50) == pytest.approx(1e-5)
+    assert lr_at(cfg, 25) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
+    # a budget half spent at epoch 5 puts the rate where epoch 25 of 50 would
+    assert lr_at(cfg, 5, 0.5) == pytest.approx(lr_at(cfg, 25))
+    assert lr_at(cfg, 40, 0.1) == pytest.approx(lr_at(cfg, 40))  # the further of the two
+    assert lr_at(cfg, 5, 3.0) == pytest.approx(1e-5)  # past the budget: the floor

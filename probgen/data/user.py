@@ -23,9 +23,16 @@ How arrays are read
 The first axis indexes examples.
 
 * ``uint8`` arrays are pixels in 0..255 and are scaled to [0, 1]; ``value_range`` and
-  ``binarize`` apply to them. Rank 3 ``(N, H, W)`` and rank 4 ``(N, C, H, W)`` (or
-  ``(N, H, W, C)`` with C = 1, 3 or 4, moved to channels-first) are images (``kind="image"``);
-  rank 2 ``(N, D)`` are flat pixel vectors (``kind="vector"``).
+  ``binarize`` apply to them; they are 8-bit, so they can be dequantized. Rank 3
+  ``(N, H, W)`` (grey) and rank 4 are images (``kind="image"``); rank 2 ``(N, D)`` are flat
+  pixel vectors (``kind="vector"``).
+* A rank-4 array is channel-first ``(N, C, H, W)`` when only its second axis can be a
+  channel count (1, 3 or 4), channel-last ``(N, H, W, C)`` (moved to channel-first, the
+  internal layout) when only its last axis can: a ``(N, 32, 32, 3)`` uint8 array of colour
+  images is read as 3 x 32 x 32 images, D = 3072, without any option. When both axes can
+  (``(N, 3, 4, 4)``: three 4 x 4 images or 4-channel 3 x 4 images?), the file must say which:
+  an ``.npz`` entry ``layout`` holding ``"NCHW"`` or ``"NHWC"``
+  (``np.savez(path, x=x, layout="NHWC")``); otherwise it is an error that says so.
 * Float arrays of rank 1 ``(N,)`` (read as ``(N, 1)``) or rank 2 ``(N, D)`` are vectors and
   stay as they are (``value_range`` does not apply; ``binarize`` needs values in [0, 1]).
   Float arrays of rank 3 or 4 are images only when every value lies in [0, 1].
@@ -63,6 +70,8 @@ __all__ = ["load_user_data", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _X_KEYS = ("x", "data", "images")
+_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
+_LAYOUTS = ("NCHW", "NHWC")
 _Y_KEYS = ("y", "labels", "targets")
 _HELP = ("Give one array, or examples under x/data/images with labels under y/labels/targets, or "
          "x_train/y_train, x_test/y_test (and optionally x_val/y_val).")
@@ -208,7 +217,7 @@ def _read_image_folder(p: Path) -> dict[str, np.ndarray]:
         raise DataError(f"the images in {p} have different sizes: {listed}. Resize them to one size.")
     x = np.stack(arrays)  # (N, H, W) grey or (N, H, W, 3)
     x = x[:, None] if mode == "L" else x.transpose(0, 3, 1, 2)  # -> (N, C, H, W)
-    out = {"x": x}
+    out = {"x": x, "_layout": "NCHW"}
     if classes:
         out["y"] = np.array([c for _, c in files], dtype=np.int64)
         out["_classes"] = classes
@@ -221,8 +230,22 @@ def _pick(arrays: dict, keys: tuple[str, ...]):
     return (hits[0], arrays[hits[0]]) if hits else (None, None)
 
 
+def _layout(arrays: dict, p: Path) -> str | None:
+    """The ``layout`` entry of a file ("NCHW" or "NHWC"), removed from ``arrays``; or None."""
+    if "layout" not in arrays:
+        return None
+    value = np.asarray(arrays.pop("layout"))
+    text = str(value.item()) if value.ndim == 0 and value.dtype.kind in "US" else None
+    if isinstance(text, str) and text.upper() in _LAYOUTS:
+        return text.upper()
+    raise DataError(f"{p} [layout] must be the string 'NCHW' (channel-first) or 'NHWC' "
+                    f"(channel-last); got {value.tolist()!r}.")
+
+
 def _to_splits(arrays: dict, p: Path, seed: int) -> dict:
     classes = arrays.pop("_classes", None)
+    # an image folder's arrays are channel-first; a file may say its layout
+    layout = arrays.pop("_layout") if isinstance(arrays.get("_layout"), str) else _layout(arrays, p)
     if not arrays:
         raise DataError(f"{p} holds no arrays. {_HELP}")
     if "x_train" in arrays:
@@ -247,7 +270,7 @@ def _to_splits(arrays: dict, p: Path, seed: int) -> dict:
     for s, (x, y) in parts.items():
         xname, yname = names[s]
         where = f"{p} [{xname}]" if p.suffix in (".npz", ".pt") or len(parts) > 1 else str(p)
-        xt, k, pix = _examples(x, where)
+        xt, k, pix = _examples(x, where, layout)
         if kind is not None and (k, pix, xt.shape[1:]) != (kind, pixels, shape):
             raise DataError(f"{where} holds examples of shape {tuple(xt.shape[1:])} ({k}); the other "
                             f"split holds {tuple(shape)} ({kind}). All splits must agree.")
@@ -280,8 +303,35 @@ def _to_splits(arrays: dict, p: Path, seed: int) -> dict:
     return res
 
 
-def _examples(a, where: str) -> tuple[torch.Tensor, str, bool]:
-    """Array -> (float32 tensor, kind, pixels?) following the rules of the module docstring."""
+def _channels_first(a: np.ndarray, where: str, layout: str | None) -> np.ndarray:
+    """A rank-4 array as (N, C, H, W), by ``layout`` or, without one, by which axis can hold
+    the channels (module docstring)."""
+    if layout is not None:
+        a = a if layout == "NCHW" else a.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+        if a.shape[1] not in _CHANNELS:
+            raise DataError(f"{where} read as {layout} has {a.shape[1]} channels; images have "
+                            "1, 3 or 4. Check the layout entry of the file.")
+        return a
+    first, last = a.shape[1] in _CHANNELS, a.shape[3] in _CHANNELS
+    if first and last:
+        raise DataError(
+            f"{where} has shape {a.shape}, which reads both as channel-first (N, C, H, W): "
+            f"{a.shape[1]} channel(s) of {a.shape[2]} x {a.shape[3]}, and as channel-last "
+            f"(N, H, W, C): {a.shape[3]} channel(s) of {a.shape[1]} x {a.shape[2]}. Say which: save "
+            "an .npz with the layout beside the images, np.savez(path, x=x, layout='NCHW') or "
+            "layout='NHWC'."
+        )
+    if first:
+        return a
+    if last:
+        return a.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+    raise DataError(f"{where} has shape {a.shape}: neither (N, C, H, W) nor (N, H, W, C) "
+                    "with C = 1, 3 or 4 channels.")
+
+
+def _examples(a, where: str, layout: str | None = None) -> tuple[torch.Tensor, str, bool]:
+    """Array -> (float32 tensor, kind, pixels?) following the rules of the module docstring;
+    ``layout`` ("NCHW" or "NHWC") settles the axes of a rank-4 array."""
     a = np.asarray(a)
     if a.dtype == bool:
         a = a.astype(np.uint8) * 255
@@ -296,12 +346,8 @@ def _examples(a, where: str) -> tuple[torch.Tensor, str, bool]:
             f"{where} has rank {a.ndim} (shape {a.shape}); expected (N,) or (N, D) vectors, or images "
             "(N, H, W), (N, C, H, W) or (N, H, W, C)."
         )
-    if a.ndim == 4 and a.shape[1] not in (1, 3, 4):
-        if a.shape[3] in (1, 3, 4):
-            a = a.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
-        else:
-            raise DataError(f"{where} has shape {a.shape}: neither (N, C, H, W) nor (N, H, W, C) "
-                            "with C = 1, 3 or 4 channels.")
+    if a.ndim == 4:
+        a = _channels_first(a, where, layout)
     if a.dtype == np.uint8:
         x = torch.from_numpy(np.ascontiguousarray(a).astype(np.float32) / np.float32(255.0))
         if x.dim() == 3:

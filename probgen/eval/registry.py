@@ -285,8 +285,24 @@ for _m in (
                "fraction of samples within 3 sigma of their nearest mode",
                "the data are not a mixture with known modes"),
     MetricInfo("reverse_kl", "reverse KL", "nats", "lower",
-               "KL(histogram of samples over their nearest modes || true mode weights)",
+               "KL(histogram of samples over the modes and one off-mode bin (beyond 3 sigma of "
+               "every mode) || true mode and off-mode weights): a model that misses modes or "
+               "puts samples between them pays for it", "the data are not a mixture with known modes"),
+    MetricInfo("reverse_kl_nearest", "reverse KL (nearest)", "nats", "lower",
+               "PacGAN's reverse KL: every sample counted at its nearest mode however far it is "
+               "(for comparison with published numbers only)",
                "the data are not a mixture with known modes"),
+    MetricInfo("energy_distance", "energy", "", "lower",
+               "energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'| between samples and test points "
+               "(unbiased; 0 for the same distribution; permutation reference in extra)",
+               "not vector data"),
+    MetricInfo("mmd", "MMD^2", "", "lower",
+               "squared maximum mean discrepancy between samples and test points, Gaussian kernel "
+               "with the median pooled distance as bandwidth (unbiased; permutation reference in "
+               "extra)", "not vector data"),
+    MetricInfo("sample_log_density", "sample log-dens", "nats", "higher",
+               "mean true log-density of the samples (the test points' own in extra: the value a "
+               "perfect sampler reaches)", "the data have no known density"),
     MetricInfo("frechet_distance", "Frechet", "", "lower",
                "Frechet distance between Gaussians fitted to features of samples and of test images",
                "not an image data set with class labels"),
@@ -413,6 +429,18 @@ def _modes(ctx) -> dict[str, Metric]:
     return modes.mode_metrics(ctx.model, ctx.data, n_samples=ctx.n_samples or 2500)
 
 
+def _vectors_requires(ctx) -> str | None:
+    if not callable(getattr(ctx.model, "sample", None)):
+        return "the model has no sample(n)"
+    return None if ctx.data.kind != "image" else "image data (see the feature-network metrics)"
+
+
+def _vectors(ctx) -> dict[str, Metric]:
+    from probgen.eval import samples
+
+    return samples.vector_sample_metrics(ctx.model, ctx.data, ctx.split, n_samples=ctx.n_samples)
+
+
 _IMAGE_METRICS = ("frechet_distance", "kernel_distance", "precision", "recall", "density",
                   "coverage", "class_histogram")
 
@@ -456,8 +484,11 @@ for _e in (
               switch="parzen", requires=lambda ctx: None,
               options=(Option("parzen", bool, False, "add the Parzen-window estimate"),)),
     Estimator("modes", "mode coverage of samples on toy mixtures", ("modes_covered",
-              "high_quality_fraction", "reverse_kl"), _modes, requires=_modes_requires,
-              kind="samples"),
+              "high_quality_fraction", "reverse_kl", "reverse_kl_nearest"), _modes,
+              requires=_modes_requires, kind="samples"),
+    Estimator("vector_samples", "two-sample distances of samples on vector data (energy, MMD) "
+              "and their true log-density", ("energy_distance", "mmd", "sample_log_density"),
+              _vectors, requires=_vectors_requires, kind="samples"),
     Estimator("image_samples", "feature-network distances of samples on labelled images",
               _IMAGE_METRICS, _images, requires=_images_requires, kind="samples"),
 ):
