@@ -320,6 +320,31 @@ def _reference_text(results: dict) -> str | None:
             "score, not zero, and every model's row is read against it.")
 
 
+def _costs_section(results: dict) -> list[str]:
+    """What the costly estimators (the AIS of a decoder) took at this comparison's settings:
+    seconds, CPU seconds, threads, test images, transitions, chains, and the BDMC images."""
+    from probgen.eval import registry
+
+    lines = []
+    for name, costs in (results.get("estimator_costs") or {}).items():
+        for key, c in costs.items():
+            title = registry.METRICS[key].title if key in registry.METRICS else key
+            bdmc = (f", BDMC on {c['n_bdmc_images']} simulated images ({c['bdmc_seconds']:.0f} s)"
+                    if c.get("n_bdmc_images") else "")
+            lines.append(
+                f"- **{name}**, {title}: {c['seconds']:.0f} s ({c['cpu_seconds']:.0f} CPU s on "
+                f"{c['threads']} thread{'s' if c['threads'] != 1 else ''}) for "
+                f"{c['n_images']} test examples, {c['n_steps']} transitions of "
+                f"{c['n_leapfrog']} leapfrog steps, {c['n_chains']} chains; choosing sigma on "
+                f"{c['n_val_images']} validation examples {c['sigma_seconds']:.0f} s{bdmc}")
+    if not lines:
+        return []
+    opts = ", ".join(f"{k}={v}" for k, v in (results.get("estimator_options") or {}).items()
+                     if k.startswith(("decoder_ais", "bdmc")))
+    return ["", "What the likelihood of the models without a density cost at this comparison's "
+            f"settings ({opts}; scoring is not counted in the training budget):", "", *lines]
+
+
 def write_reports(results: dict, rows: dict, out: Path, *, columns) -> tuple[Path, Path]:
     out = Path(out)
     figs = _figures(results, rows, out)
@@ -336,6 +361,7 @@ def write_reports(results: dict, rows: dict, out: Path, *, columns) -> tuple[Pat
                f"scoring {t['score_total_s']:.0f} s ({t['note']}).", ""]
         md += [f"- **{n}**: share {t['share_s'][n]:.0f} s, trained {t['train_s'][n]:.1f} s, scored "
                f"{t['score_s'].get(n, 0):.1f} s" for n in t["share_s"]]
+    md += _costs_section(results)
     md += ["", "## VAE against GAN, measured", "",
            "| model | likelihood available | reconstruction MSE of a given x | seconds per image | sharpness (data) |",
            "|---|---|---|---|---|"]

@@ -235,6 +235,10 @@ def test_gan_and_gmm_on_ring8_pair_and_the_gan_has_a_likelihood(tmp_path):
     assert "decoder_ais" in res["vae_vs_gan"]["gan"]["likelihood"]
     md = (tmp_path / "cmp" / "report.md").read_text()
     assert "AIS (decoder)" in md and "scored on different data representations" not in md
+    # the report states what the GAN's likelihood cost at these settings
+    assert ("What the likelihood of the models without a density cost" in md
+            and f"- **gan**, AIS (decoder): {cost['seconds']:.0f} s" in md
+            and "for 8 test examples, 10 transitions" in md)
 
 
 def test_binary_and_dequantized_rows_never_pair(tmp_path):

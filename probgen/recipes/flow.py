@@ -7,9 +7,11 @@
 The flow is a Pyro program with an empty guide (:class:`probgen.models.flow.Flow`), trained
 by :func:`probgen.inference.svi.fit_svi` on the negative log-likelihood; the learning rate
 follows a cosine from ``--lr`` to ``--lr / 100`` over ``--epochs`` (a function of the epoch,
-so ``--resume`` continues it), or over ``--time-budget`` where that comes first (as in
-``compare``): set at each epoch's end from the larger of the fractions of epochs and of the
-budget spent, so that a run stopped by its budget has annealed. On images it sees dequantized 8-bit values (``(k + u) / 256``,
+so ``--resume`` continues it bit for bit). With ``--anneal budget`` it follows the
+``--time-budget`` as well where that comes first (as a ``compare`` share does): set at each
+epoch's end from the larger of the fractions of epochs and of the budget spent, so that a run
+stopped by its budget has annealed; the rates then depend on the wall clock, so such a run is
+not reproducible bit for bit. On images it sees dequantized 8-bit values (``(k + u) / 256``,
 fresh noise every batch) through a logit with its Jacobian, and ``probgen eval`` reports the
 dequantization bound on ``log P(k)`` in bits/dim (:mod:`probgen.data.dequantize`); on vector
 and toy data it is the exact density of the standardised values (with the Jacobian of the
@@ -62,6 +64,10 @@ class Config(RecipeConfig):
     batch_size: int = option(256, "examples per step (default %(default)s)", type=positive_int)
     lr: float | None = option(None, "initial Adam learning rate, annealed to lr/100 (default 3e-3 "
                               "on vectors, 1e-3 on images)", type=positive_float)
+    anneal: str = option(
+        "epochs", "what the cosine learning rate follows: epochs (default; reproducible bit for "
+        "bit) or budget (also the --time-budget spent, so that a run its budget stops has "
+        "annealed; the rates then depend on the wall clock)", choices=("epochs", "budget"))
 
 
 def data_options(args) -> dict:
@@ -154,7 +160,7 @@ def train(run, data, config, device):
     t0 = time.perf_counter()
 
     stop = getattr(run, "stop", None)
-    budget = getattr(stop, "time_budget", None)
+    budget = getattr(stop, "time_budget", None) if config.get("anneal") == "budget" else None
 
     def set_lr(optimizer, epoch: int) -> None:
         # under a time budget the schedule also follows the time spent: by the budget's end

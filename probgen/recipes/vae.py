@@ -207,7 +207,8 @@ def build(config: dict, data):
     from probgen.models.vae import VAE
 
     return VAE(data.shape, latent, c.hidden, arch=c.arch, likelihood=c.likelihood or "bernoulli",
-               activation=c.activation, gaussian_scale=c.gaussian_scale)
+               activation=c.activation, gaussian_scale=c.gaussian_scale,
+               levels=pixel_levels(config, data))
 
 
 def validation_elbo(model, data, *, limit: int | None = None, batch_size: int = 1000) -> float | None:
