@@ -754,7 +754,7 @@ def program_iwae_bound(program, x: torch.Tensor, k: int, *, khat: bool = True,
 
 
 def _khat(log_w: torch.Tensor) -> torch.Tensor:
-    from probgen.eval.diagnostics import pareto_khat
+    from probgen.inference.khat import pareto_khat
 
     lw = log_w.clone()
     lw[torch.isnan(lw)] = -math.inf
@@ -785,8 +785,8 @@ def program_ais(program, x: torch.Tensor, options: AISOptions | None = None, *,
         The :class:`probgen.inference.ais.AISResult` fields, ``khat`` (N,) of the chain
         weights, and ``sites``, the latent sites the chains moved.
     """
-    from probgen.eval.diagnostics import pareto_khat
     from probgen.inference.ais import ais
+    from probgen.inference.khat import pareto_khat
 
     prog = _resolve(program, data_plate, global_latents)
     st = prog.structure(x)
