@@ -394,3 +394,20 @@ def test_vector_metric_errors_name_the_problem():
 
     with pytest.raises(DataError, match="not finite"):
         S.vector_sample_metrics(Diverged(), load_dataset("banana"), n_samples=10)
+
+
+def test_a_sampler_that_diverged_blanks_its_image_metrics_with_the_reason():
+    """Non-finite samples do not stop a comparison: every feature-network metric of the row
+    is blank, saying how many samples were not finite and what to do."""
+    from types import SimpleNamespace
+
+    from probgen.eval.samples import IMAGE_METRIC_NAMES, image_sample_metrics
+
+    data = SimpleNamespace(shape=(1, 4, 4), split=lambda s: torch.zeros(10, 1, 4, 4))
+    x = torch.rand(10, 1, 4, 4)
+    x[3, 0, 1, 1] = float("nan")
+    x[7, 0, 0, 0] = float("inf")
+    out = image_sample_metrics(None, data, samples=x, feature_net=object())
+    assert set(out) == set(IMAGE_METRIC_NAMES)
+    for m in out.values():
+        assert m.value is None and m.reason.startswith("2 of 10 samples are not finite")

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from probgen.errors import DataError
-from probgen.eval.metrics import Metric
+from probgen.eval.metrics import Metric, unavailable
 
 __all__ = [
     "frechet_distance",
@@ -229,6 +229,10 @@ def _binomial_se(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 0.0) / n) if n > 0 else float("nan")
 
 
+IMAGE_METRIC_NAMES = ("frechet_distance", "kernel_distance", "precision", "recall", "density",
+                      "coverage", "class_histogram")
+
+
 def image_sample_metrics(model, data, split: str = "test", *, n_samples: int | None = None,
                          feature_net=None, samples: torch.Tensor | None = None,
                          seed: int = 0) -> dict[str, Metric]:
@@ -248,6 +252,12 @@ def image_sample_metrics(model, data, split: str = "test", *, n_samples: int | N
         with torch.no_grad():
             samples = model.sample(n)
     samples = samples.reshape(-1, *data.shape)
+    bad = int((~torch.isfinite(samples.reshape(samples.shape[0], -1)).all(1)).sum())
+    if bad:  # the row says its sampler failed; the other rows of a comparison go on
+        reason = (f"{bad} of {samples.shape[0]} samples are not finite (NaN or inf): the model "
+                  "diverged when sampling. Retrain it (a lower learning rate, more epochs) "
+                  "before scoring its samples")
+        return {name: unavailable(reason) for name in IMAGE_METRIC_NAMES}
     fr, ff = fn.features(real), fn.features(samples)
     m = ff.shape[0]
     extra = {"feature_network": fn.name, "n_real": int(n), "n_generated": int(m)}
