@@ -393,7 +393,10 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
     for n, r in rows.items():
         results["models"][n]["training"] = verdict.run_effort(
             r["run"], share_s=timing["share_s"].get(n), how=training.get(n),
-            seconds=timing["train_s"].get(n, r["eval"]["metrics"]["train_time"].get("value")))
+            # a reused run trained before this comparison: its own recorded training time
+            seconds=(r["eval"]["metrics"]["train_time"].get("value")
+                     if str(training.get(n, "")).startswith("reused") or n not in timing["train_s"]
+                     else timing["train_s"][n]))
     kind = next(iter(rows.values()))["data"].kind if rows else ""
     for n, flags in verdict.compute_flags(results, data_kind=kind).items():
         results["models"][n]["flags"] = flags

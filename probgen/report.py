@@ -359,8 +359,13 @@ def write_reports(results: dict, rows: dict, out: Path, *, columns) -> tuple[Pat
         md += ["", "## Time", "",
                f"Training budget {t['budget_s']:.0f} s; training took {t['train_total_s']:.0f} s and "
                f"scoring {t['score_total_s']:.0f} s ({t['note']}).", ""]
-        md += [f"- **{n}**: share {t['share_s'][n]:.0f} s, trained {t['train_s'][n]:.1f} s, scored "
-               f"{t['score_s'].get(n, 0):.1f} s" for n in t["share_s"]]
+        for n in t["share_s"]:
+            how = str(((results["models"].get(n) or {}).get("training") or {}).get("how") or "")
+            trained = (f"trained {t['train_s'][n]:.1f} s" if not how.startswith("reused") else
+                       f"{how} (its training took "
+                       f"{results['models'][n]['training'].get('seconds') or 0:.1f} s then)")
+            md.append(f"- **{n}**: share {t['share_s'][n]:.0f} s, {trained}, scored "
+                      f"{t['score_s'].get(n, 0):.1f} s")
     md += _costs_section(results)
     md += ["", "## VAE against GAN, measured", "",
            "| model | likelihood available | reconstruction MSE of a given x | seconds per image | sharpness (data) |",
