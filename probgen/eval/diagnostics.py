@@ -1,17 +1,5 @@
-"""The AIS and Parzen metrics, and how far to trust an importance-sampling estimate.
-
-Pareto k-hat (Vehtari, Simpson, Gelman, Yao and Gabry, 2024, "Pareto smoothed importance
-sampling", JMLR 25(72)): fit a generalized Pareto distribution to the largest importance
-weights of each example; its shape ``k`` says how many moments the weights have. With
-``k < 0.5`` the variance is finite and the estimate converges fast; with ``0.5 <= k < 0.7`` it
-converges, slowly; with ``k >= 0.7`` (:data:`KHAT_THRESHOLD`) the estimate of ``log p(x)`` from
-these weights (IWAE or AIS) is not to be trusted, whatever its standard error says.
-
-The fit is ArviZ's (``arviz.psislw``, ArviZ 0.x). Where that API is missing (ArviZ 1.x moved
-it), the same estimator runs here: the empirical-Bayes fit of Zhang and Stephens (2009,
-"A new and efficient estimation method for the generalized Pareto distribution",
-Technometrics 51(3)) with the weakly informative prior on ``k`` of Vehtari et al., on the
-``min(S / 5, 3 sqrt(S))`` largest weights; the tests check that both agree.
+"""The AIS and Parzen metrics, with how far to trust an importance-sampling estimate: the
+Pareto k-hat of its weights (:mod:`probgen.inference.khat`, re-exported here).
 
 :func:`decoder_ais_metric` scores a model with only a decoder (a GAN's generator) by AIS with a
 Gaussian observation model and its BDMC gap. :func:`ais_metric` and :func:`parzen_metric` turn :mod:`probgen.inference.ais` and
