@@ -97,6 +97,7 @@ def test_compare_checks_every_option_before_training(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow  # about a minute: run with -m slow
 def test_every_model_follows_its_data_and_unused_budget_flows_on(tmp_path):
     """grid25 with no per-model options: the VAE takes a Gaussian likelihood and no binarisation
     by itself; PPCA's latent size sits below the data's dimension; the quick models train

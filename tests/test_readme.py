@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -16,6 +18,7 @@ def _section() -> str:
     return text[start:text.index("\n## ", start)]
 
 
+@pytest.mark.slow  # about a minute: run with -m slow
 def test_models_are_programs_section_runs(tmp_path, monkeypatch):
     section = _section()
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
