@@ -60,6 +60,16 @@ def _describe_range(x: torch.Tensor) -> str:
     return f"[{float(x.min()):.4g}, {float(x.max()):.4g}]"
 
 
+def _require_unit_interval(x: torch.Tensor, expects: str, advice: str) -> None:
+    """A :class:`DataError` unless every value of ``x`` lies in [0, 1]: ``expects`` says who
+    expects what, ``advice`` what to do."""
+    lo, hi = (float(v) for v in torch.aminmax(x.reshape(-1)))
+    if lo >= 0 and hi <= 1:
+        return
+    found = _describe_range(x) if bool(torch.isfinite(x).all()) else "with NaN/inf"
+    raise DataError(f"{expects}, but x has values in {found}. {advice}")
+
+
 class BernoulliLikelihood(nn.Module):
     """p(x|z) = prod Bernoulli(x_i; sigmoid(logits_i)) for 0/1 pixels."""
 
@@ -109,15 +119,10 @@ class ContinuousBernoulliLikelihood(BernoulliLikelihood):
         return dist.ContinuousBernoulli(logits=raw).mean
 
     def check(self, x: torch.Tensor) -> None:
-        lo, hi = (float(v) for v in torch.aminmax(x.reshape(-1)))
-        if lo >= 0 and hi <= 1:
-            return
-        raise DataError(
-            f"likelihood='continuous-bernoulli' expects values in [0, 1], but x has values in "
-            f"{_describe_range(x) if bool(torch.isfinite(x).all()) else 'with NaN/inf'}. Scale "
-            "the data to [0, 1] (divide 0..255 pixels by 255; --value-range 0,1), or use "
-            "likelihood='gaussian'."
-        )
+        _require_unit_interval(
+            x, "likelihood='continuous-bernoulli' expects values in [0, 1]",
+            "Scale the data to [0, 1] (divide 0..255 pixels by 255; --value-range 0,1), or use "
+            "likelihood='gaussian'.")
 
 
 class GaussianLikelihood(nn.Module):
@@ -269,14 +274,9 @@ class DiscretizedLogisticLikelihood(nn.Module):
         return raw.clamp(0, 1)
 
     def check(self, x: torch.Tensor) -> None:
-        lo, hi = (float(v) for v in torch.aminmax(x.reshape(-1)))
-        if lo >= 0 and hi <= 1:
-            return
-        raise DataError(
-            f"likelihood='discretized-logistic' expects dequantized pixels in [0, 1), but x has "
-            f"values in {_describe_range(x) if bool(torch.isfinite(x).all()) else 'with NaN/inf'}. "
-            "Give 8-bit images with --dequantize auto (the default of this likelihood)."
-        )
+        _require_unit_interval(
+            x, "likelihood='discretized-logistic' expects dequantized pixels in [0, 1)",
+            "Give 8-bit images with --dequantize auto (the default of this likelihood).")
 
 
 LIKELIHOODS: dict[str, type[nn.Module]] = {
