@@ -91,7 +91,7 @@ from probgen.errors import ConfigError, suggest
 
 __all__ = ["RECIPES", "Recipe", "RecipeConfig", "Option", "option", "register", "get_recipe",
            "add_recipe_arguments", "load_model_state", "resume_epochs", "epoch_checkpoint",
-           "record_progress", "positive_int", "positive_float"]
+           "record_progress", "cosine_lr", "schedule_fraction", "positive_int", "positive_float"]
 
 TRAINS_BY_CHOICES = ("epochs", "steps", None)
 
@@ -355,6 +355,29 @@ def epoch_checkpoint(run, model):
         record_progress(run, epochs=st.epoch, steps=st.step)
 
     return save
+
+
+def cosine_lr(lr: float, done: float, floor: float = 0.01) -> float:
+    """A cosine from ``lr`` (``done`` = 0) down to ``lr * floor`` (``done`` >= 1)."""
+    import math
+
+    done = min(1.0, max(0.0, float(done)))
+    return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * done)))
+
+
+def schedule_fraction(run, epoch: int, epochs: int, *, follow_budget: bool = True) -> float:
+    """How far along its schedule a run is after ``epoch`` of ``epochs``: the larger of the
+    fractions of epochs and of the run's time budget spent (``follow_budget`` and a budget
+    set), so that a run stopped by its budget has annealed when it stops. With a budget the
+    fraction depends on the wall clock, so such a run is not reproducible bit for bit."""
+    import time
+
+    done = min(epoch, epochs) / max(1, epochs)
+    stop = getattr(run, "stop", None)
+    budget = getattr(stop, "time_budget", None) if follow_budget else None
+    if budget:
+        done = max(done, (time.perf_counter() - stop.start) / float(budget))
+    return min(1.0, done)
 
 
 def record_progress(run, *, steps: int, epochs: int | None = None,

@@ -125,8 +125,10 @@ class Config(RecipeConfig):
         1, "1: the VAE (default); 2: z1 and z2 as in Burda et al. 2016 (mlp, bernoulli only; "
         "--hidden gives the x-z1 widths)", type=int, choices=(1, 2))
     lr_schedule: str = option(
-        "constant", "constant (default) or iwae: stages of 3^i epochs at lr * 10^(-i/7)",
-        choices=("constant", "iwae"))
+        "constant", "constant (default); iwae: stages of 3^i epochs at lr * 10^(-i/7); cosine: "
+        "from lr down to lr/100 over --epochs, or over --time-budget where that ends first (a "
+        "run stopped by its budget has annealed; its rates then depend on the wall clock)",
+        choices=("constant", "iwae", "cosine"))
     adam_eps: float = option(1e-8, "Adam's epsilon (default %(default)s; the IWAE paper used 1e-4)",
                              type=positive_float)
     preset: str | None = option(
@@ -239,7 +241,7 @@ def train(run, data, config, device):
 
     from probgen.distributed import process_group
     from probgen.inference.svi import fit_svi
-    from probgen.recipes import epoch_checkpoint, resume_epochs
+    from probgen.recipes import cosine_lr, epoch_checkpoint, resume_epochs, schedule_fraction
 
     c = Config.read(config)
     if "particles" not in config and "num_particles" in config:  # config.json of older runs
@@ -267,19 +269,29 @@ def train(run, data, config, device):
     if c.amp:
         model.autocast_dtype = torch.bfloat16
     callbacks = [log_epoch]
-    staged = c.lr_schedule == "iwae"
-    if staged:
-        def set_stage_lr(st) -> None:  # the rate of the next epoch, saved with the optimiser
-            for group in st.optimizer.param_groups:
-                group["lr"] = iwae_schedule_lr(st.epoch, c.lr)
+    staged = c.lr_schedule != "constant"
 
-        callbacks.insert(0, set_stage_lr)
+    def lr_at(epoch: int) -> float:  # the rate of (0-based) epoch ``epoch``
+        if c.lr_schedule == "iwae":
+            return iwae_schedule_lr(epoch, c.lr)
+        if c.lr_schedule == "cosine":
+            return cosine_lr(c.lr, schedule_fraction(run, epoch, c.epochs))
+        return c.lr
+
+    if staged:
+        def set_scheduled_lr(st) -> None:  # the rate of the next epoch, saved with the optimiser
+            for group in st.optimizer.param_groups:
+                group["lr"] = lr_at(st.epoch)
+
+        callbacks.insert(0, set_scheduled_lr)
+        if optim_state:  # a resumed run follows the schedule of the --epochs it is given now
+            for group in optim_state["param_groups"]:
+                group["lr"] = lr_at(start_epoch)
     default_eps = Config.options()["adam_eps"].default
 
     def adam(params):
         fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-        return torch.optim.Adam(params, lr=iwae_schedule_lr(start_epoch, c.lr) if staged else c.lr,
-                                eps=c.adam_eps, fused=fused or None)
+        return torch.optim.Adam(params, lr=lr_at(start_epoch), eps=c.adam_eps, fused=fused or None)
 
     if start_epoch < c.epochs:
         fit_svi(model.model, model.guide, data, loss=c.loss, objective=c.objective,
