@@ -249,6 +249,35 @@ def test_iwae_paper_preset_and_schedule(tmp_path):
     assert group["lr"] == pytest.approx(1e-3 * 10 ** (-1 / 7)) and group["eps"] == 1e-4
 
 
+def test_cosine_schedule_reaches_the_optimiser_and_resumes_bit_for_bit(tmp_path):
+    from probgen.recipes import cosine_lr
+
+    assert cosine_lr(1e-3, 0.0) == pytest.approx(1e-3) and cosine_lr(1e-3, 1.0) == pytest.approx(1e-5)
+    assert cosine_lr(1e-3, 0.5) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
+    cos = ["--lr-schedule", "cosine"]
+    straight = _train(tmp_path / "a", "--epochs", "2", *cos)
+    # the rate saved for the next epoch is the schedule's end: lr / 100 after 2 of 2 epochs
+    assert straight["state"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-5)
+    # a run stopped after 1 epoch and resumed with --epochs 2 follows the 2-epoch cosine
+    _train(tmp_path / "b", "--epochs", "1", *cos)
+    resumed = _train(tmp_path / "b", "--epochs", "2", "--resume", *cos)
+    for key, value in straight["state"]["model"].items():
+        assert torch.equal(value, resumed["state"]["model"][key]), key
+
+
+def test_a_time_budget_without_a_length_fills_the_budget(tmp_path):
+    # no --epochs: the VAE trains until the budget stops it, not for the default 20 epochs
+    argv = ["train", "vae", *TINY, "--time-budget", "1", "--out", str(tmp_path / "a")]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["epochs"] == 1_000_000
+    progress = json.loads((tmp_path / "a" / "progress.json").read_text())
+    assert progress["epochs_run"] > 0 and "time budget" in progress["stopped_by"]
+    # a length on the command line is kept
+    argv = ["train", "vae", *TINY, "--time-budget", "60", "--epochs=1", "--out", str(tmp_path / "b")]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "b" / "progress.json").read_text())["finished"]
+
+
 @pytest.mark.parametrize("model,extra", [
     ("vae", ["--hidden", "16", "--latent-dim", "3", "--batch-size", "32"]),
     ("ae", ["--hidden", "16", "--latent-dim", "3", "--batch-size", "32"]),
