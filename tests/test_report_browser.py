@@ -178,3 +178,25 @@ def test_demo_index_shows_each_parts_headline_numbers_and_figure_thumbnails(tmp_
     uri = page.split("<figure class='thumb'><img alt='")[1].split("src='data:image/png;base64,")[1].split("'")[0]
     assert Image.open(io.BytesIO(base64.b64decode(uri))).width == 240
     assert "<script" not in page and "http" not in page.split("<body>")[1]
+
+
+def test_demo_says_which_part_failed_and_keeps_the_others(tmp_path, monkeypatch):
+    """A part that fails in the second process is named, with its log, and the index still
+    links the parts that were written."""
+    import probgen.demo as demo
+    from probgen.errors import ProbgenError
+
+    monkeypatch.setattr(demo, "DEMO_PARTS", [
+        ("broken", "no-such-data", ["gmm"], 0.1, {}, 1),
+        ("toy-ring8", "ring8", ["gmm"], 0.1, {}, 1),
+    ])
+    with pytest.raises(ProbgenError, match="demo-side.log"):
+        demo.run_demo(tmp_path, smoke=True, quiet=True)
+    log = (tmp_path / "demo-side.log").read_text()
+    assert "no-such-data" in log
+    index = (tmp_path / "index.html").read_text()
+    assert "toy-ring8/report.html" in index and "broken/report.html" in index
+    failed = (tmp_path / "broken" / "report.html").read_text()
+    assert "failed" in failed and "no-such-data" in failed
+    assert (tmp_path / "toy-ring8" / "results.json").is_file()
+    assert (tmp_path / "kl" / "report.html").is_file()  # the KL demo ran before the failure
