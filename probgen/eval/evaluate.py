@@ -296,9 +296,11 @@ def evaluate(model, data, split: str = "test", *, n_samples: int | None = None,
         for a program the trace-based bounds cannot score (no data plate, no observed site, a
         latent the guide misses, ...), naming the site and the fix.
     """
+    from probgen.allocator import return_large_blocks
     from probgen.eval import registry
     from probgen.inference.program_bounds import is_program
 
+    return_large_blocks()  # the chunked estimates would otherwise fragment the heap
     opts = registry.resolve_options(options)
     scorable = as_scorable(model)
     if model_name is None and is_program(model):
