@@ -25,7 +25,7 @@ a CPU than affine coupling layers (``--flow realnvp``) of the same width.
 
 from __future__ import annotations
 
-from probgen.checks import int_list, positive_float, positive_int
+from probgen.checks import int_list, non_negative_float, positive_float, positive_int
 from probgen.recipes import RecipeConfig, option
 
 HELP = "normalizing flow (Zuko: neural spline, MAF or RealNVP; exact log-likelihood)"
@@ -44,7 +44,10 @@ FLOW_CHOICES = ("auto", "nsf", "maf", "realnvp")
 # seed 0; the largest gaps 0.047 on banana and grid25).
 TOY_EPOCHS = 40
 TOY_BINS = 32
+IMAGE_CLIP = 1e-3
+IMAGE_TRANSFORMS = 10
 PREPROCESS_CHOICES = ("auto", "standardize", "logit", "none")
+KEEP_CHOICES = ("best", "last")
 
 
 class Config(RecipeConfig):
@@ -64,6 +67,14 @@ class Config(RecipeConfig):
     batch_size: int = option(256, "examples per step (default %(default)s)", type=positive_int)
     lr: float | None = option(None, "initial Adam learning rate, annealed to lr/100 (default 3e-3 "
                               "on vectors, 1e-3 on images)", type=positive_float)
+    clip: float | None = option(
+        None, "largest L2 norm of the gradient of the mean loss per example (nats) before each "
+        "step, 0 for none (default 0.001 on images: every step is rescaled to it; 0 on vectors)",
+        type=non_negative_float, metavar="NORM")
+    keep: str = option(
+        "best", "which parameters the run yields: best (default: those of the epoch with the "
+        "highest validation log-likelihood, kept in the checkpoint beside the last, which "
+        "--resume continues from) or last", choices=KEEP_CHOICES)
     anneal: str = option(
         "epochs", "what the cosine learning rate follows: epochs (default; reproducible bit for "
         "bit) or budget (also the --time-budget spent, so that a run its budget stops has "
@@ -82,13 +93,15 @@ def resolve_config(config: dict, data) -> dict:
     out = Config.complete(config)
     image = data.kind == "image"
     if out["flow"] == "auto":
-        out["flow"] = "maf" if image else "nsf"
+        out["flow"] = "realnvp" if image else "nsf"
     if out.get("lr") is None:
         out["lr"] = 1e-3 if image else 3e-3
     if out.get("epochs") is None:
         out["epochs"] = 50 if image else TOY_EPOCHS
+    if out.get("clip") is None:
+        out["clip"] = IMAGE_CLIP if image else 0.0
     if out.get("transforms") is None:
-        out["transforms"] = 5
+        out["transforms"] = IMAGE_TRANSFORMS if image else 5
     if out.get("hidden") is None:
         out["hidden"] = [512] if image else [128, 128]
     if out["preprocess"] == "auto":
@@ -117,7 +130,25 @@ def lr_at(config: dict, epoch: int, time_fraction: float = 0.0) -> float:
     return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * done)))
 
 
-def _val_log_likelihood(model, data, batch_size: int = 1000) -> float | None:
+def clipped_adam(params, *, lr: float, max_norm: float):
+    """Adam whose ``step()`` first scales the gradient down to L2 norm ``max_norm`` where it
+    is longer (``torch.nn.utils.clip_grad_norm_`` over all its parameters); plain Adam for
+    ``max_norm`` 0. Its state dict is Adam's, so a checkpoint resumes either way."""
+    import torch
+
+    if not max_norm:
+        return torch.optim.Adam(params, lr=lr)
+
+    class ClippedAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            torch.nn.utils.clip_grad_norm_([p for g in self.param_groups for p in g["params"]],
+                                           max_norm)
+            return super().step(closure)
+
+    return ClippedAdam(params, lr=lr)
+
+
+def val_log_likelihood(model, data, batch_size: int = 1000) -> float | None:
     """Mean log-likelihood of the validation split (on dequantized data the bound, from one
     seeded noise draw)."""
     import math
@@ -150,6 +181,11 @@ def train(run, data, config, device):
     pyro.clear_param_store()
     model = build(config, data).to(device)
     start_epoch, start_step, optim_state, resumed = resume_epochs(run, model, device)
+    # the parameters of the best validation epoch so far ({} before the first), saved in the
+    # checkpoint so that a resumed run keeps the same ones as an uninterrupted run
+    best: dict = {}
+    if resumed:
+        best = dict(run.load_checkpoint(map_location=device)["state"].get("best") or {})
     if not resumed:
         model.fit_preprocessing(data.draw("train", torch.Generator(device=data.device).manual_seed(
             int(config.get("seed", 0)))))
@@ -170,13 +206,16 @@ def train(run, data, config, device):
             group["lr"] = lr_at(config, epoch, spent)
 
     def log_epoch(st) -> bool:
-        val = _val_log_likelihood(model, data)
+        val = val_log_likelihood(model, data)
         train_ll = -st.epoch_loss / n + offset
         rec = {"epoch": st.epoch, "train_log_likelihood": train_ll, "val_log_likelihood": val,
                "lr": st.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                "skipped": len(st.result.skipped)}
         if bits and val is not None:
             rec["val_bits_per_dim"] = -val / (data.dim * math.log(2))
+        if val is not None and math.isfinite(val) and val > best.get("val_log_likelihood", -math.inf):
+            best.update(epoch=st.epoch, val_log_likelihood=val,
+                        model={k: v.detach().clone() for k, v in model.state_dict().items()})
         run.log(st.step, **rec)
         set_lr(st.optimizer, st.epoch)  # the rate of the next epoch
         if run.writer:
@@ -187,24 +226,50 @@ def train(run, data, config, device):
         return run.should_stop()
 
     def make_optim(params):
-        opt = torch.optim.Adam(params, lr=lr_at(config, start_epoch))
-        return opt
+        # the loss is the negative log-likelihood summed over the n training examples
+        return clipped_adam(params, lr=lr_at(config, start_epoch), max_norm=config["clip"] * n)
 
+    last_epoch = start_epoch
     if start_epoch < config["epochs"]:
-        fit_svi(model.model, model.guide, data, model_kwargs={"num_data": n}, epochs=config["epochs"],
+        last_epoch = fit_svi(model.model, model.guide, data, model_kwargs={"num_data": n}, epochs=config["epochs"],
                 batch_size=config["batch_size"], optim=make_optim, callbacks=[log_epoch],
-                checkpoint=epoch_checkpoint(run, model), start_epoch=start_epoch,
+                checkpoint=epoch_checkpoint(run, model, lambda: {"best": best} if best else {}),
+                start_epoch=start_epoch,
                 start_step=start_step, optim_state=optim_state,
-                progress=getattr(run, "progress", run.writer), seed=config["seed"])
+                progress=getattr(run, "progress", run.writer), seed=config["seed"]).epochs
+    kept = keep_parameters(model, config, best, last_epoch=last_epoch)
+    run.write_json("kept.json", kept)
+    if run.writer and kept["epoch"] is not None and kept["epoch"] != kept["last_epoch"]:
+        print(f"kept the parameters of epoch {kept['epoch']} (best validation log p(x) "
+              f"{kept['val_log_likelihood']:.4f}), not those of the last, epoch "
+              f"{kept['last_epoch']}", flush=True)
     model.eval()
     return model
+
+
+def keep_parameters(model, config: dict, best: dict, *, last_epoch: int) -> dict:
+    """Load the best validation epoch's parameters into ``model`` (with ``keep: best`` and a
+    best epoch recorded) and return the record of what was kept (the run's ``kept.json``):
+    ``{"keep", "epoch", "last_epoch", "val_log_likelihood"}``; ``epoch`` is None where the
+    last parameters stay because no validation score was ever finite or ``keep`` is ``last``."""
+    use_best = config.get("keep", "best") == "best" and bool(best)
+    if use_best:
+        model.load_state_dict(best["model"])
+    return {"keep": config.get("keep", "best"),
+            "epoch": int(best["epoch"]) if use_best else (last_epoch if config.get("keep") == "last" else None),
+            "last_epoch": int(last_epoch),
+            "val_log_likelihood": float(best["val_log_likelihood"]) if use_best else None}
 
 
 def load(run, data, device):
     from probgen.recipes import load_model_state
 
-    model = build(resolve_config(run.config, data), data).to(device)
-    load_model_state(run, model, device, "a flow")
+    config = resolve_config(run.config, data)
+    model = build(config, data).to(device)
+    ckpt = load_model_state(run, model, device, "a flow")
+    best = ckpt["state"].get("best")
+    if config["keep"] == "best" and best:  # the parameters train() returned
+        model.load_state_dict(best["model"])
     model.eval()
     return model
 
