@@ -62,6 +62,22 @@ def test_keep_last_yields_the_last_parameters(monkeypatch, tmp_path):
     assert (kept["keep"], kept["epoch"], kept["last_epoch"]) == ("last", 4, 4)
     _, _, loaded = probgen.training.load_run(tmp_path / "run", device="cpu")
     assert _same(loaded.state_dict(), states[3])
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)
+    assert "best" not in ckpt["state"]  # nothing kept beside the last
+
+
+def test_without_a_finite_validation_score_the_last_parameters_stay(monkeypatch, tmp_path):
+    states: list = []
+
+    def nan_or_none(model, data, batch_size=1000):
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return float("nan") if len(states) % 2 else None
+
+    monkeypatch.setattr(recipe, "val_log_likelihood", nan_or_none)
+    trained = _train(tmp_path / "run")
+    assert _same(trained.model.state_dict(), states[3])
+    kept = json.loads((tmp_path / "run" / "kept.json").read_text())
+    assert kept == {"keep": "best", "epoch": None, "last_epoch": 4, "val_log_likelihood": None}
 
 
 def test_a_resumed_run_keeps_the_same_best_epoch_bit_for_bit(monkeypatch, tmp_path):

@@ -204,12 +204,13 @@ def train(run, data, config, device):
     pyro.clear_param_store()
     model = build(config, data).to(device)
     start_epoch, start_step, optim_state, resumed = resume_epochs(run, model, device)
-    # the parameters of the best validation epoch so far ({} before the first), saved in the
-    # checkpoint so that a resumed run keeps the same ones as an uninterrupted run
+    # with --keep best, the parameters of the best validation epoch so far ({} before the
+    # first), saved in the checkpoint so that a resumed run keeps the same ones as an
+    # uninterrupted run
     best: dict = {}
     if resumed:
         best = dict(run.load_checkpoint(map_location=device)["state"].get("best") or {})
-    if not resumed:
+    else:
         model.fit_preprocessing(data.draw("train", torch.Generator(device=data.device).manual_seed(
             int(config.get("seed", 0)))))
     n = int(data.train.shape[0])
@@ -236,7 +237,8 @@ def train(run, data, config, device):
                "skipped": len(st.result.skipped)}
         if bits and val is not None:
             rec["val_bits_per_dim"] = -val / (data.dim * math.log(2))
-        if val is not None and math.isfinite(val) and val > best.get("val_log_likelihood", -math.inf):
+        if config["keep"] == "best" and val is not None and math.isfinite(val) \
+                and val > best.get("val_log_likelihood", -math.inf):
             best.update(epoch=st.epoch, val_log_likelihood=val,
                         model={k: v.detach().clone() for k, v in model.state_dict().items()})
         run.log(st.step, **rec)
@@ -254,12 +256,12 @@ def train(run, data, config, device):
 
     last_epoch = start_epoch
     if start_epoch < config["epochs"]:
-        last_epoch = fit_svi(model.model, model.guide, data, model_kwargs={"num_data": n}, epochs=config["epochs"],
-                batch_size=config["batch_size"], optim=make_optim, callbacks=[log_epoch],
-                checkpoint=epoch_checkpoint(run, model, lambda: {"best": best} if best else {}),
-                start_epoch=start_epoch,
-                start_step=start_step, optim_state=optim_state,
-                progress=getattr(run, "progress", run.writer), seed=config["seed"]).epochs
+        last_epoch = fit_svi(
+            model.model, model.guide, data, model_kwargs={"num_data": n}, epochs=config["epochs"],
+            batch_size=config["batch_size"], optim=make_optim, callbacks=[log_epoch],
+            checkpoint=epoch_checkpoint(run, model, lambda: {"best": best} if best else {}),
+            start_epoch=start_epoch, start_step=start_step, optim_state=optim_state,
+            progress=getattr(run, "progress", run.writer), seed=config["seed"]).epochs
     kept = keep_parameters(model, config, best, last_epoch=last_epoch)
     run.write_json("kept.json", kept)
     if run.writer and kept["epoch"] is not None and kept["epoch"] != kept["last_epoch"]:
@@ -273,14 +275,16 @@ def train(run, data, config, device):
 def keep_parameters(model, config: dict, best: dict, *, last_epoch: int) -> dict:
     """Load the best validation epoch's parameters into ``model`` (with ``keep: best`` and a
     best epoch recorded) and return the record of what was kept (the run's ``kept.json``):
-    ``{"keep", "epoch", "last_epoch", "val_log_likelihood"}``; ``epoch`` is None where the
-    last parameters stay because no validation score was ever finite or ``keep`` is ``last``."""
-    use_best = config.get("keep", "best") == "best" and bool(best)
+    ``{"keep", "epoch", "last_epoch", "val_log_likelihood"}``, ``epoch`` the epoch whose
+    parameters the model now holds: the last with ``keep: last``, None where ``keep: best``
+    found no finite validation score (no validation split, or every score NaN) and the last
+    parameters stay."""
+    keep = config.get("keep", "best")
+    use_best = keep == "best" and bool(best)
     if use_best:
         model.load_state_dict(best["model"])
-    return {"keep": config.get("keep", "best"),
-            "epoch": int(best["epoch"]) if use_best else (last_epoch if config.get("keep") == "last" else None),
-            "last_epoch": int(last_epoch),
+    epoch = int(best["epoch"]) if use_best else (int(last_epoch) if keep == "last" else None)
+    return {"keep": keep, "epoch": epoch, "last_epoch": int(last_epoch),
             "val_log_likelihood": float(best["val_log_likelihood"]) if use_best else None}
 
 
