@@ -554,10 +554,8 @@ def recording_samples(model, keep: int):
     drawn: list = []
     draw = getattr(model, "sample", None)
     own = "sample" in getattr(model, "__dict__", {})
-    try:
-        if not callable(draw):
-            raise AttributeError
-
+    patched = False
+    if callable(draw):
         def sample(n, *args, **kwargs):
             out = draw(n, *args, **kwargs)
             have = sum(int(t.shape[0]) for t in drawn)
@@ -565,16 +563,17 @@ def recording_samples(model, keep: int):
                 drawn.append(out[:keep - have].detach().cpu())
             return out
 
-        model.sample = sample
-    except AttributeError:
-        yield drawn
-        return
+        try:
+            model.sample = sample
+            patched = True
+        except AttributeError:  # a tuple, slots, a read-only property
+            pass
     try:
         yield drawn
     finally:
-        if own:
+        if patched and own:
             model.sample = draw
-        else:
+        elif patched:
             del model.sample
 
 

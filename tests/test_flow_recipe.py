@@ -162,6 +162,13 @@ def test_scoring_samples_are_recorded_and_the_model_left_as_it_was():
     with recording_samples((m, m), 5) as drawn:  # nothing to record on a (model, guide) pair
         pass
     assert drawn == []
+    from types import SimpleNamespace
+
+    own = SimpleNamespace(sample=lambda n: torch.zeros(n, 2))  # an instance's own sample
+    before = own.sample
+    with recording_samples(own, 2) as drawn:
+        own.sample(3)
+    assert own.sample is before and torch.cat(drawn).shape == (2, 2)
 
 
 def test_compare_figures_show_the_scoring_samples_without_drawing_again(tmp_path):
