@@ -46,6 +46,7 @@ the density lives there, and samples may fall a little outside ``[0, 1]``.)
 from __future__ import annotations
 
 import math
+import warnings
 
 import pyro
 import pyro.distributions as pdist
@@ -178,9 +179,18 @@ class Flow(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        """``n`` draws, shape (n, *event_shape)."""
+        """``n`` draws, shape (n, *event_shape). Draws that came out NaN or infinite (an
+        overflowing inverse, see ``"maf"`` in the module docstring) are returned as they are,
+        with a ``RuntimeWarning`` that counts them."""
         y = self.distribution().sample((int(n),))
-        return self._from_latent_space(y).reshape(int(n), *self.event_shape)
+        x = self._from_latent_space(y).reshape(int(n), *self.event_shape)
+        bad = int((~torch.isfinite(x.reshape(int(n), -1)).all(1)).sum())
+        if bad:
+            warnings.warn(f"{bad} of {int(n)} samples of the {self.kind} flow are not finite (NaN "
+                          "or inf): its inverse overflowed. A coupling flow (realnvp) inverts in "
+                          "a few passes; training with gradient clipping (--clip) kept a MAF's "
+                          "inverse in range.", RuntimeWarning, stacklevel=2)
+        return x
 
     # -- the Pyro program
     def model(self, x: torch.Tensor, num_data: int | None = None) -> None:

@@ -195,3 +195,19 @@ def test_a_bad_clip_is_refused_by_the_command_line(clip, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "flow", "--data", "banana", "--clip", clip, "--out", str(tmp_path / "r")])
     assert "clip" in capsys.readouterr().err
+
+
+def test_non_finite_samples_are_counted_in_a_warning(monkeypatch):
+    flow = Flow((3,), kind="maf", transforms=1, hidden=(8,), preprocess="none")
+    inner = flow.distribution()
+
+    class Overflowing:  # the flow's law with every other draw overflowed, as a MAF's can
+        def sample(self, shape):
+            y = inner.sample(shape)
+            y[::2, 1] = float("inf")
+            return y
+
+    monkeypatch.setattr(flow, "distribution", lambda: Overflowing())
+    with pytest.warns(RuntimeWarning, match="3 of 6 samples of the maf flow are not finite"):
+        s = flow.sample(6)
+    assert int((~torch.isfinite(s).all(1)).sum()) == 3  # returned as they are, not hidden
