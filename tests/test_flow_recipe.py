@@ -211,3 +211,11 @@ def test_non_finite_samples_are_counted_in_a_warning(monkeypatch):
     with pytest.warns(RuntimeWarning, match="3 of 6 samples of the maf flow are not finite"):
         s = flow.sample(6)
     assert int((~torch.isfinite(s).all(1)).sum()) == 3  # returned as they are, not hidden
+
+
+def test_overwriting_a_flow_run_removes_its_kept_record(tmp_path):
+    _train(tmp_path / "run", epochs=1)
+    assert (tmp_path / "run" / "kept.json").exists()
+    probgen.train("ppca", "banana", tmp_path / "run", limit=300, device="cpu", progress=False,
+                  figures=False, overwrite=True)
+    assert not (tmp_path / "run" / "kept.json").exists()
