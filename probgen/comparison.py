@@ -45,6 +45,7 @@ what an expensive estimate cost (seconds, steps, chains, examples).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -538,6 +539,44 @@ def _reference(data, spec: CompareSpec) -> dict:
     return ev
 
 
+def figure_sample_count(data) -> int:
+    """Samples the report shows of each model: 64 images, or 256 points."""
+    return 64 if data.kind == "image" else 256
+
+
+@contextlib.contextmanager
+def recording_samples(model, keep: int):
+    """Within the block, ``model.sample(n)`` also keeps (on the CPU) the first ``keep`` values
+    it returns, in order; yields the list they go into. The report's figures show these draws
+    of the scoring instead of sampling the model again (minutes for an autoregressive flow).
+    A model without ``sample``, or one whose attributes cannot be set, is left as it is and
+    the list stays empty."""
+    drawn: list = []
+    draw = getattr(model, "sample", None)
+    own = "sample" in getattr(model, "__dict__", {})
+    patched = False
+    if callable(draw):
+        def sample(n, *args, **kwargs):
+            out = draw(n, *args, **kwargs)
+            have = sum(int(t.shape[0]) for t in drawn)
+            if have < keep and hasattr(out, "detach"):
+                drawn.append(out[:keep - have].detach().cpu())
+            return out
+
+        try:
+            model.sample = sample
+            patched = True
+        except AttributeError:  # a tuple, slots, a read-only property
+            pass
+    try:
+        yield drawn
+    finally:
+        if patched and own:
+            model.sample = draw
+        elif patched:
+            del model.sample
+
+
 def _score(name: str, run, model, data, spec: CompareSpec) -> dict:
     import torch
 
@@ -549,7 +588,7 @@ def _score(name: str, run, model, data, spec: CompareSpec) -> dict:
     t0 = time.perf_counter()
     from probgen.programs import own_params
 
-    with own_params(model):
+    with own_params(model), recording_samples(model, figure_sample_count(data)) as drawn:
         ev = evaluate(model, data, "test", limit=spec.eval_limit, model_name=name,
                       per_example=per_example, n_samples=sample_count(data),
                       progress=not spec.quiet, reload=_reloader(run, data, spec), **spec.options)
@@ -560,8 +599,11 @@ def _score(name: str, run, model, data, spec: CompareSpec) -> dict:
         else {"value": None, "stderr": None, "unit": "s", "reason": "run has no train.json"}
     ev["likelihoods"] = likelihoods(ev["metrics"])
     run.write_json("eval.json", ev)
+    # the scoring's own draws, for the report's figures and the sharpness measure
+    samples = torch.cat(drawn) if drawn else None
     return {"run": run.path, "eval": ev, "model": model, "data": data,
-            "data_options": run.config.get("data_options"), "per_example": per_example}
+            "data_options": run.config.get("data_options"), "per_example": per_example,
+            "samples": samples}
 
 
 def _reloader(run, data, spec: CompareSpec):
@@ -725,12 +767,22 @@ def _lecture_table(rows: dict, spec: CompareSpec) -> dict:
             entry["reconstruction_mse"] = None
             entry["reconstruction_reason"] = "the model has no encode/decode"
         if data.kind == "image":
-            with torch.no_grad():
-                s = model.sample(64).detach().reshape(-1, *data.shape)
+            s = scoring_samples(r, 64)
+            if s is None:
+                with torch.no_grad():
+                    s = model.sample(64).detach()
+            s = s.reshape(-1, *data.shape)
             entry["sharpness"] = _sharpness(s)
             entry["sharpness_of_data"] = _sharpness(data.test[:64].reshape(-1, *data.shape))
         table[name] = entry
     return table
+
+
+def scoring_samples(row: dict, n: int):
+    """The first ``n`` samples that scoring row ``row`` drew (see :func:`recording_samples`),
+    or None where it drew fewer."""
+    s = row.get("samples")
+    return s[:n] if s is not None and s.shape[0] >= n else None
 
 
 def likelihood_preference() -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from probgen import verdict as vd
 from probgen.verdict import REFERENCE_ROW_NAME
 
-__all__ = ["write_reports", "format_metric", "table_rows", "headline_rows", "HEADLINE_METRICS",
+__all__ = ["write_reports", "sample_figures", "format_metric", "table_rows", "headline_rows", "HEADLINE_METRICS",
            "thumbnail_uri", "comparison_table", "glossary", "GLOSSARY", "LIKELIHOOD_KEYS",
            "markdown_to_html", "REFERENCE_ROW_NAME"]
 
@@ -278,6 +278,27 @@ def thumbnail_uri(path, width: int = 240) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def sample_figures(rows: dict, out: Path) -> list[tuple[str, Path]]:
+    """One figure of samples per row, ``out/figures/samples_NAME.png``: the samples its scoring
+    drew (``rows[NAME]["samples"]``, :func:`probgen.comparison.recording_samples`), drawn here
+    only for a row whose scoring drew fewer (a model without sample metrics)."""
+    import torch
+
+    from probgen import plots
+    from probgen.comparison import figure_sample_count, scoring_samples
+
+    figs = []
+    for name, r in rows.items():
+        x = scoring_samples(r, figure_sample_count(r["data"]))
+        if x is None:
+            with torch.no_grad():
+                x = r["model"].sample(figure_sample_count(r["data"])).detach().cpu()
+        p = plots.samples_figure(x, r["data"].to("cpu"), out / "figures" / f"samples_{name}.png",
+                                 title=f"samples: {name}")
+        figs.append((f"Samples: {name}", p))
+    return figs
+
+
 def _figures(results: dict, rows: dict, out: Path) -> list[tuple[str, Path]]:
     """Figures for the report: samples of every model, and the comparison figures."""
     from probgen import plots
@@ -286,14 +307,7 @@ def _figures(results: dict, rows: dict, out: Path) -> list[tuple[str, Path]]:
     fig = plots.likelihood_vs_samples(results, out / "figures" / "likelihood_vs_samples.png")
     if fig is not None:
         figs.append(("Likelihood against sample quality", fig))
-    for name, r in rows.items():
-        import torch
-
-        with torch.no_grad():
-            x = r["model"].sample(256 if r["data"].kind != "image" else 64).detach().cpu()
-        p = plots.samples_figure(x, r["data"].to("cpu"), out / "figures" / f"samples_{name}.png",
-                                 title=f"samples: {name}")
-        figs.append((f"Samples: {name}", p))
+    figs += sample_figures(rows, out)
     for title, fname in (("Per-example log-likelihoods", "per_example_loglik.png"),
                          ("Number of mixture components: BIC and PSIS-LOO", "model_choice.png")):
         if (out / "figures" / fname).exists():

@@ -6,6 +6,7 @@ A run folder holds everything one training run leaves behind::
       config.json        the options the run was started with (model, data, seed, ...)
       metrics.jsonl      one JSON object per logged step (losses, bounds, timings)
       progress.json      epochs and steps completed (written with each checkpoint)
+      kept.json          which epoch's parameters the run yields (a flow: its best validation epoch)
       checkpoints/
         latest.pt        state dicts, optimizer state, step and RNG state -- nothing else
       figures/           PNG figures
@@ -76,7 +77,8 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "probgen-checkpoint"
 CHECKPOINT_VERSION = 1
-_RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "figures", "eval.json", "progress.json")
+_RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "figures", "eval.json", "progress.json",
+              "kept.json")
 LOCK_NAME = ".lock"
 # what a resumed run takes from the new command; everything else comes from its config.json
 _RESUME_UPDATES = ("epochs", "steps", "time_budget", "argv", "elastic_run_id")

@@ -148,7 +148,9 @@ def test_defaults_follow_the_data():
     assert (toy["flow"], toy["epochs"], toy["hidden"], toy["bins"], toy["preprocess"]) == \
         ("nsf", recipe.TOY_EPOCHS, [128, 128], recipe.TOY_BINS, "standardize")
     img = recipe.resolve_config({}, load_dataset("digits", limit=100, dequantize="auto"))
-    assert (img["flow"], img["epochs"], img["hidden"], img["preprocess"]) == ("maf", 50, [512], "logit")
+    assert (img["flow"], img["transforms"], img["epochs"], img["hidden"], img["preprocess"],
+            img["clip"], img["keep"]) == ("realnvp", 10, 50, [256], "logit", recipe.IMAGE_CLIP, "best")
+    assert (toy["clip"], toy["keep"]) == (0.0, "best")
     assert recipe.resolve_config({"epochs": 3}, load_dataset("ring8", limit=100))["epochs"] == 3
 
 

@@ -344,14 +344,17 @@ def resume_epochs(run, model, device) -> tuple[int, int, dict | None, bool]:
     return int(state["epoch"]), start_step, state["optimizer"], True
 
 
-def epoch_checkpoint(run, model):
+def epoch_checkpoint(run, model, extra=None):
     """The ``checkpoint`` hook of :func:`~probgen.inference.svi.fit_loss` for an epoch-based
     run: model, optimiser and epoch, in the layout :func:`resume_epochs` reads back; and,
-    beside it, the run's progress record (:func:`record_progress`)."""
+    beside it, the run's progress record (:func:`record_progress`). ``extra() -> dict``, if
+    given, adds entries of the recipe's own to the saved state (read back from
+    ``run.load_checkpoint()["state"]``)."""
 
     def save(st) -> None:
-        run.save_checkpoint({"model": model.state_dict(), "optimizer": st.optimizer.state_dict(),
-                             "epoch": st.epoch}, step=st.step)
+        run.save_checkpoint({**(extra() if extra is not None else {}), "model": model.state_dict(),
+                             "optimizer": st.optimizer.state_dict(), "epoch": st.epoch},
+                            step=st.step)
         record_progress(run, epochs=st.epoch, steps=st.step)
 
     return save

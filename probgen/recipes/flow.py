@@ -2,7 +2,9 @@
 
     probgen train flow --data banana [--flow nsf|maf|realnvp] [--transforms 5] [--hidden 128,128]
         [--bins 32] [--preprocess auto|standardize|logit|none] [--epochs 40] [--batch-size 256]
-        [--lr 3e-3]  (on images: --flow maf --hidden 512 --lr 1e-3 --epochs 50 by default)
+        [--lr 3e-3] [--clip 0] [--keep best|last]
+        (on images: --flow realnvp --transforms 10 --hidden 256 --lr 1e-3 --clip 0.001
+        --epochs 50 by default)
 
 The flow is a Pyro program with an empty guide (:class:`probgen.models.flow.Flow`), trained
 by :func:`probgen.inference.svi.fit_svi` on the negative log-likelihood; the learning rate
@@ -17,15 +19,33 @@ dequantization bound on ``log P(k)`` in bits/dim (:mod:`probgen.data.dequantize`
 and toy data it is the exact density of the standardised values (with the Jacobian of the
 standardisation).
 
-Defaults follow the data: a neural spline flow on vector and toy data; on images a masked
-autoregressive flow (affine, 5 layers of one 512-wide hidden layer, learning rate 1e-3: one
-pass to score, one per dimension to sample), which on mnist-5k learned faster per second on
-a CPU than affine coupling layers (``--flow realnvp``) of the same width.
+The run yields the parameters of the epoch with the highest validation log-likelihood
+(``--keep best``, the default; ``--keep last`` for those of the last epoch): the validation
+split is scored after every epoch, the best parameters so far are saved in the checkpoint
+beside the last ones (which ``--resume`` continues from, so a resumed run keeps the same epoch
+as an uninterrupted one), reloaded by ``probgen eval`` and ``compare``, and the kept epoch is
+recorded in the run's ``kept.json``. On mnist-5k a flow over-fits its 3,500 training images
+well within 50 epochs: a few held-out images get log-densities far below the rest, and the
+mean with them (MAF: validation 3.64 bits/dim at its best epoch, 27, and 4.47 at epoch 50;
+RealNVP, 10 layers of 512: 3.87 at epoch 22, 29.6 at epoch 39).
+
+Defaults follow the data: a neural spline flow on vector and toy data; on images affine
+coupling layers (RealNVP: 10 layers of one 256-wide hidden layer, learning rate 1e-3) with
+every step's gradient rescaled to a fixed norm (``--clip 0.001``, far below the gradient norms
+of 1e3 to 4e4 nats per example measured on mnist-5k: Adam then takes steps of one size, which
+one bad batch cannot throw off). Measured on mnist-5k, one seed each, test bits/dim of the
+best validation epoch: this default 3.45 ± 0.05 (epoch 19 of 24 in a 170 s share of
+``compare``); 512 wide 3.52 ± 0.05 (epoch 22 of 39, twice the cost per epoch); at 16 epochs, 512 wide, without clipping 4.07 ± 0.02, with it
+(learning rate 5e-4) 3.64 ± 0.03. A masked autoregressive flow (``--flow maf``, 5 layers of
+512, the cost per epoch of 10 coupling layers of 512) reached 3.46 ± 0.09 with clipping
+(epoch 23), but samples one pixel per pass (784 passes: two minutes for 500 samples on one CPU
+thread, against under a second), and 5 of 500 samples of one trained without clipping came
+out NaN; the coupling layers' samples all stayed finite.
 """
 
 from __future__ import annotations
 
-from probgen.checks import int_list, positive_float, positive_int
+from probgen.checks import int_list, non_negative_float, positive_float, positive_int
 from probgen.recipes import RecipeConfig, option
 
 HELP = "normalizing flow (Zuko: neural spline, MAF or RealNVP; exact log-likelihood)"
@@ -44,15 +64,21 @@ FLOW_CHOICES = ("auto", "nsf", "maf", "realnvp")
 # seed 0; the largest gaps 0.047 on banana and grid25).
 TOY_EPOCHS = 40
 TOY_BINS = 32
+IMAGE_CLIP = 1e-3
+IMAGE_TRANSFORMS = 10
+IMAGE_HIDDEN = 256
 PREPROCESS_CHOICES = ("auto", "standardize", "logit", "none")
+KEEP_CHOICES = ("best", "last")
 
 
 class Config(RecipeConfig):
     flow: str = option("auto", "nsf (neural spline), maf or realnvp (default auto: nsf on vectors, "
-                       "maf on images)", choices=FLOW_CHOICES)
-    transforms: int | None = option(None, "flow layers (default 5)", type=positive_int, metavar="N")
+                       "realnvp on images)", choices=FLOW_CHOICES)
+    transforms: int | None = option(None, f"flow layers (default 5 on vectors, {IMAGE_TRANSFORMS} "
+                                    "on images)", type=positive_int, metavar="N")
     hidden: list[int] | None = option(
-        None, "hidden widths of each layer's MLP (default 128,128 on vectors, 512 on images)",
+        None, f"hidden widths of each layer's MLP (default 128,128 on vectors, {IMAGE_HIDDEN} on "
+        "images)",
         type=int_list, metavar="W[,W...]")
     bins: int = option(TOY_BINS, "spline bins of nsf (default %(default)s: the 25 sharp modes of "
                        "grid25 need more than 16)", type=positive_int)
@@ -64,6 +90,14 @@ class Config(RecipeConfig):
     batch_size: int = option(256, "examples per step (default %(default)s)", type=positive_int)
     lr: float | None = option(None, "initial Adam learning rate, annealed to lr/100 (default 3e-3 "
                               "on vectors, 1e-3 on images)", type=positive_float)
+    clip: float | None = option(
+        None, "largest L2 norm of the gradient of the mean loss per example (nats) before each "
+        "step, 0 for none (default 0.001 on images: every step is rescaled to it; 0 on vectors)",
+        type=non_negative_float, metavar="NORM")
+    keep: str = option(
+        "best", "which parameters the run yields: best (default: those of the epoch with the "
+        "highest validation log-likelihood, kept in the checkpoint beside the last, which "
+        "--resume continues from) or last", choices=KEEP_CHOICES)
     anneal: str = option(
         "epochs", "what the cosine learning rate follows: epochs (default; reproducible bit for "
         "bit) or budget (also the --time-budget spent, so that a run its budget stops has "
@@ -82,15 +116,17 @@ def resolve_config(config: dict, data) -> dict:
     out = Config.complete(config)
     image = data.kind == "image"
     if out["flow"] == "auto":
-        out["flow"] = "maf" if image else "nsf"
+        out["flow"] = "realnvp" if image else "nsf"
     if out.get("lr") is None:
         out["lr"] = 1e-3 if image else 3e-3
     if out.get("epochs") is None:
         out["epochs"] = 50 if image else TOY_EPOCHS
+    if out.get("clip") is None:
+        out["clip"] = IMAGE_CLIP if image else 0.0
     if out.get("transforms") is None:
-        out["transforms"] = 5
+        out["transforms"] = IMAGE_TRANSFORMS if image else 5
     if out.get("hidden") is None:
-        out["hidden"] = [512] if image else [128, 128]
+        out["hidden"] = [IMAGE_HIDDEN] if image else [128, 128]
     if out["preprocess"] == "auto":
         out["preprocess"] = "logit" if data.bin_width is not None and image else "standardize"
     if out["preprocess"] == "logit" and data.bin_width is None:
@@ -117,7 +153,25 @@ def lr_at(config: dict, epoch: int, time_fraction: float = 0.0) -> float:
     return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * done)))
 
 
-def _val_log_likelihood(model, data, batch_size: int = 1000) -> float | None:
+def clipped_adam(params, *, lr: float, max_norm: float):
+    """Adam whose ``step()`` first scales the gradient down to L2 norm ``max_norm`` where it
+    is longer (``torch.nn.utils.clip_grad_norm_`` over all its parameters); plain Adam for
+    ``max_norm`` 0. Its state dict is Adam's, so a checkpoint resumes either way."""
+    import torch
+
+    if not max_norm:
+        return torch.optim.Adam(params, lr=lr)
+
+    class ClippedAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            torch.nn.utils.clip_grad_norm_([p for g in self.param_groups for p in g["params"]],
+                                           max_norm)
+            return super().step(closure)
+
+    return ClippedAdam(params, lr=lr)
+
+
+def val_log_likelihood(model, data, batch_size: int = 1000) -> float | None:
     """Mean log-likelihood of the validation split (on dequantized data the bound, from one
     seeded noise draw)."""
     import math
@@ -150,7 +204,13 @@ def train(run, data, config, device):
     pyro.clear_param_store()
     model = build(config, data).to(device)
     start_epoch, start_step, optim_state, resumed = resume_epochs(run, model, device)
-    if not resumed:
+    # with --keep best, the parameters of the best validation epoch so far ({} before the
+    # first), saved in the checkpoint so that a resumed run keeps the same ones as an
+    # uninterrupted run
+    best: dict = {}
+    if resumed:
+        best = dict(run.load_checkpoint(map_location=device)["state"].get("best") or {})
+    else:
         model.fit_preprocessing(data.draw("train", torch.Generator(device=data.device).manual_seed(
             int(config.get("seed", 0)))))
     n = int(data.train.shape[0])
@@ -170,13 +230,17 @@ def train(run, data, config, device):
             group["lr"] = lr_at(config, epoch, spent)
 
     def log_epoch(st) -> bool:
-        val = _val_log_likelihood(model, data)
+        val = val_log_likelihood(model, data)
         train_ll = -st.epoch_loss / n + offset
         rec = {"epoch": st.epoch, "train_log_likelihood": train_ll, "val_log_likelihood": val,
                "lr": st.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                "skipped": len(st.result.skipped)}
         if bits and val is not None:
             rec["val_bits_per_dim"] = -val / (data.dim * math.log(2))
+        if config["keep"] == "best" and val is not None and math.isfinite(val) \
+                and val > best.get("val_log_likelihood", -math.inf):
+            best.update(epoch=st.epoch, val_log_likelihood=val,
+                        model={k: v.detach().clone() for k, v in model.state_dict().items()})
         run.log(st.step, **rec)
         set_lr(st.optimizer, st.epoch)  # the rate of the next epoch
         if run.writer:
@@ -187,24 +251,52 @@ def train(run, data, config, device):
         return run.should_stop()
 
     def make_optim(params):
-        opt = torch.optim.Adam(params, lr=lr_at(config, start_epoch))
-        return opt
+        # the loss is the negative log-likelihood summed over the n training examples
+        return clipped_adam(params, lr=lr_at(config, start_epoch), max_norm=config["clip"] * n)
 
+    last_epoch = start_epoch
     if start_epoch < config["epochs"]:
-        fit_svi(model.model, model.guide, data, model_kwargs={"num_data": n}, epochs=config["epochs"],
-                batch_size=config["batch_size"], optim=make_optim, callbacks=[log_epoch],
-                checkpoint=epoch_checkpoint(run, model), start_epoch=start_epoch,
-                start_step=start_step, optim_state=optim_state,
-                progress=getattr(run, "progress", run.writer), seed=config["seed"])
+        last_epoch = fit_svi(
+            model.model, model.guide, data, model_kwargs={"num_data": n}, epochs=config["epochs"],
+            batch_size=config["batch_size"], optim=make_optim, callbacks=[log_epoch],
+            checkpoint=epoch_checkpoint(run, model, lambda: {"best": best} if best else {}),
+            start_epoch=start_epoch, start_step=start_step, optim_state=optim_state,
+            progress=getattr(run, "progress", run.writer), seed=config["seed"]).epochs
+    kept = keep_parameters(model, config, best, last_epoch=last_epoch)
+    run.write_json("kept.json", kept)
+    if run.writer and kept["epoch"] is not None and kept["epoch"] != kept["last_epoch"]:
+        print(f"kept the parameters of epoch {kept['epoch']} (best validation log p(x) "
+              f"{kept['val_log_likelihood']:.4f}), not those of the last, epoch "
+              f"{kept['last_epoch']}", flush=True)
     model.eval()
     return model
+
+
+def keep_parameters(model, config: dict, best: dict, *, last_epoch: int) -> dict:
+    """Load the best validation epoch's parameters into ``model`` (with ``keep: best`` and a
+    best epoch recorded) and return the record of what was kept (the run's ``kept.json``):
+    ``{"keep", "epoch", "last_epoch", "val_log_likelihood"}``, ``epoch`` the epoch whose
+    parameters the model now holds: the last with ``keep: last``, None where ``keep: best``
+    found no finite validation score (no validation split, or every score NaN) and the last
+    parameters stay."""
+    keep = config.get("keep", "best")
+    use_best = keep == "best" and bool(best)
+    if use_best:
+        model.load_state_dict(best["model"])
+    epoch = int(best["epoch"]) if use_best else (int(last_epoch) if keep == "last" else None)
+    return {"keep": keep, "epoch": epoch, "last_epoch": int(last_epoch),
+            "val_log_likelihood": float(best["val_log_likelihood"]) if use_best else None}
 
 
 def load(run, data, device):
     from probgen.recipes import load_model_state
 
-    model = build(resolve_config(run.config, data), data).to(device)
-    load_model_state(run, model, device, "a flow")
+    config = resolve_config(run.config, data)
+    model = build(config, data).to(device)
+    ckpt = load_model_state(run, model, device, "a flow")
+    best = ckpt["state"].get("best")
+    if config["keep"] == "best" and best:  # the parameters train() returned
+        model.load_state_dict(best["model"])
     model.eval()
     return model
 
