@@ -143,14 +143,13 @@ def build(config: dict, data):
 
 
 def lr_at(config: dict, epoch: int, time_fraction: float = 0.0) -> float:
-    """The cosine from ``lr`` to ``lr / 100`` at ``epoch``, or further along where the
-    ``time_fraction`` of a time budget already spent is further: a run stopped by its budget
-    has annealed by then."""
-    import math
+    """The cosine from ``lr`` to ``lr / 100`` (:func:`probgen.recipes.cosine_lr`) at ``epoch``,
+    or further along where the ``time_fraction`` of a time budget already spent is further: a
+    run stopped by its budget has annealed by then."""
+    from probgen.recipes import cosine_lr
 
-    lr, epochs = float(config["lr"]), int(config["epochs"])
-    done = min(1.0, max(min(epoch, epochs) / epochs, float(time_fraction)))
-    return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * done)))
+    epochs = int(config["epochs"])
+    return cosine_lr(float(config["lr"]), max(min(epoch, epochs) / epochs, float(time_fraction)))
 
 
 def clipped_adam(params, *, lr: float, max_norm: float):
