@@ -38,19 +38,19 @@ SMOKE = {"data": "ring8", "limit": 256, "steps": 4, "batch_size": 64, "width": 1
 DEFAULTS = {
     "image": dict(arch="dcgan", loss="ns", batch_size=64, lr=2e-4, lr_d=None, beta1=0.5, beta2=0.999,
                   latent_dim=64, pack=1, width=64, depth=3, norm="batch", d_steps=1,
-                  lr_decay="none", steps=5000, r1=0.0),
+                  lr_decay="none", steps=5000, r1=0.0, ema=0.0),
     "toy": dict(arch="mlp", loss="minimax", batch_size=256, lr=1e-3, lr_d=None, beta1=0.5, beta2=0.9,
                 latent_dim=2, pack=1, width=128, depth=3, norm="none", d_steps=1,
-                lr_decay="linear", steps=6000, r1=1.0),
+                lr_decay="linear", steps=6000, r1=1.0, ema=0.0),
     # 28x28/32x32 images with --arch mlp: MLPs on flattened pixels. On mnist-5k, 3000 steps
     # of 3x256 MLPs collapsed onto one digit (class entropy 0); PacGAN packing of 4 kept 0.40
     # of it -- the narrow DCGAN (--width 16) reached 0.86 in 2000 steps, so prefer that.
     "image-mlp": dict(arch="mlp", loss="ns", batch_size=64, lr=2e-4, lr_d=None, beta1=0.5, beta2=0.999,
                       latent_dim=64, pack=4, width=256, depth=3, norm="none", d_steps=1,
-                      lr_decay="none", steps=5000, r1=0.0),
+                      lr_decay="none", steps=5000, r1=0.0, ema=0.0),
     "vector": dict(arch="mlp", loss="ns", batch_size=64, lr=2e-4, lr_d=None, beta1=0.5, beta2=0.999,
                    latent_dim=16, pack=1, width=256, depth=3, norm="none", d_steps=1,
-                   lr_decay="none", steps=5000, r1=0.0),
+                   lr_decay="none", steps=5000, r1=0.0, ema=0.0),
 }
 SNAPSHOT_FRACTIONS = (0.02, 0.1, 0.3, 1.0)
 # the keys of probgen.inference.adversarial.LOSSES, known without importing torch (a test
@@ -92,6 +92,9 @@ class Config(RecipeConfig):
         None, "weight gamma of the R1 penalty gamma/2 E||grad D(x)||^2 on real data "
         "(Mescheder et al. 2018; 0 for none; needs --norm none or spectral) (default: 1 toy, else 0)",
         type=float)
+    ema: float | None = option(
+        None, "decay of an exponential moving average of G's weights, sampled from instead of G "
+        "(0 for none; e.g. 0.999) (default 0)", type=float)
     amp: bool = option(False, "bfloat16 autocast while training (meant for CUDA; runs, slowly, on "
                        "the CPU)")
     log_every: int = option(100, "steps between log lines", type=int)
@@ -139,6 +142,8 @@ def resolve_config(config: dict, data) -> dict:
             "--loss wgan-gp needs a discriminator without BatchNorm (the gradient penalty is per "
             "example); got --norm batch. Use --norm none or --norm spectral."
         )
+    if not 0.0 <= float(out["ema"]) < 1.0:
+        raise ConfigError(f"--ema must be in [0, 1) (0: no moving average; 0.999 is usual); got {out['ema']}.")
     if not float(out["r1"]) >= 0:
         raise ConfigError(f"--r1 must be >= 0 (0: no R1 penalty); got {out['r1']}.")
     if float(out["r1"]) and out["norm"] == "batch":
@@ -165,8 +170,10 @@ def build(config: dict, data, device, processes=None):
     trainer = GANTrainer(g, d, latent_dim=config["latent_dim"], loss=config["loss"],
                          lr=config["lr"], lr_d=config["lr_d"],
                          betas=(config["beta1"], config["beta2"]), amp=config["amp"], r1=config["r1"],
+                         ema=config.get("ema") or 0.0,
                          **({} if processes is None else {"processes": processes}))
-    model = GAN(g, d, latent_dim=config["latent_dim"], data_shape=data.shape)
+    # samples come from the moving average of G when one is kept
+    model = GAN(trainer.sampler, d, latent_dim=config["latent_dim"], data_shape=data.shape)
     return model, trainer
 
 
