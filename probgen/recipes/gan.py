@@ -41,7 +41,7 @@ DEFAULTS = {
                   lr_decay="none", steps=5000, r1=0.0, ema=0.0),
     "toy": dict(arch="mlp", loss="minimax", batch_size=256, lr=1e-3, lr_d=None, beta1=0.5, beta2=0.9,
                 latent_dim=2, pack=1, width=128, depth=3, norm="none", d_steps=1,
-                lr_decay="linear", steps=6000, r1=1.0, ema=0.0),
+                lr_decay="linear", steps=9000, r1=1.0, ema=0.0),
     # 28x28/32x32 images with --arch mlp: MLPs on flattened pixels. On mnist-5k, 3000 steps
     # of 3x256 MLPs collapsed onto one digit (class entropy 0); PacGAN packing of 4 kept 0.40
     # of it -- the narrow DCGAN (--width 16) reached 0.86 in 2000 steps, so prefer that.
@@ -64,7 +64,7 @@ class Config(RecipeConfig):
         "(default: dcgan for 28x28/32x32 images, else mlp)", choices=("dcgan", "mlp"))
     loss: str | None = option(None, "ns (non-saturating), minimax, hinge or wgan-gp "
                               "(default: minimax toy, ns otherwise)", choices=LOSS_NAMES)
-    steps: int | None = option(None, "generator steps (default: 6000 toy, 5000 otherwise)",
+    steps: int | None = option(None, "generator steps (default: 9000 toy, 5000 otherwise)",
                                type=positive_int)
     batch_size: int | None = option(
         None, "real (and generated) examples per step (default: 256 toy, else 64)", type=positive_int)
