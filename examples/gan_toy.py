@@ -10,7 +10,7 @@ Settings:
 * ``default``: probgen's toy defaults, those of ``probgen train gan`` on toy data
   (minimax loss with an R1 penalty of weight 1 on the discriminator, 3x128 ReLU/LeakyReLU
   MLPs, 2-D latent, Adam 1e-3 with betas (0.5, 0.9), batch 256, constant learning rate then
-  linear decay to 0 over the second half, 6,000 steps);
+  linear decay to 0 over the second half, 9,000 steps);
 * ``ns``: the same with the non-saturating loss (it drops modes of grid25);
 * ``weak-d``: the same with a discriminator learning ten times slower than the generator;
 * ``pack2``: the same with PacGAN packing of two samples.

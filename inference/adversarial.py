@@ -33,6 +33,7 @@ batch, so that the discriminator normalises the way it did in its own step.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,7 +45,7 @@ from probgen.errors import ConfigError, DivergedError, suggest
 from probgen.inference.loop import SINGLE_PROCESS, ProcessGroup
 
 __all__ = ["GANLoss", "LOSSES", "get_loss", "GANTrainer", "fit_gan", "GANFitResult",
-           "LR_SCHEDULES", "linear_decay", "batch_groups", "has_grouped_batch_norm",
+           "LR_SCHEDULES", "linear_decay", "ema_decay", "batch_groups", "has_grouped_batch_norm",
            "gan_uses_batch_statistics"]
 
 
@@ -195,16 +196,33 @@ class GANTrainer:
     r1 : float
         Weight gamma of the R1 penalty ``gamma / 2 * E ||grad_x D(x)||^2`` on real data (per
         packed group; Mescheder et al. 2018), added to the discriminator loss; 0 for none.
+    ema : float
+        Decay of an exponential moving average of the generator's parameters (Yazici et al.,
+        "The unusual effectiveness of averaging in GAN training", 2019; Karras et al. 2018),
+        kept in :attr:`G_ema` for sampling; 0 for none. After generator step t (counted from
+        1) every parameter moves ``p_ema <- d p_ema + (1 - d) p`` with
+        ``d = min(ema, (1 + t) / (10 + t))`` (:func:`ema_decay`: a short memory while the
+        networks move fast), and the buffers (BatchNorm's running statistics) are copied.
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, *, latent_dim: int,
                  loss: str = "ns", lr: float = 2e-4, lr_d: float | None = None,
                  betas=(0.5, 0.999), amp: bool = False,
-                 processes: ProcessGroup = SINGLE_PROCESS, r1: float = 0.0):
+                 processes: ProcessGroup = SINGLE_PROCESS, r1: float = 0.0, ema: float = 0.0):
         self.G, self.D = generator, discriminator
         self.r1 = float(r1)
         if not self.r1 >= 0:
             raise ConfigError(f"r1 (the R1 penalty's weight) must be >= 0; got {r1!r}.")
+        self.ema = float(ema)
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema (the decay of the generator's moving average) must be in [0, 1) "
+                              f"(0: none; 0.999 is usual); got {ema!r}.")
+        # the averaged generator, for sampling: a copy that no optimizer sees
+        self.G_ema = None
+        if self.ema:
+            self.G_ema = copy.deepcopy(generator)
+            self.G_ema.requires_grad_(False)
+            self.G_ema.eval()
         self.latent_dim = int(latent_dim)
         self.loss_name = loss
         self.loss = get_loss(loss)
@@ -336,7 +354,24 @@ class GANTrainer:
             self.opt_g.step()
         finally:
             _set_requires_grad(self.D, True)
+        self._update_ema()
         return {"loss_g": loss.detach()}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """Move :attr:`G_ema` towards the generator after generator step ``step_count + 1``."""
+        if self.G_ema is None:
+            return
+        d = ema_decay(self.step_count + 1, self.ema)
+        for pe, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            pe.lerp_(p.detach(), 1.0 - d)
+        for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            be.copy_(b)
+
+    @property
+    def sampler(self) -> nn.Module:
+        """The generator to sample from: :attr:`G_ema` when an average is kept, else G."""
+        return self.G if self.G_ema is None else self.G_ema
 
     def step(self, real: torch.Tensor, *, d_steps_reals: list[torch.Tensor] | None = None) -> dict:
         """A discriminator step (or several, one per batch in ``d_steps_reals``) then a
@@ -378,14 +413,23 @@ class GANTrainer:
 
     # -- checkpoints: tensors and plain containers only
     def state_dict(self) -> dict:
-        return {
+        state = {
             "generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "step": self.step_count,
         }
+        if self.G_ema is not None:
+            state["generator_ema"] = self.G_ema.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        if (self.G_ema is not None) != ("generator_ema" in state):
+            raise KeyError("generator_ema: the checkpoint was saved "
+                           + ("without" if self.G_ema is not None else "with")
+                           + " a moving average of the generator (ema)")
         self.G.load_state_dict(state["generator"])
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(state["generator_ema"])
         self.D.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
@@ -413,6 +457,14 @@ def linear_decay(step: int, steps: int, *, start: float = 0.5) -> float:
 
 
 LR_SCHEDULES = {"none": None, "linear": linear_decay}
+
+
+def ema_decay(step: int, ema: float) -> float:
+    """The decay of the generator's moving average at generator step ``step`` (from 1):
+    ``min(ema, (1 + step) / (10 + step))``, so that the first steps, far from where training
+    ends, are soon forgotten (the warm-up of TensorFlow's ExponentialMovingAverage with
+    ``num_updates``)."""
+    return min(float(ema), (1.0 + step) / (10.0 + step))
 
 
 def fit_gan(trainer: GANTrainer, data, steps: int, *, batch_size: int, seed: int = 0,

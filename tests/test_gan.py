@@ -367,3 +367,69 @@ def test_recipe_arch_mlp_on_images_and_dcgan_only_on_images():
     assert isinstance(recipe.build(dc, digits, "cpu")[0].discriminator, DCGANDiscriminator)
     with pytest.raises(ConfigError, match=r"--arch dcgan needs 28x28 or 32x32 images; ring8 has shape \(2,\). Use --arch mlp"):
         recipe.resolve_config(_config(arch="dcgan"), load_dataset("ring8"))
+
+
+# ----------------------------------------------------------------------------- moving average of G
+def test_ema_of_the_generator_is_the_hand_computed_average():
+    # after generator step t (from 1): e_t = d_t e_{t-1} + (1 - d_t) p_t, d_t = min(ema, (1+t)/(10+t)),
+    # e_0 = the initial weights; written out here in float64 from the weights after each step
+    ema = 0.5
+    torch.manual_seed(0)
+    tr = _toy_trainer("minimax", ema=ema)
+    assert tr.sampler is tr.G_ema and not any(p.requires_grad for p in tr.G_ema.parameters())
+    avg = [p.detach().double().clone() for p in tr.G.parameters()]
+    for t in range(1, 13):
+        tr.step(torch.randn(16, 2))
+        d = min(ema, (1 + t) / (10 + t))
+        avg = [d * e + (1 - d) * p.detach().double() for e, p in zip(avg, tr.G.parameters())]
+    assert min(ema, 12 / 21) == ema  # the cap was reached: both parts of the rule were used
+    for e, p, q in zip(avg, tr.G_ema.parameters(), tr.G.parameters()):
+        torch.testing.assert_close(p.double(), e, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(p, q)
+    # without an average the generator itself is the sampler and the checkpoint has no copy
+    plain = _toy_trainer("minimax")
+    assert plain.G_ema is None and plain.sampler is plain.G
+    assert "generator_ema" in tr.state_dict() and "generator_ema" not in plain.state_dict()
+
+
+def test_ema_copies_batchnorm_statistics_and_checks_its_decay():
+    g, d = gan_networks((1, 28, 28), 8, value_range=(-1.0, 1.0), width=4, arch="dcgan", norm="batch")
+    tr = GANTrainer(g, d, latent_dim=8, ema=0.9)
+    tr.step(torch.rand(4, 1, 28, 28) * 2 - 1)
+    bufs = list(tr.G.buffers())
+    assert bufs and all(torch.equal(a, b) for a, b in zip(tr.G_ema.buffers(), bufs))
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ConfigError, match="ema .* must be in \\[0, 1\\)"):
+            _toy_trainer(ema=bad)
+    # a checkpoint with an average does not load into a trainer without one, nor the reverse
+    with pytest.raises(KeyError, match="generator_ema"):
+        _toy_trainer().load_state_dict(_toy_trainer(ema=0.9).state_dict())
+    with pytest.raises(KeyError, match="generator_ema"):
+        _toy_trainer(ema=0.9).load_state_dict(_toy_trainer().state_dict())
+
+
+def test_recipe_ema_samples_from_the_average_and_resumes_bit_identically(tmp_path):
+    import probgen
+    from probgen.data import load_dataset
+    from probgen.recipes import gan as recipe
+
+    with pytest.raises(ConfigError, match="--ema must be in \\[0, 1\\)"):
+        recipe.resolve_config(_config(ema=1.5), load_dataset("ring8"))
+    opts = dict(limit=256, steps=6, batch_size=64, width=16, depth=2, log_every=1,
+                checkpoint_every=2, lr_decay="none", ema=0.9, device="cpu", progress=False,
+                figures=False)
+    full = probgen.train("gan", "ring8", tmp_path / "full", **opts)
+    assert full.model.generator is not None and full.run.config["ema"] == 0.9
+    # stopped after one step, then resumed: the same weights and average, bit for bit
+    probgen.train("gan", "ring8", tmp_path / "part", time_budget=1e-9, **opts)
+    probgen.train("gan", "ring8", tmp_path / "part", resume=True, **opts)
+    a, b = (torch.load(p / "checkpoints" / "latest.pt", weights_only=True)["state"]
+            for p in (tmp_path / "full", tmp_path / "part"))
+    assert a["step"] == b["step"] == 6 and set(a) == set(b) and "generator_ema" in a
+    for key in ("generator", "generator_ema", "discriminator"):
+        assert a[key].keys() == b[key].keys()
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    # the model samples from the average: G_ema's weights, not G's
+    ema_w = {k: v for k, v in a["generator_ema"].items()}
+    assert all(torch.equal(v, ema_w[k]) for k, v in full.model.generator.state_dict().items())
+    assert any(not torch.equal(a["generator"][k], ema_w[k]) for k in ema_w)
