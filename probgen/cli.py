@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-output", metavar="DIR")
     p.add_argument("--budget", type=float, default=3.0, metavar="MINUTES",
                    help="training time of each comparison, whose parts run side by side in two "
-                   "processes: the image part takes 0.9 of it, the toy part 0.35 (default 3)")
+                   "processes: the image part takes 0.9 of it, the toy part 0.6 (default 3)")
     p.add_argument("--smoke", action="store_true", help="tiny settings (seconds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
