@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from probgen.errors import ConfigError
-from probgen.report import REFERENCE_ROW_NAME
+from probgen.report import REFERENCE_ROW_NAME, figure_sample_count, scoring_samples
 
 __all__ = ["compare", "columns", "likelihoods", "likelihood_preference", "CompareSpec", "parse_models",
            "parse_model_item"]  # and COLUMNS, read from the table of metrics when asked for
@@ -539,11 +539,6 @@ def _reference(data, spec: CompareSpec) -> dict:
     return ev
 
 
-def figure_sample_count(data) -> int:
-    """Samples the report shows of each model: 64 images, or 256 points."""
-    return 64 if data.kind == "image" else 256
-
-
 @contextlib.contextmanager
 def recording_samples(model, keep: int):
     """Within the block, ``model.sample(n)`` also keeps (on the CPU) the first ``keep`` values
@@ -776,13 +771,6 @@ def _lecture_table(rows: dict, spec: CompareSpec) -> dict:
             entry["sharpness_of_data"] = _sharpness(data.test[:64].reshape(-1, *data.shape))
         table[name] = entry
     return table
-
-
-def scoring_samples(row: dict, n: int):
-    """The first ``n`` samples that scoring row ``row`` drew (see :func:`recording_samples`),
-    or None where it drew fewer."""
-    s = row.get("samples")
-    return s[:n] if s is not None and s.shape[0] >= n else None
 
 
 def likelihood_preference() -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from probgen import verdict as vd
 from probgen.verdict import REFERENCE_ROW_NAME
 
-__all__ = ["write_reports", "sample_figures", "format_metric", "table_rows", "headline_rows", "HEADLINE_METRICS",
+__all__ = ["write_reports", "sample_figures", "figure_sample_count", "scoring_samples", "format_metric", "table_rows", "headline_rows", "HEADLINE_METRICS",
            "thumbnail_uri", "comparison_table", "glossary", "GLOSSARY", "LIKELIHOOD_KEYS",
            "markdown_to_html", "REFERENCE_ROW_NAME"]
 
@@ -278,6 +278,18 @@ def thumbnail_uri(path, width: int = 240) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def figure_sample_count(data) -> int:
+    """Samples the report shows of each model: 64 images, or 256 points."""
+    return 64 if data.kind == "image" else 256
+
+
+def scoring_samples(row: dict, n: int):
+    """The first ``n`` samples that scoring row ``row`` drew
+    (:func:`probgen.comparison.recording_samples`), or None where it drew fewer."""
+    s = row.get("samples")
+    return s[:n] if s is not None and s.shape[0] >= n else None
+
+
 def sample_figures(rows: dict, out: Path) -> list[tuple[str, Path]]:
     """One figure of samples per row, ``out/figures/samples_NAME.png``: the samples its scoring
     drew (``rows[NAME]["samples"]``, :func:`probgen.comparison.recording_samples`), drawn here
@@ -285,7 +297,6 @@ def sample_figures(rows: dict, out: Path) -> list[tuple[str, Path]]:
     import torch
 
     from probgen import plots
-    from probgen.comparison import figure_sample_count, scoring_samples
 
     figs = []
     for name, r in rows.items():
