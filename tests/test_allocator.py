@@ -10,6 +10,7 @@ import pytest
 SCRIPT = r"""
 import sys, torch
 from probgen.allocator import return_large_blocks
+torch.set_num_threads(1)  # no thread pool (its stacks and arenas) appearing mid-measurement
 if sys.argv[1] == "fixed":
     assert return_large_blocks() and return_large_blocks()  # in force, and idempotent
 def rss_mb():
