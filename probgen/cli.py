@@ -23,7 +23,7 @@ from pathlib import Path
 from probgen import __version__
 from probgen.checks import check_positive_int, positive_float
 from probgen.errors import ConfigError, ProbgenError, suggest
-from probgen.recipes import RECIPES, add_recipe_arguments, get_recipe
+from probgen.recipes import RECIPES, add_recipe_arguments, fill_budget, get_recipe
 
 __all__ = ["main", "build_parser"]
 
@@ -378,18 +378,16 @@ def _train(args, recipe, device=None) -> int:
 
 def fill_budget_unless_given(model: str, options: dict, time_budget, argv) -> None:
     """With ``--time-budget`` and no length on the command line (``--epochs``, ``--steps``,
-    or a preset's), a recipe whose schedule does not need the length (``FILLS_BUDGET``)
-    trains until the budget stops it, as in ``compare``, instead of stopping at the default
-    length long before (a VAE's 20 epochs are about a minute of a 30-minute budget)."""
+    or a preset's), a recipe whose schedule does not need the length trains until the budget
+    stops it, as in ``compare`` (:func:`probgen.recipes.fill_budget`), instead of stopping at
+    the default length long before (a VAE's 20 epochs are about a minute of 30 minutes)."""
     recipe = RECIPES.get(model)
     length = getattr(recipe, "trains_by", None)
-    if not time_budget or recipe is None or not recipe.fills_budget or length not in options:
+    if not time_budget or length not in options or options.get("preset"):
         return
-    o = recipe.Config.options()[length]
-    flags = (recipe.Config.flags()[length], *o.aliases)
-    given = any(t == f or t.startswith(f + "=") for t in argv for f in flags)
-    if not given and not options.get("preset"):
-        options[length] = 1_000_000
+    flags = (recipe.Config.flags()[length], *recipe.Config.options()[length].aliases)
+    if not any(t == f or t.startswith(f + "=") for t in argv for f in flags):
+        fill_budget(model, options)
 
 
 def _load_run(args):

@@ -439,7 +439,7 @@ def _train_entry(e: ModelEntry, spec: CompareSpec, run_dir: Path, share: float) 
     previous comparison with the same rows, data and budget left there (one that failed
     later, say); an unfinished one is trained again, since its share cannot be split."""
     from probgen.progress import write
-    from probgen.recipes import RECIPES
+    from probgen.recipes import RECIPES, fill_budget
     from probgen.training import load_run, train
 
     signature = _signature(e, spec)
@@ -466,9 +466,8 @@ def _train_entry(e: ModelEntry, spec: CompareSpec, run_dir: Path, share: float) 
         if old.get("compare") == signature:
             note = f"; the run in {run_dir} did not complete, so it is trained again"
     recipe, opts = _train_options(e)
-    length = RECIPES[recipe].trains_by
-    if RECIPES[recipe].fills_budget and length not in opts:
-        opts[length] = 1_000_000
+    if RECIPES[recipe].trains_by not in opts:
+        fill_budget(recipe, opts)
     write(f"[compare] training {e.name} on {spec.data} (budget {share:.0f} s{note})")
     t0 = time.perf_counter()
     result = train(e.model if recipe == "program" else recipe, spec.data, run_dir, seed=spec.seed,

@@ -91,7 +91,7 @@ from probgen.errors import ConfigError, suggest
 
 __all__ = ["RECIPES", "Recipe", "RecipeConfig", "Option", "option", "register", "get_recipe",
            "add_recipe_arguments", "load_model_state", "resume_epochs", "epoch_checkpoint",
-           "record_progress", "cosine_lr", "schedule_fraction", "positive_int", "positive_float"]
+           "record_progress", "cosine_lr", "schedule_fraction", "fill_budget", "UNBOUNDED_LENGTH", "positive_int", "positive_float"]
 
 TRAINS_BY_CHOICES = ("epochs", "steps", None)
 
@@ -358,6 +358,18 @@ def epoch_checkpoint(run, model, extra=None):
         record_progress(run, epochs=st.epoch, steps=st.step)
 
     return save
+
+
+UNBOUNDED_LENGTH = 1_000_000  # epochs or steps asked for when a time budget is what stops training
+
+
+def fill_budget(model: str, options: dict) -> None:
+    """Ask ``model``'s recipe for :data:`UNBOUNDED_LENGTH` epochs or steps in ``options``
+    (in place) when it ``FILLS_BUDGET``, so that a time budget, not the default length, stops
+    it. The caller decides that a budget is set and no length was given."""
+    recipe = RECIPES.get(model)
+    if recipe is not None and recipe.fills_budget and recipe.trains_by:
+        options[recipe.trains_by] = UNBOUNDED_LENGTH
 
 
 def cosine_lr(lr: float, done: float, floor: float = 0.01) -> float:

@@ -195,7 +195,7 @@ def train(run, data, config, device):
     import torch
 
     from probgen.inference.svi import fit_svi
-    from probgen.recipes import epoch_checkpoint, resume_epochs
+    from probgen.recipes import epoch_checkpoint, resume_epochs, schedule_fraction
 
     config = resolve_config(config, data)
     run.config = config
@@ -218,13 +218,11 @@ def train(run, data, config, device):
     offset = 0.0 if data.bin_width is None else data.dim * math.log(data.bin_width)
     t0 = time.perf_counter()
 
-    stop = getattr(run, "stop", None)
-    budget = getattr(stop, "time_budget", None) if config.get("anneal") == "budget" else None
-
     def set_lr(optimizer, epoch: int) -> None:
-        # under a time budget the schedule also follows the time spent: by the budget's end
+        # with --anneal budget the schedule also follows the time spent: by the budget's end
         # the rate has come down, wherever --epochs would have put it
-        spent = 0.0 if not budget else (time.perf_counter() - stop.start) / float(budget)
+        spent = schedule_fraction(run, epoch, config["epochs"],
+                                  follow_budget=config.get("anneal") == "budget")
         for group in optimizer.param_groups:
             group["lr"] = lr_at(config, epoch, spent)
 
