@@ -9,6 +9,7 @@ module             what it does
 ``loop``           :func:`train_loop`: steps, NaN policy, stopping, callbacks, checkpoints;
                    the process-group operations come in as :class:`ProcessGroup` hooks
 ``svi``            :func:`fit_svi` trains any Pyro model/guide pair on ``Trace_ELBO`` (NaN-safe)
+``elbo``           :class:`Trace_ELBO`: Pyro's, with a short path for reparametrised guides
 ``objectives``     :class:`IWAE` and :class:`DReG`: importance-weighted training objectives
 ``bounds``         :func:`elbo` and :func:`iwae_bound` per example, chunked over samples
 ``program_bounds`` the same bounds and AIS for any Pyro program, from its traces alone
@@ -28,7 +29,7 @@ import importlib
 _EXPORTS = {
     "train_loop": "loop", "LoopOptions": "loop", "ProcessGroup": "loop", "FitResult": "loop",
     "FitState": "loop",
-    "fit_svi": "svi", "fit_loss": "svi",
+    "fit_svi": "svi", "fit_loss": "svi", "Trace_ELBO": "elbo",
     "IWAE": "objectives", "DReG": "objectives", "make_objective": "objectives",
     "elbo": "bounds", "iwae_bound": "bounds", "ELBORecord": "bounds", "IWAERecord": "bounds",
     "program_elbo": "program_bounds", "program_iwae_bound": "program_bounds",

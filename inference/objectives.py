@@ -301,7 +301,9 @@ def make_objective(name: str, particles: int = 1, *, loss: str = "trace"):
 
     particles = _check_particles(particles)
     if name == "elbo":
-        from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+        from pyro.infer import TraceMeanField_ELBO
+
+        from probgen.inference.elbo import Trace_ELBO
 
         losses = {"trace": Trace_ELBO, "mean-field": TraceMeanField_ELBO}
         if loss not in losses:

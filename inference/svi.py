@@ -1,9 +1,10 @@
 """Stochastic variational inference for any Pyro model/guide pair.
 
 :func:`fit_svi` maximises the evidence lower bound of a user's ``model(*batch)`` /
-``guide(*batch)`` pair with Pyro's ``Trace_ELBO`` (or ``TraceMeanField_ELBO``, which uses
-analytic KL terms where they exist), Hoffman et al., "Stochastic variational inference"
-(JMLR 2013); Kingma & Welling, "Auto-encoding variational Bayes" (ICLR 2014).
+``guide(*batch)`` pair with Pyro's ``Trace_ELBO`` (by way of
+:class:`probgen.inference.elbo.Trace_ELBO`: the same estimate, on a short path for
+reparametrised guides) or ``TraceMeanField_ELBO`` (which uses analytic KL terms where they
+exist), Hoffman et al., "Stochastic variational inference" (JMLR 2013); Kingma & Welling, "Auto-encoding variational Bayes" (ICLR 2014).
 
 It differs from ``pyro.infer.SVI`` in two ways:
 
@@ -42,7 +43,9 @@ ELBO_LOSSES = ("trace", "mean-field", "enum")  # the names elbo_loss knows, with
 
 def elbo_loss(name: str, **kwargs):
     """Pyro's ELBO estimator called ``name`` (one of :data:`ELBO_LOSSES`), built with ``kwargs``."""
-    from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+    from pyro.infer import TraceEnum_ELBO, TraceMeanField_ELBO
+
+    from probgen.inference.elbo import Trace_ELBO
 
     losses = {"trace": Trace_ELBO, "mean-field": TraceMeanField_ELBO, "enum": TraceEnum_ELBO}
     if name not in losses:
