@@ -24,7 +24,8 @@ in the guide, and guides written as ``GuideMessenger``.
 from __future__ import annotations
 
 import pyro.infer
-from pyro.infer.util import is_validation_enabled
+import torch
+from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.poutine.messenger import Messenger
 
 __all__ = ["Trace_ELBO"]
@@ -97,12 +98,23 @@ class Trace_ELBO(pyro.infer.Trace_ELBO):
             return self.differentiable_loss(model, guide, *args, **kwargs)
         with _Recorder({site["name"]: site for site in guide_rec.sites}) as model_rec:
             model(*args, **kwargs)
-        elbo = 0.0
-        for site in model_rec.sites:
-            elbo = elbo + _log_prob_sum(site)
-        for site in guide_rec.sites:
-            elbo = elbo - _log_prob_sum(site)
-        return -elbo
+        # Pyro's arithmetic, in Pyro's order, so that the value is Pyro's to the last bit (a
+        # resumed run logs what an uninterrupted one did): the estimate summed in Python
+        # floats site by site, the surrogate as a tensor carrying the gradient
+        model_sums = [_log_prob_sum(site) for site in model_rec.sites]
+        guide_sums = [_log_prob_sum(site) for site in guide_rec.sites]
+        values = torch.stack(model_sums + guide_sums).tolist() if model_sums or guide_sums else []
+        elbo, surrogate_elbo = 0.0, 0.0
+        for value, log_prob_sum in zip(values, model_sums):
+            elbo = elbo + value
+            surrogate_elbo = surrogate_elbo + log_prob_sum
+        for value, log_prob_sum in zip(values[len(model_sums):], guide_sums):
+            elbo = elbo - value
+            surrogate_elbo = surrogate_elbo - log_prob_sum
+        loss, surrogate_loss = 0.0 + -elbo / 1, 0.0 + -surrogate_elbo / 1
+        if not torch.is_tensor(surrogate_loss):
+            return surrogate_loss
+        return loss + (surrogate_loss - torch_item(surrogate_loss))
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         if self._recording is not None and self.num_particles == 1:
