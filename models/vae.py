@@ -52,7 +52,7 @@ from probgen.models.nets import make_decoder, make_encoder
 
 __all__ = ["VAE", "data_plate", "check_data_shape", "LIKELIHOODS", "BernoulliLikelihood",
            "ContinuousBernoulliLikelihood", "GaussianLikelihood", "DiscretizedLogistic",
-           "DiscretizedLogisticLikelihood", "ReparamNormal"]
+           "DiscretizedLogisticLikelihood", "ReparamNormal", "StandardNormal"]
 
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -82,6 +82,29 @@ class ReparamNormal(dist.Normal):
         if draw is not None and value is draw[0]:
             return -0.5 * draw[1].pow(2) - self.scale.log() - _LOG_SQRT_2PI
         return super().log_prob(value)
+
+
+class StandardNormal(dist.Normal):
+    """``Normal(0, 1)`` of batch shape ``batch_shape`` on ``like``'s dtype and device (the loc
+    and scale are expanded, not copied), whose ``log_prob`` is ``-z^2 / 2 - log sqrt(2 pi)``:
+    two operations forward and back where ``Normal``'s general formula takes eight. Values
+    of another shape than ``(..., *batch_shape)`` are scored by the general formula."""
+
+    def __init__(self, batch_shape, *, like: torch.Tensor, validate_args=None):
+        zero = like.new_zeros(())
+        super().__init__(zero.expand(batch_shape), (zero + 1).expand(batch_shape),
+                         validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(StandardNormal, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+    def log_prob(self, value):
+        if value.shape[value.dim() - len(self.batch_shape):] != self.batch_shape:
+            return super().log_prob(value)
+        if self._validate_args:
+            self._validate_sample(value)
+        return -0.5 * value.pow(2) - _LOG_SQRT_2PI
 
 
 # ----------------------------------------------------------------------------- likelihoods
@@ -413,8 +436,7 @@ class VAE(LatentBounds, nn.Module):
         if self._likelihood_has_params:
             pyro.module(self.param_prefix + "likelihood", self.likelihood)
         n = x.shape[0]
-        # N(0, 1) on x's dtype and device, expanded to (N, L) without copies
-        prior = dist.Normal(x.new_zeros(()), x.new_ones(())).expand((n, self.latent_dim))
+        prior = StandardNormal((n, self.latent_dim), like=x)
         with data_plate(x, num_data):
             z = pyro.sample("z", prior.to_event(1))
             with self._autocast(x):

@@ -194,3 +194,28 @@ def test_reparam_normal_scores_its_draw_like_pyros_normal():
     z = q.rsample()
     for other in (z.detach(), z.view(z.shape), torch.ones(4)):
         torch.testing.assert_close(q.log_prob(other), pdist.Normal(torch.zeros(4), torch.ones(4) * 2).log_prob(other))
+
+
+def test_standard_normal_prior_scores_like_pyros_normal():
+    """The prior's short log-density equals Normal(0, 1)'s for its own shape, for draws with
+    particle dimensions in front, after expand, and (by the general formula) for values that
+    broadcast; its draws are Normal(0, 1)'s."""
+    import pyro.distributions as pdist
+
+    from probgen.models.vae import StandardNormal
+
+    like = torch.zeros((), dtype=torch.float64)
+    p = StandardNormal((6, 3), like=like)
+    ref = pdist.Normal(torch.zeros(6, 3, dtype=torch.float64), torch.ones(6, 3, dtype=torch.float64))
+    assert p.batch_shape == (6, 3) and p.loc.dtype == torch.float64
+    for value in (torch.randn(6, 3, dtype=torch.float64), torch.randn(4, 6, 3, dtype=torch.float64),
+                  torch.randn(3, dtype=torch.float64), torch.randn(1, 3, dtype=torch.float64)):
+        torch.testing.assert_close(p.log_prob(value), ref.log_prob(value))
+    wider = p.expand((2, 6, 3))
+    assert isinstance(wider, StandardNormal) and wider.batch_shape == (2, 6, 3)
+    v = torch.randn(2, 6, 3, dtype=torch.float64)
+    torch.testing.assert_close(wider.to_event(1).log_prob(v), ref.expand((2, 6, 3)).to_event(1).log_prob(v))
+    torch.manual_seed(0)
+    a = p.sample((2,))
+    torch.manual_seed(0)
+    torch.testing.assert_close(a, ref.sample((2,)))
