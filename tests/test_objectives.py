@@ -254,7 +254,7 @@ def test_cosine_schedule_reaches_the_optimiser_and_resumes_bit_for_bit(tmp_path)
 
     assert cosine_lr(1e-3, 0.0) == pytest.approx(1e-3) and cosine_lr(1e-3, 1.0) == pytest.approx(1e-5)
     assert cosine_lr(1e-3, 0.5) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
-    cos = ["--lr-schedule", "cosine"]
+    cos = ["--lr-schedule", "cosine", "--lr", "1e-3"]
     straight = _train(tmp_path / "a", "--epochs", "2", *cos)
     # the rate saved for the next epoch is the schedule's end: lr / 100 after 2 of 2 epochs
     assert straight["state"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-5)
@@ -272,6 +272,9 @@ def test_a_time_budget_without_a_length_fills_the_budget(tmp_path):
     assert json.loads((tmp_path / "a" / "config.json").read_text())["epochs"] == 1_000_000
     progress = json.loads((tmp_path / "a" / "progress.json").read_text())
     assert progress["epochs_run"] > 0 and "time budget" in progress["stopped_by"]
+    # the default cosine schedule ran over the budget, the run's length: the rate has fallen
+    state = load_checkpoint_file(tmp_path / "a" / "checkpoints" / "latest.pt", expected_model="vae")
+    assert state["state"]["optimizer"]["param_groups"][0]["lr"] < 2e-3
     # a length on the command line is kept
     argv = ["train", "vae", *TINY, "--time-budget", "60", "--epochs=1", "--out", str(tmp_path / "b")]
     assert main(argv) == 0

@@ -110,8 +110,9 @@ class Config(RecipeConfig):
     gaussian_scale: float | None = option(
         None, "pixel standard deviation of the gaussian likelihood (default: learned)",
         type=gaussian_scale, metavar="learned|S")
-    batch_size: int = option(100, "examples per step (default %(default)s)", type=positive_int)
-    lr: float = option(1e-3, "Adam learning rate (default %(default)s)", type=positive_float)
+    batch_size: int = option(200, "examples per step (default %(default)s)", type=positive_int)
+    lr: float = option(2e-3, "Adam learning rate (default %(default)s; the peak of the cosine "
+                       "schedule)", type=positive_float)
     loss: str = option("trace", "the ELBO objective's estimator: Trace_ELBO (default) or "
                        "TraceMeanField_ELBO (analytic KL)", choices=("trace", "mean-field"))
     objective: str = option(
@@ -125,9 +126,10 @@ class Config(RecipeConfig):
         1, "1: the VAE (default); 2: z1 and z2 as in Burda et al. 2016 (mlp, bernoulli only; "
         "--hidden gives the x-z1 widths)", type=int, choices=(1, 2))
     lr_schedule: str = option(
-        "constant", "constant (default); iwae: stages of 3^i epochs at lr * 10^(-i/7); cosine: "
-        "from lr down to lr/100 over --epochs, or over --time-budget where that ends first (a "
-        "run stopped by its budget has annealed; its rates then depend on the wall clock)",
+        "cosine", "cosine (default): from lr down to lr/100 over --epochs (reproducible bit for "
+        "bit), or, where --time-budget sets the length (no --epochs), over the budget (the run "
+        "has annealed when it stops; its rates then depend on the wall clock); constant; iwae: "
+        "stages of 3^i epochs at lr * 10^(-i/7)",
         choices=("constant", "iwae", "cosine"))
     adam_eps: float = option(1e-8, "Adam's epsilon (default %(default)s; the IWAE paper used 1e-4)",
                              type=positive_float)
@@ -241,11 +243,19 @@ def train(run, data, config, device):
 
     from probgen.distributed import process_group
     from probgen.inference.svi import fit_svi
-    from probgen.recipes import cosine_lr, epoch_checkpoint, resume_epochs, schedule_fraction
+    from probgen.recipes import (
+        UNBOUNDED_LENGTH,
+        cosine_lr,
+        epoch_checkpoint,
+        resume_epochs,
+        schedule_fraction,
+    )
 
     c = Config.read(config)
     if "particles" not in config and "num_particles" in config:  # config.json of older runs
         c.particles = config["num_particles"]
+    if "lr_schedule" not in config:  # a run from before the schedule: its rate was constant
+        c.lr_schedule = "constant"
     pyro.clear_param_store()
     model = build(config, data).to(device)
     start_epoch, start_step, optim_state, _ = resume_epochs(run, model, device)
@@ -274,8 +284,9 @@ def train(run, data, config, device):
     def lr_at(epoch: int) -> float:  # the rate of (0-based) epoch ``epoch``
         if c.lr_schedule == "iwae":
             return iwae_schedule_lr(epoch, c.lr)
-        if c.lr_schedule == "cosine":
-            return cosine_lr(c.lr, schedule_fraction(run, epoch, c.epochs))
+        if c.lr_schedule == "cosine":  # over the epochs, or the budget where that is the length
+            return cosine_lr(c.lr, schedule_fraction(run, epoch, c.epochs,
+                                                     follow_budget=c.epochs >= UNBOUNDED_LENGTH))
         return c.lr
 
     if staged:
