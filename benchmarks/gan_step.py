@@ -9,10 +9,14 @@ statistics per half (probgen.models.nets.batch_groups), which normalises and upd
 running statistics exactly as the two passes do, then the generator step on the same fake
 batch alone (tests/test_gan.py checks parameters and running statistics against this
 reference step). Both use the same 28x28 DCGAN
-networks (probgen.models.nets), the same batch, Adam(2e-4, (0.5, 0.999)); the two are timed
+networks (probgen.models.nets), the same batch, Adam(2e-4, (0.5, 0.999)): torch's default
+Adam in the reference, as pytorch/examples has it, and Adam's fused kernel in probgen (one
+kernel for all of a network's tensors). So that the two changes can be told apart, a third
+side runs the reference step with fused Adam (``ratio_vs_fused_reference``). All are timed
 in one process, interleaved, after a warm-up.
 
-    python benchmarks/gan_step.py [--batch-size 64] [--rounds 5] [--steps 20] [--device cuda] [--amp]
+    python benchmarks/gan_step.py [--batch-size 64] [--rounds 5] [--steps 20] [--threads N]
+                                  [--device cuda] [--amp]
 
 The last line is ``RESULT ratio=<probgen step time / reference step time> ...``.
 """
@@ -94,6 +98,13 @@ def main(args):
     opt_g = torch.optim.Adam(g2.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d2.parameters(), lr=2e-4, betas=(0.5, 0.999))
     criterion = nn.BCELoss()
+    # the reference step again, on Adam's fused kernel
+    g3 = DCGANGenerator(nz, shape, value_range=(-1, 1)).to(device)
+    d3 = _Prob(DCGANDiscriminator(shape, norm="batch")).to(device)
+    g3.load_state_dict(g1.state_dict())
+    d3.d.load_state_dict(d1.state_dict())
+    opt_g3 = torch.optim.Adam(g3.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=True)
+    opt_d3 = torch.optim.Adam(d3.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=True)
 
     def run_ours(n):
         for _ in range(n):
@@ -103,26 +114,33 @@ def main(args):
         for _ in range(n):
             reference_step(g2, d2, opt_g, opt_d, real, nz, criterion, args.amp and device.type == "cuda")
 
+    def run_fused_ref(n):
+        for _ in range(n):
+            reference_step(g3, d3, opt_g3, opt_d3, real, nz, criterion, args.amp and device.type == "cuda")
+
     run_ours(3)
     run_ref(3)
+    run_fused_ref(3)
     _sync(device)
-    t_ours, t_ref = [], []
+    t_ours, t_ref, t_fused = [], [], []
     for r in range(args.rounds):
-        order = [(run_ours, t_ours), (run_ref, t_ref)]
-        if r % 2:
-            order.reverse()
+        order = [(run_ours, t_ours), (run_ref, t_ref), (run_fused_ref, t_fused)]
+        order = order[r % 3:] + order[:r % 3]  # each side first in turn
         for fn, acc in order:
             _sync(device)
             t0 = time.perf_counter()
             fn(args.steps)
             _sync(device)
             acc.append((time.perf_counter() - t0) / args.steps)
-    mo, mr = statistics.median(t_ours), statistics.median(t_ref)
-    print(f"device {device}, batch {args.batch_size}, amp {args.amp}, {args.rounds} rounds x {args.steps} steps")
-    print(f"probgen   step: {1000 * mo:8.2f} ms  ({1 / mo:7.1f} steps/s, {args.batch_size / mo:9.0f} images/s)")
-    print(f"reference step: {1000 * mr:8.2f} ms  ({1 / mr:7.1f} steps/s, {args.batch_size / mr:9.0f} images/s)")
-    print(f"RESULT ratio={mo / mr:.3f} probgen_ms={1000 * mo:.2f} reference_ms={1000 * mr:.2f} "
-          f"batch={args.batch_size} device={device.type} amp={int(args.amp)}")
+    mo, mr, mf = statistics.median(t_ours), statistics.median(t_ref), statistics.median(t_fused)
+    print(f"device {device}, batch {args.batch_size}, amp {args.amp}, threads {torch.get_num_threads()}, "
+          f"{args.rounds} rounds x {args.steps} steps")
+    for name, m in (("probgen", mo), ("reference", mr), ("reference, fused Adam", mf)):
+        print(f"{name + ' step:':27s} {1000 * m:8.2f} ms  ({1 / m:7.1f} steps/s, "
+              f"{args.batch_size / m:9.0f} images/s)")
+    print(f"RESULT ratio={mo / mr:.3f} ratio_vs_fused_reference={mo / mf:.3f} probgen_ms={1000 * mo:.2f} "
+          f"reference_ms={1000 * mr:.2f} fused_reference_ms={1000 * mf:.2f} batch={args.batch_size} "
+          f"device={device.type} amp={int(args.amp)} threads={torch.get_num_threads()}")
     return mo / mr
 
 
@@ -133,4 +151,8 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
-    main(p.parse_args())
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    main(args)

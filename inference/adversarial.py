@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from probgen.errors import ConfigError, DivergedError, suggest
-from probgen.inference.loop import SINGLE_PROCESS, ProcessGroup
+from probgen.inference.loop import SINGLE_PROCESS, ProcessGroup, adam
 
 __all__ = ["GANLoss", "LOSSES", "get_loss", "GANTrainer", "fit_gan", "GANFitResult",
            "LR_SCHEDULES", "linear_decay", "ema_decay", "batch_groups", "has_grouped_batch_norm",
@@ -240,8 +240,8 @@ class GANTrainer:
         # judged beside real data
         self._grouped = batch_groups(discriminator, 2) if has_grouped_batch_norm(discriminator) else None
         self._beside_real = self.batch_stats and self._grouped is None
-        self.opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=tuple(betas))
-        self.opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d or lr, betas=tuple(betas))
+        self.opt_g = adam(generator.parameters(), lr=lr, betas=tuple(betas))
+        self.opt_d = adam(discriminator.parameters(), lr=lr_d or lr, betas=tuple(betas))
         self.amp = bool(amp)
         self.step_count = 0
         # Across processes (torchrun): DistributedDataParallel wrappers average the gradients

@@ -244,13 +244,20 @@ class FitState:
 
 
 # ----------------------------------------------------------------------------- optimiser
-def _default_adam(params, lr):
-    """Adam; the fused kernel where every parameter allows it (about 4x faster on CPU)."""
+def adam(params, **kwargs) -> torch.optim.Adam:
+    """``torch.optim.Adam(params, **kwargs)`` on the fused kernel where every parameter allows
+    it (floating point, on the CPU or CUDA): one kernel for all tensors instead of a dozen
+    operations per tensor, about 4x faster on the CPU, the same update up to rounding."""
+    params = list(params)
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     try:
-        return torch.optim.Adam(params, lr=lr, fused=fused or None)
+        return torch.optim.Adam(params, fused=fused or None, **kwargs)
     except (RuntimeError, TypeError):  # a build without the fused kernel
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, **kwargs)
+
+
+def _default_adam(params, lr):
+    return adam(params, lr=lr)
 
 
 def make_optimizer(optim, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:

@@ -242,6 +242,7 @@ def train(run, data, config, device):
     import torch
 
     from probgen.distributed import process_group
+    from probgen.inference.loop import adam as fused_adam
     from probgen.inference.svi import fit_svi
     from probgen.recipes import (
         UNBOUNDED_LENGTH,
@@ -301,8 +302,7 @@ def train(run, data, config, device):
     default_eps = Config.options()["adam_eps"].default
 
     def adam(params):
-        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-        return torch.optim.Adam(params, lr=lr_at(start_epoch), eps=c.adam_eps, fused=fused or None)
+        return fused_adam(params, lr=lr_at(start_epoch), eps=c.adam_eps)
 
     if start_epoch < c.epochs:
         fit_svi(model.model, model.guide, data, loss=c.loss, objective=c.objective,
