@@ -78,7 +78,8 @@ def probgen_epoch(data, folder: Path, *, seed: int, batch_size: int = 100, lr: f
 
     config = {"model": "vae", "data": "mnist", "seed": seed, "epochs": 1, "latent_dim": 50,
               "hidden": [400], "arch": "mlp", "likelihood": "bernoulli", "batch_size": batch_size,
-              "lr": lr, "loss": "trace", "num_particles": 1, "on_nan": "skip"}
+              "lr": lr, "lr_schedule": "constant", "loss": "trace", "num_particles": 1,
+              "on_nan": "skip"}
     run = Run.create(folder, config, overwrite=True)
     seed_everything(seed)
     # a StopControl that is not entered: no time budget, and no signal handlers, so that
