@@ -111,7 +111,7 @@ class Trace_ELBO(pyro.infer.Trace_ELBO):
         for value, log_prob_sum in zip(values[len(model_sums):], guide_sums):
             elbo = elbo - value
             surrogate_elbo = surrogate_elbo - log_prob_sum
-        loss, surrogate_loss = 0.0 + -elbo / 1, 0.0 + -surrogate_elbo / 1
+        loss, surrogate_loss = -elbo, -surrogate_elbo
         if not torch.is_tensor(surrogate_loss):
             return surrogate_loss
         return loss + (surrogate_loss - torch_item(surrogate_loss))

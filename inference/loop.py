@@ -256,14 +256,10 @@ def adam(params, **kwargs) -> torch.optim.Adam:
         return torch.optim.Adam(params, **kwargs)
 
 
-def _default_adam(params, lr):
-    return adam(params, lr=lr)
-
-
 def make_optimizer(optim, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
     """``optim(params)``, or the default Adam at ``lr`` when ``optim`` is None."""
     if optim is None:
-        return _default_adam(params, lr)
+        return adam(params, lr=lr)
     if isinstance(optim, torch.optim.Optimizer):
         raise ConfigError(
             "optim must be a callable that builds an optimiser from a list of parameters (e.g. "
