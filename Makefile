@@ -27,11 +27,12 @@ endif
 demo: setup
 	$(PY) -m probgen demo --out $(OUT)
 
+# the tests run one torch thread each, so they are spread over one worker per core
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 test-all: setup
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -n auto --dist worksteal -m "slow or not slow"
 
 lint: setup
 	$(PY) -m ruff check probgen models inference examples benchmarks tests

@@ -21,7 +21,7 @@ def run(program, *, name: str, data: str = "mnist-5k", epochs: int = 30, argv=No
     p.add_argument("--smoke", action="store_true", help="tiny settings (seconds)")
     a = p.parse_args(argv)
     if a.smoke:
-        a.data, a.epochs, a.k, a.ais_steps, a.eval_limit = "mnist-5k", 1, 20, 10, 50
+        a.data, a.epochs, a.k, a.ais_steps, a.eval_limit = "mnist-5k", 1, 20, 10, 20
     run_dir = Path(a.out) / name
     trained = probgen.train(program, a.data, run_dir, epochs=a.epochs, seed=a.seed, overwrite=True,
                             limit=300 if a.smoke else None, figures=not a.smoke)
