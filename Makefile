@@ -28,11 +28,13 @@ demo: setup
 	$(PY) -m probgen demo --out $(OUT)
 
 # the tests run one torch thread each, so they are spread over one worker per core
+PYTEST = $(PY) -m pytest -q -n auto --dist worksteal
+
 test: setup
-	$(PY) -m pytest -q -n auto --dist worksteal
+	$(PYTEST)
 
 test-all: setup
-	$(PY) -m pytest -q -n auto --dist worksteal -m "slow or not slow"
+	$(PYTEST) -m "slow or not slow"
 
 lint: setup
 	$(PY) -m ruff check probgen models inference examples benchmarks tests
