@@ -210,6 +210,35 @@ def test_feature_network_is_trained_cached_and_reloaded(digits, tmp_path, monkey
     assert set(payload) >= {"state_dict", "accuracy"}
 
 
+def test_a_feature_network_asked_for_twice_at_once_is_trained_once(digits, tmp_path, monkeypatch):
+    """Two callers at the same time (two threads here; two processes take the same file lock):
+    the second waits for the first's network and loads it."""
+    import threading
+    import time
+
+    from probgen.eval import features as F
+
+    monkeypatch.setenv("PROBGEN_CACHE", str(tmp_path))
+    calls, real_train = [], F._train
+
+    def slow_train(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.5)  # the other caller arrives while this one trains
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(F, "_train", slow_train)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(F.feature_network(digits, epochs=3)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(got) == 2
+    assert got[0].path == got[1].path and got[0].accuracy == got[1].accuracy
+    torch.testing.assert_close(got[0].features(digits.test[:50]), got[1].features(digits.test[:50]))
+
+
 def test_image_sample_metrics_separate_real_data_from_noise(digits, tmp_path, monkeypatch):
     monkeypatch.setenv("PROBGEN_CACHE", str(tmp_path))
     from probgen.eval.features import feature_network
@@ -231,8 +260,9 @@ def test_image_sample_metrics_separate_real_data_from_noise(digits, tmp_path, mo
 
 
 def test_one_feature_network_and_one_scale_for_every_representation(tmp_path, monkeypatch):
-    """Grey [0, 1], grey [-1, 1] and binarised runs of one data set share one network, trained
-    on the same grey training pixels; the same images score the same in [0, 1] and [-1, 1]."""
+    """Grey [0, 1], grey [-1, 1], binarised and dequantized runs of one data set share one
+    network, trained on the same grey training pixels, with one test accuracy; the same images
+    score the same in [0, 1] and [-1, 1]."""
     from probgen.data import load_dataset
     from probgen.eval.features import feature_network
 
@@ -240,9 +270,12 @@ def test_one_feature_network_and_one_scale_for_every_representation(tmp_path, mo
     grey = load_dataset("digits")
     pm = load_dataset("digits", value_range=(-1.0, 1.0))
     dyn = load_dataset("digits", binarize="dynamic")
-    nets = [feature_network(d, epochs=30) for d in (grey, pm, dyn)]
-    assert nets[0].path == nets[1].path == nets[2].path
-    assert len(list((tmp_path / "features").iterdir())) == 1
+    deq = load_dataset("digits", dequantize="auto")
+    assert deq.bin_width and not torch.equal(deq.train, grey.train)  # k / L against k / (L - 1)
+    nets = [feature_network(d, epochs=30) for d in (grey, pm, dyn, deq)]
+    assert nets[0].path == nets[1].path == nets[2].path == nets[3].path
+    assert len({n.accuracy for n in nets}) == 1
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 1
     torch.testing.assert_close(nets[1].features(pm.test), nets[0].features(grey.test), rtol=0, atol=1e-5)
     # the test split of the dynamic run is binarised (0/1), and scored as such
     assert set(dyn.test.unique().tolist()) <= {0.0, 1.0}

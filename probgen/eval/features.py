@@ -19,6 +19,7 @@ with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
@@ -31,7 +32,8 @@ from torch import nn
 
 from probgen.errors import DataError
 
-__all__ = ["FeatureNet", "FeatureNetwork", "feature_network", "cache_dir", "ARCH_VERSION"]
+__all__ = ["FeatureNet", "FeatureNetwork", "feature_network", "canonical_pixels", "cache_dir",
+           "ARCH_VERSION"]
 
 ARCH_VERSION = 1
 FEATURE_DIM = 128
@@ -154,25 +156,58 @@ def feature_network(data, *, epochs: int | None = None, device="cpu", cache: boo
     y = data.labels("train", required_for="the feature network of the sample metrics")
     yt = data.labels("test", required_for="the feature network's test accuracy")
     vr = tuple(float(v) for v in data.value_range)
-    lo, hi = vr
-    x = ((data.train.float() - lo) / (hi - lo)).cpu()
+    x = canonical_pixels(data)
     num_classes = int(data.num_classes or int(y.max()) + 1)
     epochs = int(epochs or _default_epochs(x.shape[0]))
     net = FeatureNet(data.shape, num_classes)
     name = f"probgen-{net.arch}-{data.name}"
     path = cache_dir() / f"{_safe(data.name)}-{_fingerprint(x, y, data.shape, epochs)}.pt"
-    if cache and path.exists():
+    if not cache:
+        return _trained(net, data, x, y, yt, epochs, name, vr, None, device, verbose)
+    # one process trains a given network at a time; another that asks for it meanwhile (a
+    # second comparison, the demo's two processes) waits and then loads it
+    with _exclusive(path):
+        if path.exists():
+            try:
+                payload = torch.load(path, map_location="cpu", weights_only=True)
+                net.load_state_dict(payload["state_dict"])
+                net.eval()
+                return FeatureNetwork(net.to(device), float(payload["accuracy"]), name, vr, path)
+            except Exception:  # a corrupt or foreign cache file: retrain and overwrite it
+                pass
+        return _trained(net, data, x, y, yt, epochs, name, vr, path, device, verbose)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """Holds an exclusive lock on ``<cache>/.locks/<name>`` (where the platform has ``fcntl``)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, at worst two processes train the same network
+        yield
+        return
+    lock = path.parent / ".locks" / (path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            net.load_state_dict(payload["state_dict"])
-            net.eval()
-            return FeatureNetwork(net.to(device), float(payload["accuracy"]), name, vr, path)
-        except Exception:  # a corrupt or foreign cache file: retrain and overwrite it
-            pass
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _trained(net, data, x, y, yt, epochs, name, vr, path, device, verbose) -> FeatureNetwork:
+    """Train ``net`` on ``x``, measure its test accuracy and, with a ``path``, cache it."""
+    cache = path is not None
     _train(net, x, y.cpu(), epochs=epochs, verbose=verbose)
     net.eval()
     fn = FeatureNetwork(net, 0.0, name, vr, path if cache else None)
-    fn.accuracy = float((fn.classify(data.test.cpu()) == yt.cpu()).double().mean())
+    # accuracy on the test images in the same scale as the training images (FeatureNetwork maps
+    # value_range to [0, 1]; these are there already)
+    test = canonical_pixels(data, "test")
+    with torch.no_grad():
+        pred = [net(test[i:i + 1000]).argmax(1) for i in range(0, test.shape[0], 1000)]
+    fn.accuracy = float((torch.cat(pred) == yt.cpu()).double().mean()) if pred else 0.0
     if cache:
         from probgen.runs import atomic_write_bytes
 
@@ -183,6 +218,26 @@ def feature_network(data, *, epochs: int | None = None, device="cpu", cache: boo
         atomic_write_bytes(path, buf.getvalue())
     fn.net = net.to(device)
     return fn
+
+
+def canonical_pixels(data, split: str = "train") -> torch.Tensor:
+    """The images of ``split`` as the feature network learns them: in [0, 1], and, where the data
+    have L known levels, on the grid k / (L - 1) whatever the run's representation, so that
+    raw pixels (k / 255), dequantized ones (stored as k / 256), [-1, 1] pixels and the grey
+    images behind dynamic binarisation give one network, trained once per data set, and the
+    sample metrics of every row of a comparison are taken in the same features. (A binarised
+    test split stays 0/1: those are its images.)"""
+    lo, hi = (float(v) for v in data.value_range)
+    raw = data.split(split).float().cpu()
+    x = (raw - lo) / (hi - lo)
+    levels = int(data.levels or 0)
+    if levels < 2:
+        return x
+    if data.bin_width:  # dequantized: level k at rest at lo + k * bin_width
+        k = torch.round((raw - lo) / float(data.bin_width))
+    else:
+        k = torch.round(x * (levels - 1))
+    return k.clamp_(0, levels - 1) / (levels - 1)
 
 
 def _train(net: FeatureNet, x: torch.Tensor, y: torch.Tensor, *, epochs: int, verbose: bool,
