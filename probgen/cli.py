@@ -191,10 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "options, named as its `probgen train MODEL` flags with _ for -, e.g. "
                         "\"vae(likelihood=gaussian,latent_dim=2),gan,my.py:MyVAE(lr=3e-4)\" "
                         "(a list value in brackets: hidden=[512,256]). Options left out take "
-                        "the defaults of the data")
+                        "the defaults of the data; weight=W gives a row W times the budget share "
+                        "of a row of weight 1 (default 1), e.g. gan(weight=2)")
     p.add_argument("--budget", type=float, default=5.0, metavar="MINUTES",
-                   help="training time for all models together; time a quick model leaves "
-                        "goes to the others; scoring is not counted (default 5)")
+                   help="training time for all models together, split by the rows' weights "
+                        "(equal by default); time a quick model leaves goes to the others; "
+                        "scoring is not counted (default 5)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder of the report and runs (required)")
     p.add_argument("--runs", default=None, metavar="MODEL=DIR,...",
                    help="score these finished runs instead of training, e.g. "

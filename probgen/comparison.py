@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,20 @@ class ModelEntry:
     name: str
     model: object          # a recipe name, "file.py:Name", or a program class
     options: dict
+    weight: float = 1.0    # its part of the training budget, relative to the other rows
+
+
+def _budget_weight(row: str, value) -> float:
+    """The ``weight=W`` of a row: a positive number."""
+    try:
+        w = float(value)
+    except (TypeError, ValueError):
+        w = math.nan
+    if not (math.isfinite(w) and w > 0):
+        raise ConfigError(f"{row}(weight={value}): a row's weight is its part of the training "
+                          "budget relative to the others (default 1), a positive number, e.g. "
+                          "gan(weight=2) for twice the share of a row of weight 1.")
+    return w
 
 
 def _split_top(text: str, sep: str = ",") -> list[str]:
@@ -240,9 +255,12 @@ def _completed(run_dir: Path) -> bool:
 def _signature(e: ModelEntry, spec: CompareSpec) -> dict:
     """What a comparison's own run of row ``e`` was trained for: a completed run with the same
     signature in the same folder is reused instead of trained again."""
-    return {"row": e.name, "model": str(e.model), "options": {k: str(v) for k, v in e.options.items()},
-            "data": spec.data, "seed": spec.seed, "limit": spec.limit,
-            "budget_minutes": spec.budget_minutes, "models": [str(m) for m in spec.models]}
+    sig = {"row": e.name, "model": str(e.model), "options": {k: str(v) for k, v in e.options.items()},
+           "data": spec.data, "seed": spec.seed, "limit": spec.limit,
+           "budget_minutes": spec.budget_minutes, "models": [str(m) for m in spec.models]}
+    if e.weight != 1.0:
+        sig["weight"] = e.weight
+    return sig
 
 
 def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, budget: float | None = None,
@@ -276,6 +294,8 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
                           f"list (rows: {', '.join(e.name for e in entries)}).")
     for e in entries:  # every option is checked before anything trains
         e.options = {**e.options, **spec.model_options.get(e.name, {})}
+        if "weight" in e.options:  # the row's part of the budget, not an option of its model
+            e.weight = _budget_weight(e.name, e.options.pop("weight"))
         recipe_options(*_train_options(e))
         given = spec.runs.get(e.name)
         if given is not None and not (Path(given) / "config.json").exists():
@@ -313,8 +333,11 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
     training: dict[str, str] = {}  # row -> what was done to have its run: trained, reused, resumed
     spent = 0.0
     timing = {"budget_s": budget_s, "train_s": {}, "share_s": {}, "score_s": {}}
+    if any(e.weight != 1.0 for e in entries):
+        timing["weights"] = {e.name: e.weight for e in entries}
     for i, e in enumerate(order):
-        share = max(1.0, (budget_s - spent) / (len(order) - i))
+        # what is left of the budget, split among the rows still to train by their weights
+        share = max(1.0, (budget_s - spent) * e.weight / sum(r.weight for r in order[i:]))
         try:
             trained[e.name] = _train_entry(e, spec, out / "runs" / e.name, share)
             training[e.name] = trained[e.name]["how"]
@@ -328,7 +351,8 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
         timing.setdefault("data_and_figures_s", {})[e.name] = trained[e.name]["other_seconds"]
         if choice_pending and e.name == "gmm":
             choice = _model_choice(trained[e.name]["result"].data, spec,
-                                   (budget_s - spent) / (len(order) - i), timing)
+                                   (budget_s - spent) / (1 + sum(r.weight for r in order[i + 1:])),
+                                   timing)
             spent += timing["model_choice_s"]
             choice_pending = False
             stages.update(1)
@@ -643,8 +667,6 @@ def likelihoods(metrics: dict) -> dict[str, dict]:
 
 
 def _finite(v) -> bool:
-    import math
-
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 

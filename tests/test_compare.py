@@ -97,6 +97,31 @@ def test_compare_checks_every_option_before_training(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_row_weights_split_the_budget_and_bad_weights_are_refused(tmp_path, capsys):
+    import numpy as np
+
+    import probgen
+
+    path = tmp_path / "blobs.npy"  # 1,000 points: 200 test, 100 validation
+    g = np.random.default_rng(0)
+    np.save(path, np.concatenate([g.normal(-2, 0.5, (500, 2)), g.normal(2, 0.5, (500, 2))]))
+    res = probgen.compare(str(path), ["gmm", "ppca(weight=3)"], tmp_path / "cmp", budget=0.2,
+                          model_choice=False)
+    t = res["time"]
+    assert t["weights"] == {"gmm": 1.0, "ppca": 3.0}
+    assert t["share_s"]["gmm"] == pytest.approx(t["budget_s"] / 4)
+    # ppca, the last row, gets what gmm left: its own 3/4 and the unused part of gmm's 1/4
+    assert t["share_s"]["ppca"] == pytest.approx(t["budget_s"] - t["train_s"]["gmm"])
+    assert "weight" not in json.loads((tmp_path / "cmp" / "runs" / "ppca" / "config.json").read_text())
+    out = tmp_path / "bad"
+    for bad in ("0", "-1", "two", "nan"):
+        assert main(["compare", "--data", "ring8", "--models", f"gmm,gan(weight={bad})",
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"gan(weight={bad})" in err and "positive number" in err
+    assert not out.exists()
+
+
 @pytest.mark.slow  # about a minute: run with -m slow
 def test_every_model_follows_its_data_and_unused_budget_flows_on(tmp_path):
     """grid25 with no per-model options: the VAE takes a Gaussian likelihood and no binarisation
