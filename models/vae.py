@@ -51,8 +51,8 @@ from probgen.inference.bounds import LatentBounds
 from probgen.models.nets import make_decoder, make_encoder
 
 __all__ = ["VAE", "data_plate", "check_data_shape", "LIKELIHOODS", "BernoulliLikelihood",
-           "ContinuousBernoulliLikelihood", "GaussianLikelihood", "DiscretizedLogistic",
-           "DiscretizedLogisticLikelihood", "ReparamNormal", "StandardNormal"]
+           "BernoulliImage", "ContinuousBernoulliLikelihood", "GaussianLikelihood",
+           "DiscretizedLogistic", "DiscretizedLogisticLikelihood", "ReparamNormal", "StandardNormal"]
 
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -122,6 +122,30 @@ def _require_unit_interval(x: torch.Tensor, expects: str, advice: str) -> None:
     raise DataError(f"{expects}, but x has values in {found}. {advice}")
 
 
+class BernoulliImage(dist.Independent):
+    """``Bernoulli(logits=logits).to_event(event_dims)`` whose ``log_prob`` negates the summed
+    binary cross-entropy instead of summing negated per-pixel terms: the same value to the
+    last bit (negation is exact, and the sum runs over the same numbers in the same order)
+    with one pass over the pixels fewer, forward and backward. Values of another shape than
+    the logits are scored by the general formula."""
+
+    def __init__(self, logits: torch.Tensor, event_dims: int, validate_args=None):
+        super().__init__(dist.Bernoulli(logits=logits), event_dims, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(BernoulliImage, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+    def log_prob(self, value):
+        base = self.base_dist
+        if not isinstance(base, dist.Bernoulli) or value.shape != base.logits.shape:
+            return super().log_prob(value)
+        if base._validate_args:
+            base._validate_sample(value)
+        bce = F.binary_cross_entropy_with_logits(base.logits, value, reduction="none")
+        return -bce.reshape(bce.shape[: bce.dim() - self.reinterpreted_batch_ndims] + (-1,)).sum(-1)
+
+
 class BernoulliLikelihood(nn.Module):
     """p(x|z) = prod Bernoulli(x_i; sigmoid(logits_i)) for 0/1 pixels."""
 
@@ -130,6 +154,10 @@ class BernoulliLikelihood(nn.Module):
 
     def dist(self, raw: torch.Tensor):
         return dist.Bernoulli(logits=raw)
+
+    def image_dist(self, raw: torch.Tensor, event_dims: int):
+        """p(x|z) of whole images: ``dist(raw).to_event(event_dims)``, in one fewer pass."""
+        return BernoulliImage(raw, event_dims)
 
     def mean(self, raw: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(raw)
@@ -166,6 +194,9 @@ class ContinuousBernoulliLikelihood(BernoulliLikelihood):
 
     def dist(self, raw: torch.Tensor):
         return dist.ContinuousBernoulli(logits=raw)
+
+    def image_dist(self, raw: torch.Tensor, event_dims: int):
+        return self.dist(raw).to_event(event_dims)
 
     def mean(self, raw: torch.Tensor) -> torch.Tensor:
         return dist.ContinuousBernoulli(logits=raw).mean
@@ -422,6 +453,14 @@ class VAE(LatentBounds, nn.Module):
         # log_likelihood and decode never autocast: likelihoods are evaluated in float32.
         self.autocast_dtype: torch.dtype | None = None
 
+    def _image_dist(self, raw: torch.Tensor):
+        """p(x|z) over whole examples: the likelihood's own (a Bernoulli's saves a pass over
+        the pixels), else its per-pixel distribution with the data dimensions as its event."""
+        own = getattr(self.likelihood, "image_dist", None)
+        if own is not None:
+            return own(raw, self._event_dims)
+        return self.likelihood.dist(raw).to_event(self._event_dims)
+
     def _autocast(self, x: torch.Tensor):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -442,7 +481,7 @@ class VAE(LatentBounds, nn.Module):
             with self._autocast(x):
                 raw = self.decoder(z)  # (N, *data_shape)
             raw = raw.to(x.dtype)
-            pyro.sample("x", self.likelihood.dist(raw).to_event(self._event_dims), obs=x)
+            pyro.sample("x", self._image_dist(raw), obs=x)
 
     def guide(self, x: torch.Tensor, num_data: int | None = None) -> None:
         """q(z|x) = Normal(encoder(x)) with the model's signature and site names."""
