@@ -203,6 +203,7 @@ def test_dcgan_with_batchnorm_trains_across_processes(tmp_path):
     assert any("running_mean" in k for k in g) and all(torch.isfinite(v).all() for v in g.values())
 
 
+@pytest.mark.slow  # about a minute; tests/test_resume.py stops one process by SIGTERM by default
 def test_sigterm_stops_every_process_after_one_checkpoint_and_resume_continues(tmp_path):
     import signal
     import subprocess

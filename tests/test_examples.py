@@ -34,7 +34,13 @@ EXAMPLES: dict[str, list[str]] = {
 }
 
 
-@pytest.mark.parametrize("script", sorted(EXAMPLES))
+# the longest smoke runs (35-46 s each on a 2-core machine): with `-m slow` (`make test-all`),
+# so that the default suite stays within its ten minutes
+SLOW_EXAMPLES = {"mixture_of_vaes.py", "vampprior_vae.py", "ais_vae.py"}
+
+
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW_EXAMPLES else s
+                                    for s in sorted(EXAMPLES)])
 def test_example_runs(script, tmp_path):
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     cmd = [sys.executable, str(EXAMPLES_DIR / script), "--smoke", "--out", str(tmp_path), *EXAMPLES[script]]
