@@ -124,9 +124,9 @@ def _prepare_feature_network(data_name: str, settings: dict) -> None:
             if data.kind != "image" or data.train_labels is None:
                 return
             fn = feature_network(data)
-    except ProbgenError as e:
-        print(f"[demo] the feature network of {data_name} was not prepared here ({e}); its "
-              "scoring trains it", flush=True)
+    except Exception as e:  # noqa: BLE001 - a head start only: the other parts must still run
+        print(f"[demo] the feature network of {data_name} was not prepared here "
+              f"({type(e).__name__}: {e}); its scoring trains it", flush=True)
         return
     print(f"[demo] feature network of {data_name} ready in {time.perf_counter() - t0:.0f} s "
           f"(test accuracy {fn.accuracy:.3f}; cached in {fn.path})", flush=True)

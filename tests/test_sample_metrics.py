@@ -318,6 +318,25 @@ def test_pooled_statistics_equal_the_naive_u_statistics():
     z = torch.cat([x, y])
     d = [float((z[i] - z[j]).norm()) for i in range(len(z)) for j in range(i + 1, len(z))]
     assert S.median_bandwidth(x, y) == pytest.approx(float(np.median(d)), rel=1e-12)
+    # every permutation's statistic (one product for all of them) is the naive U-statistic of
+    # that split of the pooled points
+    g = torch.Generator().manual_seed(0)
+    perms = torch.stack([torch.randperm(len(z), generator=g) for _ in range(3)], 1)
+    k = torch.exp(-torch.cdist(z, z).pow(2) / (2 * h * h))
+    null = S._mmd2_from_kernel(k, (perms < len(x)).double(), len(x), len(y))
+    for i in range(3):
+        xs, ys = z[perms[:, i] < len(x)], z[perms[:, i] >= len(x)]
+        assert float(null[i]) == pytest.approx(_naive_mmd2(xs, ys, gauss), rel=1e-9, abs=1e-12)
+
+
+def test_a_shared_distance_matrix_gives_the_same_statistics_and_a_wrong_one_is_refused():
+    x, y = _gauss(40, [0, 0], np.eye(2), 1), _gauss(30, [1, 0], np.eye(2), 2)
+    z = torch.cat([x, y])
+    d = torch.cdist(z, z)
+    for kind in ("energy", "mmd"):
+        assert S.two_sample_statistic(x, y, kind, distances=d) == S.two_sample_statistic(x, y, kind)
+    with pytest.raises(DataError, match=r"distances must be the \(70, 70\) distance matrix"):
+        S.two_sample_statistic(x, y, "mmd", distances=d[:69, :69])
 
 
 def test_energy_distance_and_mmd_against_gaussian_closed_forms():

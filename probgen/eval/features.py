@@ -198,17 +198,16 @@ def _exclusive(path: Path):
 
 def _trained(net, data, x, y, yt, epochs, name, vr, path, device, verbose) -> FeatureNetwork:
     """Train ``net`` on ``x``, measure its test accuracy and, with a ``path``, cache it."""
-    cache = path is not None
     _train(net, x, y.cpu(), epochs=epochs, verbose=verbose)
     net.eval()
-    fn = FeatureNetwork(net, 0.0, name, vr, path if cache else None)
+    fn = FeatureNetwork(net, 0.0, name, vr, path)
     # accuracy on the test images in the same scale as the training images (FeatureNetwork maps
     # value_range to [0, 1]; these are there already)
     test = canonical_pixels(data, "test")
     with torch.no_grad():
         pred = [net(test[i:i + 1000]).argmax(1) for i in range(0, test.shape[0], 1000)]
     fn.accuracy = float((torch.cat(pred) == yt.cpu()).double().mean()) if pred else 0.0
-    if cache:
+    if path is not None:
         from probgen.runs import atomic_write_bytes
 
         path.parent.mkdir(parents=True, exist_ok=True)

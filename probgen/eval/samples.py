@@ -388,6 +388,10 @@ def two_sample_statistic(x: torch.Tensor, y: torch.Tensor, kind: str = "energy",
     if distances is None:
         z = torch.cat([x, y])
         distances = torch.cdist(z, z)  # (m + n, m + n)
+    elif tuple(distances.shape) != (m + n, m + n):
+        raise DataError(f"distances must be the ({m + n}, {m + n}) distance matrix of the {m} + {n} "
+                        f"points stacked (x, then y); got shape {tuple(distances.shape)}. Leave it "
+                        "out to have it computed.")
     h = None
     if kind == "mmd":
         h = float(bandwidth) if bandwidth is not None else median_bandwidth(x, y, distances=distances)
