@@ -47,8 +47,13 @@ The samples of one chunk are drawn at once, in an outer ``pyro.plate`` of partic
 ``vectorize_particles=True`` does in Pyro's ELBOs), over blocks of examples, so that one chunk
 holds at most ``max_elements`` values of data (samples x examples x values per example): the
 same memory bound as :mod:`probgen.inference.bounds` (:func:`probgen.inference.bounds.chunk_plan`,
-2**23 by default). The program must therefore broadcast over a leading batch dimension, as
-every program written with plates and ``.to_event`` does.
+2**23 by default). That asks the program to broadcast over a leading batch dimension, as
+programs written with plates and ``.to_event`` do. A program that does not (one that reshapes
+with ``.view(-1, ...)`` or takes ``z.shape[0]`` for the number of examples, as code written for
+one draw per example often does) is found by :func:`check_program`, which runs two particles at
+once and each alone and compares their log densities, whether the first run failed or, worse,
+mixed the particles silently; its particles are then drawn one plain run of the program at a
+time, as it was trained: the same estimates, more slowly (``ProgramStructure.vectorized``).
 
 References: Burda, Grosse & Salakhutdinov (ICLR 2016) for the importance-weighted bound;
 Neal (2001) and Wu et al. (ICLR 2017) for AIS; Vehtari et al. (JMLR 2024) for k-hat;
@@ -115,6 +120,14 @@ class ProgramStructure:
     conditioned : dict of str -> Tensor
         Global latents fixed at the guide's mean (``global_latents="condition"``); empty
         otherwise.
+    vectorized : bool
+        Whether the program broadcasts over an outer plate of particles, so that a chunk of
+        particles is drawn in one run. False for a program whose shapes tie it to one draw per
+        example (a decoder output reshaped with ``.view(-1, ...)``, say): its particles are then
+        drawn one run of the program at a time, the way it was trained, slower but the same
+        estimates.
+    unvectorized_why : str
+        What the particle probe of :func:`check_program` met when ``vectorized`` is False.
     """
 
     data_plate: str
@@ -124,6 +137,8 @@ class ProgramStructure:
     latent: tuple[str, ...]
     enumerated: tuple[str, ...]
     conditioned: dict = field(default_factory=dict)
+    vectorized: bool = True
+    unvectorized_why: str = ""
 
     @property
     def has_terms(self) -> bool:
@@ -408,9 +423,59 @@ def check_program(program, x: torch.Tensor, *, data_plate: str | None = None,
                 f"it. Pass global_latents='condition' to score log p(x_n | the guide's mean of "
                 f"it), or make it a parameter (pyro.param) of the model.")
         conditioned = _point_estimates(prog, xb, global_)
-    return ProgramStructure(data_plate=plate.name, data_dim=plate.dim, max_plate_nesting=mpn,
-                            observed=tuple(observed), latent=tuple(latent),
-                            enumerated=tuple(enumerated), conditioned=conditioned)
+    st = ProgramStructure(data_plate=plate.name, data_dim=plate.dim, max_plate_nesting=mpn,
+                          observed=tuple(observed), latent=tuple(latent),
+                          enumerated=tuple(enumerated), conditioned=conditioned)
+    why = _particle_probe(prog, st, xb, guide_tr)
+    return replace(st, vectorized=False, unvectorized_why=why) if why else st
+
+
+def _first_line(err: Exception) -> str:
+    """``Type: message`` without Pyro's trace-shape tables under it."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def _particle_probe(prog, st: ProgramStructure, xb: torch.Tensor, plain_guide_tr) -> str:
+    """Run the program with two particles at once, and each particle alone in the plain
+    program; '' when every example's log p(x, z) and log q(z | x) agree, else what went wrong.
+
+    A program that reshapes across the leading dimensions (``.view(-1, ...)``,
+    ``z.shape[0]`` as the number of examples) either fails in the particle plate or, worse,
+    mixes particles silently; the second comparison catches the latter."""
+    s, n, mpn = 2, xb.shape[0], st.max_plate_nesting
+    try:
+        guide_tr, model_tr = _traces(prog, st, xb, s)
+        joint = _model_terms(model_tr, st, s, n)[0]
+        log_q = _guide_log_q(guide_tr, st, s, n)
+    except Exception as err:  # noqa: BLE001 - any failure means: draw the particles one at a time
+        return _first_line(err)
+    plain_sites = _sample_sites(plain_guide_tr)
+    for i in range(s):
+        values = {}
+        for name, site in _sample_sites(guide_tr).items():
+            if name in st.conditioned or name not in plain_sites:
+                continue
+            v = site["value"]
+            d = v.dim() - site["fn"].event_dim - (mpn + 1)  # the particle dimension
+            one = v.select(d, i) if d >= 0 and v.shape[d] == s else v
+            shape = plain_sites[name]["value"].shape
+            values[name] = one.reshape(shape) if one.numel() == math.prod(shape) else one
+        try:
+            g_tr, m_tr = _traces(prog, st, xb, None, values)
+            joint_i = _model_terms(m_tr, st, 1, n)[0][0]
+            q = _guide_log_q(g_tr, st, 1, n)
+            log_q_i = q[0] if q is not None else None
+        except Exception as err:  # noqa: BLE001
+            return f"particle {i} alone: {_first_line(err)}"
+        if not torch.allclose(joint[i], joint_i, rtol=1e-3, atol=1e-3):
+            return (f"particle {i}'s log p(x, z) differs when the program runs it alone "
+                    f"(largest gap {float((joint[i] - joint_i).abs().max()):.3g} nats)")
+        if log_q is not None and log_q_i is not None and not torch.allclose(
+                log_q[i], log_q_i, rtol=1e-3, atol=1e-3):
+            return (f"particle {i}'s log q(z | x) differs when the program runs it alone "
+                    f"(largest gap {float((log_q[i] - log_q_i).abs().max()):.3g} nats)")
+    return ""
 
 
 def _check_support(prog, tr, err=None) -> None:
@@ -568,15 +633,39 @@ def _conditioned(fn, st: ProgramStructure):
     return poutine.condition(fn, data=st.conditioned) if st.conditioned else fn
 
 
-def _terms(prog: ProgramModel, st: ProgramStructure, xb: torch.Tensor, s: int) -> _Terms:
-    """Draw s particles per example from the guide and score them under the model."""
-    b, mpn = xb.shape[0], st.max_plate_nesting
-    guide = _particle_plate(_conditioned(prog.guide, st), s, mpn)
-    model = _particle_plate(_conditioned(prog.model, st), s, mpn)
-    if st.enumerated:
+def _traces(prog: ProgramModel, st: ProgramStructure, xb: torch.Tensor, s: int | None,
+            values: dict | None = None):
+    """The guide's and the model's traces on ``xb``: s particles at once in the particle
+    plate, or (``s=None``) one draw of the plain program; ``values`` fixes guide sites."""
+    mpn = st.max_plate_nesting
+    guide, model = _conditioned(prog.guide, st), _conditioned(prog.model, st)
+    if values:
+        guide, model = poutine.condition(guide, data=values), poutine.condition(model, data=values)
+    if s is not None:
+        guide, model = _particle_plate(guide, s, mpn), _particle_plate(model, s, mpn)
+    if st.enumerated:  # left of the particle plate's dimension, whether it is there or not
         model = poutine.enum(model, first_available_dim=-(mpn + 2))
     guide_tr = poutine.trace(guide).get_trace(xb)
-    model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(xb)
+    if not values:
+        model = poutine.replay(model, trace=guide_tr)
+    return guide_tr, poutine.trace(model).get_trace(xb)
+
+
+def _terms(prog: ProgramModel, st: ProgramStructure, xb: torch.Tensor, s: int) -> _Terms:
+    """Draw s particles per example from the guide and score them under the model: at once in
+    the particle plate, or one run of the plain program after another where the program does
+    not broadcast over it (``st.vectorized``)."""
+    if not st.vectorized:
+        runs = [_terms_of(st, *_traces(prog, st, xb, None), 1, xb.shape[0]) for _ in range(s)]
+        if s == 1:
+            return runs[0]
+        cat = [None if getattr(runs[0], f) is None else torch.cat([getattr(t, f) for t in runs])
+               for f in ("log_joint", "log_q", "log_obs", "log_latent")]
+        return _Terms(*cat)
+    return _terms_of(st, *_traces(prog, st, xb, s), s, xb.shape[0])
+
+
+def _terms_of(st: ProgramStructure, guide_tr, model_tr, s: int, b: int) -> _Terms:
     log_q = _guide_log_q(guide_tr, st, s, b)
     log_joint, log_obs, log_latent = _model_terms(model_tr, st, s, b)
     if log_q is None:
@@ -622,7 +711,8 @@ def program_elbo(program, x: torch.Tensor, *, num_samples: int = 1, data_plate: 
     prog = _resolve(program, data_plate, global_latents)
     st = prog.structure(x)
     n = x.shape[0]
-    block, chunk = chunk_plan(n, _data_size(x), max_elements)
+    # one particle per chunk where they are drawn one run at a time: the blocks of examples grow
+    block, chunk = chunk_plan(n, _data_size(x), max_elements, None if st.vectorized else 1)
     totals, recs, kls, ses = [], [], [], []
     for b0 in range(0, n, block):
         xb = x[b0:b0 + block]
@@ -676,7 +766,8 @@ def program_log_weights(program, x: torch.Tensor, k: int, *, data_plate: str | N
     prog = _resolve(program, data_plate, global_latents)
     st = prog.structure(x)
     n = x.shape[0]
-    block, chunk = chunk_plan(n, _data_size(x), max_elements)
+    # one particle per chunk where they are drawn one run at a time: the blocks of examples grow
+    block, chunk = chunk_plan(n, _data_size(x), max_elements, None if st.vectorized else 1)
     out = torch.empty((k, n), dtype=torch.float64, device=x.device)
     for sl, start, lw in _log_weight_blocks(prog, st, x, k, block, chunk):
         out[start:start + lw.shape[0], sl] = lw
@@ -721,7 +812,7 @@ def program_iwae_bound(program, x: torch.Tensor, k: int, *, khat: bool = True,
     prog = _resolve(program, data_plate, global_latents)
     st = prog.structure(x)
     n = x.shape[0]
-    block, chunk = chunk_plan(n, _data_size(x), max_elements, chunk_size)
+    block, chunk = chunk_plan(n, _data_size(x), max_elements, chunk_size if st.vectorized else 1)
     if khat:
         block = max(1, min(block, max_elements // k))
     lse1 = torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)
@@ -806,6 +897,8 @@ class _LatentSite:
     rest: tuple  # shape of one example's unconstrained value, particle and data dims removed
     pos: int  # position of the data dim in (C, *plates, *event) with the particle plate first
     dim: int  # prod(rest)
+    plain_shape: tuple  # the value's shape in a plain run of the program, ...
+    plain_pos: int  # ... whose dimension at this position is the examples'
 
 
 class _ProgramTarget:
@@ -852,7 +945,8 @@ class _ProgramTarget:
             full = (1,) + (1,) * (mpn - batch_len) + u_shape
             pos = 1 + mpn + st.data_dim
             rest = tuple(d for i, d in enumerate(full) if i not in (0, pos))
-            sites.append(_LatentSite(name, t, rest, pos, max(1, math.prod(rest))))
+            sites.append(_LatentSite(name, t, rest, pos, max(1, math.prod(rest)), v_shape,
+                                     batch_len + st.data_dim))
         if not sites:
             raise ConfigError(
                 f"{prog.name} has no continuous local latent for AIS to move: its latents are "
@@ -874,9 +968,22 @@ class _ProgramTarget:
             ld = s.transform.log_abs_det_jacobian(u, v)
             logdet = logdet + ld.movedim(s.pos, 1).reshape(c, b, -1).sum(-1)
             values[s.name] = v
+        if self.st.vectorized:
+            total = self._log_joint(xb, values, c, b)
+        else:  # one chain at a time, each in a plain run of the program
+            total = torch.cat([self._log_joint(xb, {
+                s.name: values[s.name][i].reshape(s.plain_shape[:s.plain_pos] + (b,)
+                                                  + s.plain_shape[s.plain_pos + 1:])
+                for s in self.sites}, None, b) for i in range(c)])
+        return total + logdet
+
+    def _log_joint(self, xb, values: dict, c: int | None, b: int) -> torch.Tensor:
+        """(c, b) log p(x, z) of the values, in the particle plate of c chains (``c=None``:
+        one chain, the plain program)."""
         st = self.st
-        model = _particle_plate(poutine.condition(self.prog.model, data={**st.conditioned, **values}),
-                                c, st.max_plate_nesting)
+        model = poutine.condition(self.prog.model, data={**st.conditioned, **values})
+        if c is not None:
+            model = _particle_plate(model, c, st.max_plate_nesting)
         if st.enumerated:
             model = poutine.enum(model, first_available_dim=-(st.max_plate_nesting + 2))
         # HMC proposals may leave the region where the model's distributions accept their
@@ -885,8 +992,8 @@ class _ProgramTarget:
         # were validated by check_program before.
         with pyro.validation_enabled(False):
             tr = poutine.trace(model).get_trace(xb)
-            total, _, _ = _model_terms(tr, st, c, b)
-        return total + logdet
+            total, _, _ = _model_terms(tr, st, c or 1, b)
+        return total
 
 
 def _contiguous(rows: torch.Tensor) -> bool:

@@ -155,6 +155,7 @@ def fit_svi(
     loss: str = "trace",
     num_particles: int = 1,
     objective: str = "elbo",
+    vectorize_particles: bool = True,
     model_kwargs: dict | None = None,
     validate: str = "first",
     **fields,
@@ -184,6 +185,11 @@ def fit_svi(
         same bound with the doubly-reparametrised gradient (Tucker et al. 2019). Both need a
         reparametrised guide and per-example sites in ``pyro.plate("data")``
         (:mod:`probgen.inference.objectives`).
+    vectorize_particles : bool
+        With ``num_particles > 1`` and the ELBO: draw the particles at once in an outer plate
+        (default; the program must broadcast over a leading dimension, as programs written
+        with plates and ``.to_event`` do), or one run of the program after another (any
+        program, slower). The importance-weighted objectives always vectorise.
 
     Returns
     -------
@@ -200,9 +206,15 @@ def fit_svi(
     if not isinstance(num_particles, int) or num_particles < 1:
         raise ConfigError(f"num_particles must be a positive integer; got {num_particles!r}.")
     if objective == "elbo":
-        elbo = elbo_loss(loss, num_particles=num_particles, vectorize_particles=num_particles > 1)
+        elbo = elbo_loss(loss, num_particles=num_particles,
+                         vectorize_particles=num_particles > 1 and bool(vectorize_particles))
     else:
         elbo_loss(loss)  # an unknown name is refused first
+        if not vectorize_particles and num_particles > 1:
+            raise ConfigError(f"objective {objective!r} draws its {num_particles} particles at once "
+                              "in an outer plate; vectorize_particles=False is offered for the ELBO "
+                              "only. Write the program to broadcast over a leading dimension, or "
+                              "use objective='elbo'.")
         if loss != "trace":
             raise ConfigError(f"loss={loss!r} (--loss) picks an estimator of the ELBO; objective "
                               f"{objective!r} estimates its own bound: leave loss at 'trace', or "

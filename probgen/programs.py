@@ -298,7 +298,9 @@ def check_program(program: Program, x, *, name: str = "the program") -> dict:
     observed site, a data plate that holds it, every latent of the model in the guide or
     enumerated, observed values inside their distribution's support, such as grey values fed
     to a Bernoulli); beyond it, a model or guide that fails on the data is reported as such. Returns ``{"observed": site name,
-    "plate": plate name, "enumerate": bool}`` (also kept as ``program.info``).
+    "plate": plate name, "enumerate": bool, "vectorized": bool, "unvectorized_why": str}``
+    (also kept as ``program.info``; ``vectorized``: whether its particles can be drawn at once,
+    :class:`probgen.inference.program_bounds.ProgramStructure`).
     """
     from pyro import poutine
 
@@ -323,7 +325,8 @@ def check_program(program: Program, x, *, name: str = "the program") -> dict:
             raise ConfigError(f"{name}: {e}") from e
     observed = observed_site(model_tr, x)
     program.info = {"observed": observed["name"] if observed else structure.observed[0],
-                    "plate": structure.data_plate, "enumerate": bool(structure.enumerated)}
+                    "plate": structure.data_plate, "enumerate": bool(structure.enumerated),
+                    "vectorized": structure.vectorized, "unvectorized_why": structure.unvectorized_why}
     return program.info
 
 

@@ -481,3 +481,89 @@ def test_evaluate_says_what_it_needs_for_something_it_cannot_score():
     m, _ = _ppca("full")
     with pytest.raises(ConfigError, match=r"cannot evaluate object.*\(model, guide\) pair"):
         evaluate(object(), _dataset(m, n_test=2))
+
+
+# ----------------------------------------------------------------------------- particles
+# A linear-Gaussian model, x = W z + b + noise, with the exact posterior as its guide: every
+# importance weight is log p(x) itself, so each bound must give the closed form to rounding.
+# Written three ways: broadcasting over a leading particle dimension; flattening it away
+# (`.reshape(-1, L)`, which fails in a plate of particles); and flattening then cutting to
+# len(x), which runs in a plate of particles but scores every particle with the first one's
+# decoder output.
+_LW = torch.tensor([[1.0, -0.5], [0.3, 0.8], [-0.7, 0.2], [0.5, 0.5]])
+_LB = torch.tensor([0.2, -0.1, 0.0, 0.4])
+_LSIGMA = 0.6
+
+
+def _linear_program(flatten: str):
+    cov = torch.linalg.inv(torch.eye(2) + _LW.T @ _LW / _LSIGMA ** 2)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            if flatten == "none":
+                loc = z @ _LW.T + _LB
+            else:
+                loc = z.reshape(-1, 2) @ _LW.T + _LB
+                if flatten == "cut":
+                    loc = loc[: x.shape[0]]
+            pyro.sample("x", dist.Normal(loc, _LSIGMA).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            mean = (x - _LB) @ _LW @ cov / _LSIGMA ** 2
+            pyro.sample("z", dist.MultivariateNormal(mean, covariance_matrix=cov))
+
+    return model, guide
+
+
+def _linear_exact(x):
+    return dist.MultivariateNormal(_LB, _LW @ _LW.T + _LSIGMA ** 2 * torch.eye(4)).log_prob(x)
+
+
+@pytest.mark.parametrize("flatten, why", [("none", None), ("reshape", "Shape mismatch"),
+                                          ("cut", "differs when the program runs it alone")])
+def test_a_program_that_does_not_broadcast_over_particles_is_scored_one_particle_at_a_time(flatten, why):
+    torch.manual_seed(3)
+    x = torch.randn(20, 2) @ _LW.T + _LB + _LSIGMA * torch.randn(20, 4)
+    exact = _linear_exact(x)
+    prog = _linear_program(flatten)
+    st = pb.check_program(prog, x)
+    assert st.vectorized is (why is None)
+    if why is not None:
+        assert why in st.unvectorized_why and "\n" not in st.unvectorized_why
+    torch.testing.assert_close(pb.program_elbo(prog, x, num_samples=5).total, exact, atol=2e-4, rtol=0)
+    iw = pb.program_iwae_bound(prog, x, 40)  # with k-hat: the weights of a block are kept
+    torch.testing.assert_close(iw.total, exact, atol=2e-4, rtol=0)
+    w = pb.program_log_weights(prog, x, 7)
+    assert w.shape == (7, 20)
+    torch.testing.assert_close(w, exact.double().expand(7, 20), atol=2e-4, rtol=0)
+    a = pb.program_ais(prog, x[:5], n_steps=60, n_chains=6, n_leapfrog=4,
+                       generator=torch.Generator().manual_seed(0))
+    assert a.log_px.shape == (5,) and _within(a.log_px, exact[:5], a.stderr, slack=0.05)
+
+
+def test_a_program_that_does_not_broadcast_trains_on_several_particles_drawn_in_turn():
+    from probgen.inference.svi import fit_svi
+
+    x = torch.randn(200, 4) @ torch.diag(torch.tensor([2.0, 1.0, 1.0, 0.5])) + 1.0
+
+    def model(x):
+        b = pyro.param("b", torch.zeros(4))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            loc = z.reshape(-1, 2) @ _LW.T + b  # (particles x examples, 4): ties it to one draw
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    pyro.clear_param_store()
+    res = fit_svi(model, guide, x, num_particles=3, vectorize_particles=False, epochs=30,
+                  batch_size=50, lr=0.05, progress=False)
+    assert res.losses[-1] < res.losses[0]
+    torch.testing.assert_close(pyro.param("b").detach(), x.mean(0), atol=0.35, rtol=0)
+    with pytest.raises(ConfigError, match="vectorize_particles=False is offered for the ELBO only"):
+        fit_svi(model, guide, x, objective="iwae", num_particles=3, vectorize_particles=False,
+                epochs=1, progress=False)

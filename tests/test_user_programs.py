@@ -84,6 +84,29 @@ def test_program_trains_scores_samples_and_its_bounds_sit_under_the_exact_likeli
     assert torch.load(run / "samples.pt", weights_only=True).shape == (5, 2)
 
 
+# The same model written with a reshape that flattens every leading dimension, as code written
+# for one draw per example often is: it cannot run with its particles in an outer plate.
+FLAT = LINEAR.replace("class LinearGaussian:", "class Flat:").replace(
+    "pyro.sample(\"x\", dist.Normal(b + z[..., None] * w, s).to_event(1), obs=x)",
+    "pyro.sample(\"x\", dist.Normal((b + z.reshape(-1, 1) * w).reshape(-1, self.d), s)"
+    ".to_event(1), obs=x)")
+
+
+def test_a_program_tied_to_one_draw_per_example_trains_on_particles_and_is_scored(tmp_path, capsys):
+    assert "reshape(-1, self.d)" in FLAT
+    prog = _write(tmp_path, FLAT)
+    run = tmp_path / "run"
+    assert main(["train", "program", "--model", f"{prog}:Flat", "--data", "banana", "--out", str(run),
+                 "--epochs", "2", "--limit", "600", "--lr", "0.05", "--num-particles", "3",
+                 "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    assert "its 3 particles are drawn one run of the program at a time" in out and "Shape mismatch" in out
+    result = probgen.evaluate(run, k=50, limit=100, seed=0)
+    m = result["metrics"]
+    assert m["elbo"]["value"] <= m["iwae"]["value"]
+    assert result["per_example"]["iwae"].shape == (100,)
+
+
 def test_a_changed_program_file_stops_eval_sample_and_resume(tmp_path, capsys):
     prog = _write(tmp_path, LINEAR)
     run = tmp_path / "run"

@@ -139,6 +139,12 @@ def train(run, data, config, device):
     if run.writer and c.loss == "auto":
         print(f"{program.name}: ELBO by {loss_name} (observed site {program.info['observed']!r} in "
               f"plate {program.info['plate']!r})", flush=True)
+    vectorized = program.info.get("vectorized", True)
+    if run.writer and not vectorized and c.num_particles > 1:
+        print(f"{program.name}: its {c.num_particles} particles are drawn one run of the program at a "
+              f"time, since it does not broadcast over a leading particle dimension "
+              f"({program.info.get('unvectorized_why')}); reshape over the last dimensions "
+              f"(x.shape[:-1] + ..., not .view(-1, ...)) to draw them at once.", flush=True)
     val_loss = elbo_loss(loss_name)
     start_epoch, start_step, optim_state, _ = resume_epochs(run, program, device)
     n = int(data.train.shape[0])
@@ -159,7 +165,7 @@ def train(run, data, config, device):
         program.train()
         if start_epoch < c.epochs:
             fit_svi(program.model, program.guide, data, loss=loss_name,
-                    num_particles=c.num_particles, epochs=c.epochs,
+                    num_particles=c.num_particles, vectorize_particles=vectorized, epochs=c.epochs,
                     batch_size=min(c.batch_size, n), lr=c.lr, on_nan=c.on_nan, callbacks=[log_epoch],
                     checkpoint=epoch_checkpoint(run, program), start_epoch=start_epoch,
                     start_step=start_step, optim_state=optim_state,
