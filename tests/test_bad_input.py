@@ -27,6 +27,7 @@ from probgen.data.base import Dataset
 from probgen.data.transforms import make_dataset
 from probgen.errors import CheckpointError, ConfigError, DataError, ProbgenError
 from probgen.runs import Run
+from probgen.training import recipe_options
 
 CPU = ["--no-figures", "--device", "cpu"]
 TINY_VAE = ["--epochs", "1", "--batch-size", "32", "--hidden", "16", "--latent-dim", "2", *CPU]
@@ -356,6 +357,26 @@ def test_invalid_numbers_are_refused_with_the_flag(capsys, tmp_path, flag):
 class _Payload:
     def __reduce__(self):
         return (os.system, ("touch /tmp/probgen-bad-input-pwned",))
+
+
+@pytest.mark.parametrize("model, flag, value", [
+    # a zero latent size once fell back to the default size (vae, ppca: `latent_dim or 50`);
+    # a zero log or checkpoint interval once ended in ZeroDivisionError after the folder was
+    # written; a negative validation limit scored all but the last examples
+    ("vae", "--latent-dim", "0"), ("ppca", "--latent-dim", "0"), ("ae", "--latent-dim", "0"),
+    ("gan", "--log-every", "0"), ("gan", "--checkpoint-every", "0"), ("vae", "--val-limit", "-5"),
+])
+def test_sizes_and_intervals_below_one_are_refused_before_anything_is_written(capsys, tmp_path,
+                                                                                 model, flag, value):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["train", model, "--data", "ring8", "--out", str(out), flag, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {flag}: must be a positive integer; got '{value}'" in err
+    assert not out.exists()
+    # the same check for options given from Python or in a compare spec
+    with pytest.raises(ConfigError, match="must be a positive integer"):
+        recipe_options(model, {flag[2:].replace("-", "_"): int(value)})
 
 
 def _truncate(run, other):

@@ -26,7 +26,7 @@ SMOKE = {"data": "digits", "limit": 200, "hidden": [16], "batch_size": 50}
 
 class Config(RecipeConfig):
     epochs: int = option(10, "passes over the training set (default %(default)s)", type=positive_int)
-    latent_dim: int = option(2, "code size (default %(default)s: a planar embedding)", type=int)
+    latent_dim: int = option(2, "code size (default %(default)s: a planar embedding)", type=positive_int)
     hidden: list[int] | None = option(
         None, "hidden widths, comma-separated (default: 400 for mlp, 256 for conv)", type=int_list)
     arch: str = option("mlp", "encoder/decoder networks (default %(default)s)",

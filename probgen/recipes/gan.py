@@ -105,8 +105,8 @@ class Config(RecipeConfig):
         "(0 for none; e.g. 0.999) (default 0)", type=float)
     amp: bool = option(False, "bfloat16 autocast while training (meant for CUDA; runs, slowly, on "
                        "the CPU)")
-    log_every: int = option(100, "steps between log lines", type=int)
-    checkpoint_every: int = option(1000, "steps between checkpoints", type=int)
+    log_every: int = option(100, "steps between log lines", type=positive_int)
+    checkpoint_every: int = option(1000, "steps between checkpoints", type=positive_int)
 
 
 def data_options(args) -> dict:

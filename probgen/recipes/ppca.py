@@ -26,7 +26,7 @@ DEFAULT_LATENT_DIM = 10
 class Config(RecipeConfig):
     latent_dim: int | None = option(
         None, "size of z (default: 10, or one less than the data's dimension where that is smaller)",
-        type=int)
+        type=positive_int)
     fit: str = option("closed-form", "maximum likelihood in closed form (default) or SVI on the ELBO",
                       choices=("closed-form", "svi"))
     guide: str = option("full", "covariance of q(z|x) (default full: can equal the posterior)",
@@ -59,7 +59,7 @@ def build(config: dict, data):
     from probgen.models.ppca import PPCA
 
     c = Config.read(config)
-    return PPCA(data.shape, c.latent_dim or DEFAULT_LATENT_DIM, guide=c.guide)
+    return PPCA(data.shape, DEFAULT_LATENT_DIM if c.latent_dim is None else c.latent_dim, guide=c.guide)
 
 
 def _mean_log_prob(model, data, split: str, batch_size: int = 2000) -> float | None:

@@ -94,7 +94,7 @@ class Config(RecipeConfig):
     epochs: int = option(20, "passes over the training set (default %(default)s)", type=positive_int)
     latent_dim: int | None = option(
         None, "size of z (default: 50 for images, the data's dimension up to 50 for vectors)",
-        type=int)
+        type=positive_int)
     hidden: list[int] | None = option(
         None, "hidden widths, comma-separated (default: 400 for mlp, 256 for conv)", type=int_list)
     arch: str = option("mlp", "encoder/decoder networks (default %(default)s)",
@@ -139,7 +139,7 @@ class Config(RecipeConfig):
     on_nan: str = option("skip", "a NaN/inf loss skips its batch (default) or stops training",
                          choices=("skip", "stop"))
     val_limit: int | None = option(
-        None, "validation ELBO on the first N validation examples (default: all)", type=int,
+        None, "validation ELBO on the first N validation examples (default: all)", type=positive_int,
         metavar="N")
     amp: bool = option(False, "bfloat16 autocast for the networks while training (meant for "
                        "CUDA; runs, slowly, on the CPU); every likelihood is evaluated in float32")
@@ -195,7 +195,7 @@ def build(config: dict, data):
     from probgen.errors import ConfigError
 
     c = Config.read(config)
-    latent = c.latent_dim or DEFAULT_LATENT_DIM
+    latent = DEFAULT_LATENT_DIM if c.latent_dim is None else c.latent_dim
     if c.stochastic_layers == 2:
         from probgen.models.two_layer_vae import TwoLayerVAE
 
