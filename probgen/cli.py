@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from probgen import __version__
-from probgen.checks import check_positive_int, positive_float
+from probgen.checks import check_positive_int, positive_float, positive_int
 from probgen.errors import ConfigError, ProbgenError, suggest
 from probgen.recipes import RECIPES, add_recipe_arguments, fill_budget, get_recipe
 
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--limit", type=int, default=None, metavar="N",
                         help="use at most N training examples")
         mp.add_argument("--no-figures", action="store_true", help="skip the figures")
-        mp.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+        mp.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
                         help="stop training (with a checkpoint) once this much time has passed")
         mp.add_argument("--deterministic", action="store_true",
                         help="deterministic kernels only (torch.use_deterministic_algorithms; on "
@@ -150,9 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(_parser=p)
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--n-samples", type=int, default=None,
+    p.add_argument("--n-samples", type=positive_int, default=None,
                    help="samples drawn for the sample metrics (default: size of the split, at most 10,000)")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="evaluate on the first N examples of the split")
     _add_estimator_args(p, "eval")
     p.add_argument("--seed", type=int, default=0,
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(a list value in brackets: hidden=[512,256]). Options left out take "
                         "the defaults of the data; weight=W gives a row W times the budget share "
                         "of a row of weight 1 (default 1), e.g. gan(weight=2)")
-    p.add_argument("--budget", type=float, default=5.0, metavar="MINUTES",
+    p.add_argument("--budget", type=positive_float, default=5.0, metavar="MINUTES",
                    help="training time for all models together, split by the rows' weights "
                         "(equal by default); time a quick model leaves goes to the others; "
                         "scoring is not counted (default 5)")
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "its share of the budget)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="train on at most N examples (default: all)")
-    p.add_argument("--eval-limit", type=int, default=None, metavar="N",
+    p.add_argument("--eval-limit", type=positive_int, default=None, metavar="N",
                    help="evaluate on the first N test examples (default: all)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a comparison in --out (default: refuse)")
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the quick tour: a small comparison on bundled offline data")
     p.set_defaults(_parser=p)
     p.add_argument("--out", default="demo-output", metavar="DIR")
-    p.add_argument("--budget", type=float, default=3.0, metavar="MINUTES",
+    p.add_argument("--budget", type=positive_float, default=3.0, metavar="MINUTES",
                    help="training time of each comparison, whose parts run side by side in two "
                    "processes: the image part takes 0.9 of it, the toy part 0.6 (default 3)")
     p.add_argument("--smoke", action="store_true", help="tiny settings (seconds)")

@@ -283,9 +283,14 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
             spec = CompareSpec(spec, models, Path(out), **kwargs)
         except TypeError as e:
             raise ConfigError(f"compare: {e}") from e
+    from probgen.checks import check_positive_float, check_positive_int
     from probgen.progress import write
     from probgen.training import recipe_options
 
+    check_positive_float("budget (minutes)", spec.budget_minutes)
+    for name in ("limit", "eval_limit"):
+        if getattr(spec, name, None) is not None:
+            check_positive_int(name, getattr(spec, name))
     out = Path(spec.out)
     entries = parse_models(spec.models)
     unknown_runs = set(spec.runs) - {e.name for e in entries}

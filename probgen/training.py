@@ -292,6 +292,10 @@ def train_with_options(name: str, data: str, out, common: dict, options: dict, *
     from probgen.runs import Run, StopControl, elastic_restart, resolve_device, seed_everything
 
     common = {**COMMON_DEFAULTS, **common}
+    if common["time_budget"] is not None:
+        from probgen.checks import check_positive_float
+
+        check_positive_float("time_budget (seconds)", common["time_budget"])
     recipe = get_recipe(name)
     options = dict(options)
     options.pop("allow_changed_model", None)

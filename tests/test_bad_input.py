@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+import probgen
 from probgen.cli import main
 from probgen.data import load_dataset
 from probgen.data.base import Dataset
@@ -377,6 +378,42 @@ def test_sizes_and_intervals_below_one_are_refused_before_anything_is_written(ca
     # the same check for options given from Python or in a compare spec
     with pytest.raises(ConfigError, match="must be a positive integer"):
         recipe_options(model, {flag[2:].replace("-", "_"): int(value)})
+
+
+@pytest.mark.parametrize("argv, flag", [
+    # each once ran: a zero or negative time budget trained anyway, NaN read as a stop signal;
+    # --n-samples -1 and --limit 0 ended in a traceback, a negative limit dropped the last
+    # examples, and --budget -1 or NaN compared on a budget of nothing
+    (["train", "vae", "--data", "ring8", "--time-budget", "nan"], "--time-budget"),
+    (["train", "vae", "--data", "ring8", "--time-budget", "0"], "--time-budget"),
+    (["compare", "--data", "ring8", "--models", "gmm", "--budget", "-1"], "--budget"),
+    (["compare", "--data", "ring8", "--models", "gmm", "--budget", "nan"], "--budget"),
+    (["compare", "--data", "ring8", "--models", "gmm", "--eval-limit", "-5"], "--eval-limit"),
+    (["demo", "--budget", "0"], "--budget"),
+])
+def test_budgets_and_limits_below_one_are_refused_by_the_command_line(capsys, tmp_path, argv, flag):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--out", str(out)])
+    assert e.value.code == 2 and f"argument {flag}: must be a positive" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_eval_limits_below_one_are_refused_from_the_command_line_and_python(capsys, gmm_run):
+    before = _snapshot(gmm_run)
+    for flag, value in (("--limit", "0"), ("--limit", "-4"), ("--n-samples", "-1"), ("--n-samples", "0")):
+        with pytest.raises(SystemExit):
+            main(["eval", str(gmm_run), flag, value, "--overwrite"])
+        assert f"argument {flag}: must be a positive integer" in capsys.readouterr().err
+    for key, value in (("limit", 0), ("limit", -4), ("n_samples", -1)):
+        with pytest.raises(ConfigError, match=f"{key} must be a positive integer; got {value}"):
+            probgen.evaluate(gmm_run, **{key: value}, overwrite=True)
+    with pytest.raises(ConfigError, match="time_budget .seconds. must be a positive finite number"):
+        probgen.train("gmm", "ring8", gmm_run.parent / "never", time_budget=-1)
+    with pytest.raises(ConfigError, match="budget .minutes. must be a positive finite number"):
+        probgen.compare("ring8", ["gmm"], gmm_run.parent / "never-cmp", budget=float("nan"))
+    assert _snapshot(gmm_run) == before
+    assert not (gmm_run.parent / "never").exists() and not (gmm_run.parent / "never-cmp").exists()
 
 
 def _truncate(run, other):

@@ -297,9 +297,13 @@ def evaluate(model, data, split: str = "test", *, n_samples: int | None = None,
         latent the guide misses, ...), naming the site and the fix.
     """
     from probgen.allocator import return_large_blocks
+    from probgen.checks import check_positive_int
     from probgen.eval import registry
     from probgen.inference.program_bounds import is_program
 
+    for name, value in (("n_samples", n_samples), ("limit", limit)):
+        if value is not None:
+            check_positive_int(name, value)
     return_large_blocks()  # the chunked estimates would otherwise fragment the heap
     opts = registry.resolve_options(options)
     scorable = as_scorable(model)
