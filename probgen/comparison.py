@@ -279,6 +279,9 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
                               "models and the output folder (or one CompareSpec).")
         if budget is not None:
             kwargs["budget_minutes"] = budget
+        from probgen.training import data_name
+
+        spec = data_name(spec)
         try:
             spec = CompareSpec(spec, models, Path(out), **kwargs)
         except TypeError as e:

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import inspect
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -127,6 +128,23 @@ def model_spec(model) -> tuple[str, dict]:
                       f"program class; got {model!r}.")
 
 
+def data_name(data) -> str:
+    """``data`` as a run records it: a data set name or a path, as text. An array in memory is
+    refused with what to do, since a run folder must be able to read its data again
+    (``eval``, ``sample``, ``--resume``)."""
+    if isinstance(data, str):
+        return data
+    if isinstance(data, os.PathLike):
+        return os.fspath(data)
+    shape = getattr(data, "shape", None)
+    what = f"{type(data).__module__}.{type(data).__name__}" + (f" of shape {tuple(shape)}" if shape is not None else "")
+    raise ConfigError(
+        f"data must be the name of a data set (`probgen datasets`) or the path of a file or folder "
+        f"of data; got a {what}. Save an array first (numpy.save('x.npy', x), or torch.save) and "
+        f"pass its path: the run records the path, so that eval, sample and --resume read the "
+        f"same data.")
+
+
 def describe_data(name: str, *, data_root=None, download: bool = False) -> tuple[str, tuple[int, ...]]:
     """``(kind, per-example shape)`` of a data set: from the registry for a named one, by
     loading it for the user's own."""
@@ -224,8 +242,9 @@ def train(model, data: str, out, *, seed: int = 0, device: str = "auto", resume:
     model : str or class
         ``"vae"``, ``"gmm"``, ... (see ``probgen train --help``), ``"path/to/file.py:Name"``,
         or a program class (with ``model`` and ``guide``) defined at the top level of a file.
-    data : str
-        A data set name or a path to the user's data.
+    data : str or path
+        A data set name or a path to the user's data (an array in memory is refused: save it
+        and give its path, which the run records).
     out : path
         The run folder.
     **options
@@ -237,6 +256,7 @@ def train(model, data: str, out, *, seed: int = 0, device: str = "auto", resume:
     written (its file, its name, its data plate and observed site, its guide's latents).
     """
     name, extra = model_spec(model)
+    data = data_name(data)
     from probgen.recipes import get_recipe
 
     get_recipe(name)  # an unknown name fails here

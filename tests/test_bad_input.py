@@ -416,6 +416,19 @@ def test_eval_limits_below_one_are_refused_from_the_command_line_and_python(caps
     assert not (gmm_run.parent / "never").exists() and not (gmm_run.parent / "never-cmp").exists()
 
 
+def test_an_array_in_memory_is_refused_with_how_to_pass_it_and_a_path_object_is_taken(tmp_path):
+    x = np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32)
+    for data in (x, torch.from_numpy(x)):
+        with pytest.raises(ConfigError, match=r"of shape \(300, 2\).*numpy.save\('x.npy', x\)"):
+            probgen.train("gmm", data, tmp_path / "run")
+        with pytest.raises(ConfigError, match="Save an array first"):
+            probgen.compare(data, ["gmm"], tmp_path / "cmp", budget=0.1)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cmp").exists()
+    np.save(tmp_path / "x.npy", x)
+    trained = probgen.train("gmm", tmp_path / "x.npy", tmp_path / "run", figures=False, progress=False)
+    assert trained.config["data"] == str(tmp_path / "x.npy")
+
+
 def _truncate(run, other):
     p = run / "checkpoints" / "latest.pt"
     p.write_bytes(p.read_bytes()[:200])
