@@ -212,3 +212,20 @@ def test_likelihoods_keep_the_most_trusted_estimate_per_representation():
     # Parzen only when nothing else is there, and marked
     only = likelihoods({"parzen": metrics["parzen"]})["dequantized-8bit"]
     assert only["metric"] == "parzen" and only["last_resort"] is True
+
+
+def test_a_torch_distribution_is_scored_as_it_is_exact_likelihood_and_samples():
+    import pyro.distributions as pdist
+
+    from probgen.data import load_dataset
+    from probgen.eval import evaluate
+
+    data = load_dataset("banana", limit=400)
+    x = data.train
+    for d in (torch.distributions.MultivariateNormal(x.mean(0), torch.cov(x.T)),
+              pdist.Normal(x.mean(0), x.std(0)).to_event(1)):
+        res = evaluate(d, data, n_samples=200)
+        ll = res["metrics"]["log_likelihood"]
+        assert ll["estimator"] == "exact" and res["model"] == type(d).__name__
+        assert ll["value"] == pytest.approx(float(d.log_prob(data.test).double().mean()), abs=1e-4)
+        assert res["metrics"]["energy_distance"]["value"] is not None

@@ -307,7 +307,7 @@ def evaluate(model, data, split: str = "test", *, n_samples: int | None = None,
     return_large_blocks()  # the chunked estimates would otherwise fragment the heap
     opts = registry.resolve_options(options)
     scorable = as_scorable(model)
-    if model_name is None and is_program(model):
+    if model_name is None and (is_program(model) or isinstance(scorable, _TorchDistribution)):
         model_name = scorable.name
     model = scorable
     x = data.split(split)
@@ -333,14 +333,34 @@ def evaluate(model, data, split: str = "test", *, n_samples: int | None = None,
 _SCORING = ("log_prob", "elbo", "iwae_bound", "ais", "log_likelihood", "decode", "sample")
 
 
+class _TorchDistribution:
+    """A ``torch.distributions`` (or Pyro) distribution over one example, with the protocol's
+    ``sample(n)``: its ``log_prob`` is an exact likelihood, its ``sample((n,))`` the samples."""
+
+    def __init__(self, dist):
+        self.dist = dist
+        self.name = type(dist).__name__
+
+    def log_prob(self, x):
+        return self.dist.log_prob(x)
+
+    def sample(self, n: int):
+        return self.dist.sample((n,))
+
+
 def as_scorable(model):
     """``model`` itself when the evaluation layer can score it; a Pyro program (see the module
-    docstring) wrapped by :func:`probgen.inference.program_bounds.as_program`; else a
+    docstring) wrapped by :func:`probgen.inference.program_bounds.as_program`; a torch (or
+    Pyro) distribution over one example given ``sample(n)``; else a
     :class:`probgen.errors.ConfigError` that says what is needed."""
     from probgen.inference.program_bounds import as_program, is_program
 
+    import torch
+
     if is_program(model):
         return as_program(model)
+    if isinstance(model, torch.distributions.Distribution):
+        return _TorchDistribution(model)
     if not any(callable(getattr(model, a, None)) for a in _SCORING):
         raise ConfigError(
             f"cannot evaluate {type(model).__name__}: it has none of log_prob(x), elbo(x), "
