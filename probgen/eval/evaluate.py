@@ -353,9 +353,9 @@ def as_scorable(model):
     docstring) wrapped by :func:`probgen.inference.program_bounds.as_program`; a torch (or
     Pyro) distribution over one example given ``sample(n)``; else a
     :class:`probgen.errors.ConfigError` that says what is needed."""
-    from probgen.inference.program_bounds import as_program, is_program
-
     import torch
+
+    from probgen.inference.program_bounds import as_program, is_program
 
     if is_program(model):
         return as_program(model)
