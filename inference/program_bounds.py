@@ -217,6 +217,7 @@ class ProgramModel:
         if sample is not None:
             self.sample = sample
         self._structure: dict = {}
+        self.conditioned_names: tuple[str, ...] = ()  # the global latents the last structure fixed
 
     def structure(self, x: torch.Tensor) -> ProgramStructure:
         """The program's :class:`ProgramStructure` on data like ``x`` (cached per data shape;
@@ -228,6 +229,7 @@ class ProgramModel:
             st = check_program(self, x, data_plate=self.data_plate,
                                global_latents=self.global_latents)
             self._structure[key] = st
+        self.conditioned_names = tuple(st.conditioned)
         return st
 
     def elbo(self, x: torch.Tensor, num_samples: int = 10) -> ELBORecord:
@@ -248,8 +250,8 @@ class ProgramModel:
 
 def as_program(obj, *, data_plate: str | None = None, global_latents: str | None = None) -> ProgramModel:
     """A :class:`ProgramModel` from a ``(model, guide)`` pair or an object with ``model`` and
-    ``guide`` methods (its ``sample`` is kept when it has one; its ``data_plate`` attribute,
-    if any, names the data plate unless ``data_plate`` is given). A ProgramModel is returned
+    ``guide`` methods (its ``sample`` is kept when it has one; its ``data_plate`` and
+    ``global_latents`` attributes, if any, stand unless the arguments are given). A ProgramModel is returned
     as it is unless an option is given.
     """
     if isinstance(obj, ProgramModel):
@@ -274,7 +276,7 @@ def as_program(obj, *, data_plate: str | None = None, global_latents: str | None
             f"sample(n)).")
     sample = getattr(obj, "sample", None)
     return ProgramModel(model, guide, data_plate=data_plate or getattr(obj, "data_plate", None),
-                        global_latents=global_latents or "error",
+                        global_latents=global_latents or getattr(obj, "global_latents", None) or "error",
                         sample=sample if callable(sample) else None, name=type(obj).__name__)
 
 
@@ -421,7 +423,9 @@ def check_program(program, x: torch.Tensor, *, data_plate: str | None = None,
                 f"lie{'' if len(global_) > 1 else 's'} outside the data plate {plate.name!r}: a "
                 f"global latent is shared by all examples, so no per-example bound exists for "
                 f"it. Pass global_latents='condition' to score log p(x_n | the guide's mean of "
-                f"it), or make it a parameter (pyro.param) of the model.")
+                f"it) (a program class says so with the class attribute global_latents = 'condition', "
+                f"which probgen train, eval and compare follow), or make it a parameter "
+                f"(pyro.param) of the model.")
         conditioned = _point_estimates(prog, xb, global_)
     st = ProgramStructure(data_plate=plate.name, data_dim=plate.dim, max_plate_nesting=mpn,
                           observed=tuple(observed), latent=tuple(latent),

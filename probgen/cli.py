@@ -423,7 +423,9 @@ def _cmd_eval(args) -> int:
         else:
             se = m.get("stderr")
             se = f" ± {se:.4g}" if se is not None else ""
-            print(f"  {name:24s} {m['value']:.6g}{se} {m.get('unit', '')}")
+            given = (m.get("extra") or {}).get("given")
+            given = f"  (given {given})" if given else ""
+            print(f"  {name:24s} {m['value']:.6g}{se} {m.get('unit', '')}{given}".rstrip())
     print(f"wrote {path}")
     return 0
 

@@ -665,7 +665,7 @@ def likelihoods(metrics: dict) -> dict[str, dict]:
             entry["bound"] = m.get("estimator")
         if registry.METRICS[key].last_resort:
             entry["last_resort"] = True
-        for field_name in ("caveat", "observation_model", "bdmc"):
+        for field_name in ("caveat", "observation_model", "bdmc", "given"):
             if field_name in extra:
                 entry[field_name] = extra[field_name]
         if "scored" in extra:

@@ -92,15 +92,21 @@ def load_program(spec: ProgramSpec | str):
             f"probgen_program_{spec.path.stem}_{digest[:12]}", spec.path)
         module = importlib.util.module_from_spec(mod_spec)
         folder = str(spec.path.parent)
-        sys.path.insert(0, folder)  # the file may import its neighbours
+        # the file may import its neighbours; they come after the installed modules, so that a
+        # file named like one (glob.py, types.py) does not stand in for it while torch or pyro
+        # import it
+        added = folder not in sys.path
+        if added:
+            sys.path.append(folder)
         try:
             mod_spec.loader.exec_module(module)
         except Exception as e:
             raise ConfigError(f"importing the program file {spec.path} failed: {type(e).__name__}: "
                               f"{e}. Fix the file (run `python {spec.path}` to see the traceback).") from e
         finally:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(folder)
+            if added:
+                with contextlib.suppress(ValueError):
+                    sys.path.remove(folder)
         _MODULES[key] = module
     if not hasattr(module, spec.name):
         names = [n for n, v in vars(module).items() if not n.startswith("_")
@@ -186,7 +192,9 @@ class Program:
     def sample(self, n: int):
         """``n`` draws of the observed site: the program's own ``sample(n)`` where it has one,
         else the model run forwards (latents from the prior, ``poutine.uncondition``) on
-        ``n`` template examples, whose values serve only for their shapes."""
+        ``n`` template examples, whose values serve only for their shapes. Global latents
+        that the bounds hold at the guide's mean (``global_latents = "condition"``) are held
+        there too, so that the samples come from the model the likelihoods score."""
         import torch
 
         with self.active():
@@ -200,8 +208,15 @@ class Program:
             t = self.template
             idx = torch.arange(n, device=t.device) % t.shape[0]
             x = t[idx]
+            model = poutine.uncondition(self.program.model)
             with torch.no_grad():
-                tr = poutine.trace(poutine.uncondition(self.program.model)).get_trace(x)
+                if (self.info or {}).get("conditioned"):
+                    from probgen.inference.program_bounds import as_program
+                    from probgen.inference.program_bounds import check_program as check_structure
+
+                    fixed = check_structure(as_program(self.program), t[:16]).conditioned
+                    model = poutine.condition(model, data=fixed)
+                tr = poutine.trace(model).get_trace(x)
             name = (self.info or {}).get("observed")
             if name is None or name not in tr.nodes:
                 raise ConfigError(f"{self.name}: run check_program first (it finds the observed site).")
@@ -326,7 +341,8 @@ def check_program(program: Program, x, *, name: str = "the program") -> dict:
     observed = observed_site(model_tr, x)
     program.info = {"observed": observed["name"] if observed else structure.observed[0],
                     "plate": structure.data_plate, "enumerate": bool(structure.enumerated),
-                    "vectorized": structure.vectorized, "unvectorized_why": structure.unvectorized_why}
+                    "vectorized": structure.vectorized, "unvectorized_why": structure.unvectorized_why,
+                    "conditioned": sorted(structure.conditioned)}
     return program.info
 
 

@@ -95,7 +95,8 @@ def metric_entry(key: str, m: dict, default_rep: str) -> dict:
     return {"metric": key, "value": float(m["value"]), "stderr": m.get("stderr"),
             "unit": m.get("unit") or "nats", "representation": m.get("representation") or default_rep,
             "bits_per_dim": m.get("bits_per_dim"), "bits_per_dim_stderr": m.get("bits_per_dim_stderr"),
-            "estimator": m.get("estimator") or _estimator_of(key), "inner_estimator": m.get("inner_estimator")}
+            "estimator": m.get("estimator") or _estimator_of(key), "inner_estimator": m.get("inner_estimator"),
+            **({"given": m["extra"]["given"]} if (m.get("extra") or {}).get("given") else {})}
 
 
 def _estimator_of(key: str) -> str:
@@ -149,7 +150,13 @@ def _paired_key(entry: dict) -> str:
 
 def likelihood_label(entry: dict) -> str:
     """What kind of estimate ``entry`` is, in words: "exact", "IWAE-100 bound", "ELBO",
-    "AIS estimate", "IWAE-100 dequantization bound", "exact density, dequantization bound"."""
+    "AIS estimate", "IWAE-100 dequantization bound", "exact density, dequantization bound";
+    with ", given the guide's mean of mu" where a program's global latents were held fixed."""
+    label = _estimate_words(entry)
+    return f"{label}, given {entry['given']}" if entry.get("given") else label
+
+
+def _estimate_words(entry: dict) -> str:
     est, inner = entry.get("estimator") or "", entry.get("inner_estimator") or ""
     deq = "dequantization bound" in (est, inner)
     kind = inner if est == "dequantization bound" else est

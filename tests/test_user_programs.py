@@ -303,3 +303,79 @@ def test_a_function_that_returns_the_program_and_a_program_class_from_python(tmp
             pass
 
         probgen.train(Local, "banana", tmp_path / "l")
+
+
+# A global mean mu ~ N(0, 10^2) shared by all examples, x_n ~ N(mu, s^2): the class asks for
+# its global latent to be held at the guide's mean, so the bounds are log p(x_n | mu = m).
+GLOBAL = '''
+import pyro
+import pyro.distributions as dist
+import torch
+
+
+class SharedMean:
+    global_latents = "condition"
+
+    def __init__(self, data_shape):
+        self.d = data_shape[0]
+
+    def model(self, x):
+        s = pyro.param("s", torch.ones(self.d), constraint=dist.constraints.positive)
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(self.d), 10.0).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(mu, s).to_event(1), obs=x)
+
+    def guide(self, x):
+        m = pyro.param("m", torch.zeros(self.d))
+        q = pyro.param("q", torch.full((self.d,), 0.1), constraint=dist.constraints.positive)
+        pyro.sample("mu", dist.Normal(m, q).to_event(1))
+'''
+
+
+def test_a_program_class_holds_its_global_latent_at_the_guide_mean_in_bounds_and_samples(tmp_path, capsys):
+    prog = _write(tmp_path, GLOBAL)
+    run = tmp_path / "run"
+    assert main(["train", "program", "--model", f"{prog}:SharedMean", "--data", "banana", "--out",
+                 str(run), "--epochs", "3", "--limit", "2000", "--lr", "0.05", "--no-figures"]) == 0
+    params = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["state"]["model"]["params"]
+    m, s = params["m"], params["s"].exp()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--k", "5", "--limit", "300"]) == 0
+    assert "(given the guide's mean of mu)" in capsys.readouterr().out
+    res = json.loads((run / "eval.json").read_text())
+    x = probgen.training.load_run(run)[1].test[:300]
+    exact = torch.distributions.Normal(m, s).log_prob(x).sum(-1)  # log p(x_n | mu = m)
+    for key in ("elbo", "iwae"):
+        assert res["metrics"][key]["extra"]["given"] == "the guide's mean of mu"
+        assert res["metrics"][key]["value"] == pytest.approx(float(exact.mean()), abs=1e-3)
+    # the samples come from the model the bounds score: x ~ N(m, s), not mu from its prior
+    trained = probgen.training.load_run(run)[2]
+    draws = trained.sample(4000)
+    torch.testing.assert_close(draws.mean(0), m, atol=0.1, rtol=0)
+    torch.testing.assert_close(draws.std(0), s, atol=0.1, rtol=0)
+
+
+def test_a_file_beside_the_program_does_not_stand_in_for_an_installed_module(tmp_path, monkeypatch):
+    import sys
+
+    from probgen.programs import load_program
+
+    # a program file named like a module that torch or pyro import (glob.py) once made them
+    # import the user's file in its place, a "partially initialized module 'torch'" error
+    (tmp_path / "colorsys.py").write_text("raise ImportError('the neighbour, not the standard library')\n")
+    (tmp_path / "helpers_of_prog.py").write_text("WIDTH = 7\n")
+    prog = _write(tmp_path, """
+        import colorsys
+        import helpers_of_prog
+
+
+        class P:
+            width = helpers_of_prog.WIDTH
+            hls = colorsys.rgb_to_hls(1.0, 0.0, 0.0)
+        """)
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    monkeypatch.delitem(sys.modules, "helpers_of_prog", raising=False)
+    path_before = list(sys.path)
+    cls = load_program(f"{prog}:P")
+    assert cls.width == 7 and cls.hls == (0.0, 0.5, 1.0)  # its neighbour, and the real colorsys
+    assert sys.path == path_before

@@ -356,12 +356,22 @@ def _true_density(ctx) -> dict[str, Metric]:
     return {"true_log_likelihood": m.describe(ctx.data.representation, "exact", ctx.data.dim)}
 
 
+def _given(ctx, m: Metric) -> Metric:
+    """Say on ``m`` which global latents a program's bound holds fixed at the guide's mean
+    (``global_latents="condition"``): it is then log p(x | those values), as a fitted
+    parameter's likelihood is."""
+    names = getattr(ctx.model, "conditioned_names", ())
+    if names:
+        m.extra = {**(m.extra or {}), "given": f"the guide's mean of {', '.join(names)}"}
+    return m
+
+
 def _elbo(ctx) -> dict[str, Metric]:
     from probgen.eval.metrics import summarize
 
     elbo, terms, var = ctx.score(ctx.model.elbo, ctx.batch_size, "ELBO")
     ctx.store["elbo"] = elbo
-    out = {"elbo": ctx.label(summarize(elbo, "nats", extra_var=var), "elbo")}
+    out = {"elbo": _given(ctx, ctx.label(summarize(elbo, "nats", extra_var=var), "elbo"))}
     for name, v in terms.items():
         out[f"elbo_{name}"] = summarize(v, "nats")
     return out
@@ -383,7 +393,7 @@ def _iwae(ctx) -> dict[str, Metric]:
         from probgen.eval.diagnostics import khat_summary
 
         m.extra.update(khat_summary(terms["khat"]))
-    return {"iwae": m}
+    return {"iwae": _given(ctx, m)}
 
 
 def _ais(ctx) -> dict[str, Metric]:
@@ -397,7 +407,7 @@ def _ais(ctx) -> dict[str, Metric]:
     else:
         m = diagnostics.ais_metric(ctx.model, xs, x_val=xv, n_steps=steps, per_example=ctx.store,
                                    progress=ctx.progress)
-    return {"ais": ctx.label(ctx.shift(m, "ais"), "ais")}
+    return {"ais": _given(ctx, ctx.label(ctx.shift(m, "ais"), "ais"))}
 
 
 def _parzen(ctx) -> dict[str, Metric]:
