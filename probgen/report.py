@@ -124,7 +124,9 @@ GLOSSARY = {
     "frechet_distance": ("squared feature units", "Frechet distance between Gaussians fitted to "
                          "the feature network's features of samples and of test examples "
                          "(a local classifier, not Inception: not comparable with published "
-                         "FID; lower is better)"),
+                         "FID; lower is better), ± its bootstrap standard error over 50 "
+                         "resamples; the reference row's value is what sampling noise alone "
+                         "gives at this n"),
     "kernel_distance": ("squared feature units", "unbiased polynomial-kernel MMD^2 (KID) in the "
                         "same features, mean ± std over 100 subsets (lower is better)"),
     "energy_distance": ("data units", "energy distance between samples and test points (lower "

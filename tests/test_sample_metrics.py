@@ -463,3 +463,15 @@ def test_a_sampler_that_diverged_blanks_its_image_metrics_with_the_reason():
     assert set(out) == set(IMAGE_METRIC_NAMES)
     for m in out.values():
         assert m.value is None and m.reason.startswith("2 of 10 samples are not finite")
+
+
+def test_frechet_stderr_is_the_spread_of_the_distance_over_fresh_draws():
+    # the bootstrap's standard error against the standard deviation of the distance over
+    # independent draws of both sets from the same two Gaussians
+    m1, m2 = np.zeros(4), np.full(4, 0.3)
+    c1, c2 = np.eye(4), np.diag([1.0, 1.5, 0.7, 1.2])
+    fresh = torch.tensor([S.frechet_distance(_gauss(300, m1, c1, 2 * i), _gauss(300, m2, c2, 2 * i + 1))
+                          for i in range(60)])
+    boot = S.frechet_distance_stderr(_gauss(300, m1, c1, 500), _gauss(300, m2, c2, 501), seed=0)
+    assert 0.6 * float(fresh.std()) < boot < 1.6 * float(fresh.std())
+    assert S.frechet_distance_stderr(_gauss(300, m1, c1, 500), _gauss(300, m2, c2, 501), seed=0) == boot
