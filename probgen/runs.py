@@ -879,10 +879,13 @@ def reuse_decision(path, argv: list[str] | None = None) -> tuple[str, str]:
 
 
 def _resumed_config(old: dict, new: dict) -> dict:
-    """The config of a resumed run: its own, with the latest command's budget and launch,
-    and no longer complete."""
-    merged = {**old, **{k: v for k, v in {**new, **_elastic_record()}.items() if k in _RESUME_UPDATES}}
+    """The config of a resumed run: its own, with the latest command's budget and launch, and
+    the options it changes on purpose (``new["_resume_changes"]``: the learning rate, the NaN
+    policy, which :func:`probgen.training.resume_changes` allows), and no longer complete."""
+    keys = set(_RESUME_UPDATES) | set(new.get("_resume_changes", ()))
+    merged = {**old, **{k: v for k, v in {**new, **_elastic_record()}.items() if k in keys}}
     merged.pop("completed", None)
+    merged.pop("_resume_changes", None)
     return merged
 
 

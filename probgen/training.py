@@ -38,7 +38,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     seed=0, device="auto", resume=False, overwrite=False, binarize=None, value_range=None,
     dequantize=None, bin_width=None, limit=None, time_budget=None, deterministic=False,
     figures=True, data_root=None, download=False, allow_changed_model=False,
-    allow_changed_data=False, progress=True, argv=None, compare_signature=None,
+    allow_changed_data=False, progress=True, argv=None, compare_signature=None, explicit=None,
 )
 # of those, what config.json records beside the model's options
 _RECORDED = ("seed", "limit", "time_budget", "deterministic", "data_root")
@@ -266,7 +266,7 @@ def train(model, data: str, out, *, seed: int = 0, device: str = "auto", resume:
                   time_budget=time_budget, deterministic=deterministic, figures=figures,
                   data_root=data_root, download=download, allow_changed_model=allow_changed_model,
                   allow_changed_data=allow_changed_data, progress=progress,
-                  compare_signature=compare_signature)
+                  compare_signature=compare_signature, explicit=set(extra) | set(options))
     return train_with_options(name, data, out, common, opts)
 
 
@@ -291,6 +291,53 @@ def resume(run_dir, *, device: str = "auto", data_root: str | None = None, progr
                   allow_changed_data=allow_changed_data, progress=progress,
                   compare_signature=cfg.get("compare"))
     return train_with_options(name, cfg["data"], run_dir, common, options)
+
+
+def explicit_options(name: str, argv) -> set[str]:
+    """The options of model ``name`` that the command line ``argv`` sets by a flag."""
+    from probgen.recipes import get_recipe
+
+    config = get_recipe(name).Config
+    flags = {}
+    for field_name, opt in config.options().items():
+        for flag in (config.flags()[field_name], *opt.aliases):
+            flags[flag] = field_name
+    return {flags[t.split("=", 1)[0]] for t in argv if t.split("=", 1)[0] in flags}
+
+
+# options a resumed run takes from the command that resumes it, when that command sets them
+_RESUMABLE = ("on_nan",)
+_RESUMABLE_BY_EPOCH = ("lr",)  # the epoch recipes' optimisers take a new rate
+
+
+def resume_changes(name: str, recipe, old: dict, config: dict, explicit, out) -> dict:
+    """The options that a command resuming the run ``old`` sets (``explicit``) to other values
+    than the run's: ``{name: (old value, new value)}`` for those a resumed run takes (the NaN
+    policy; the learning rate of an epoch recipe); a ConfigError naming the others, which a
+    checkpoint cannot follow (an architecture, a likelihood, a batch size: the run keeps what
+    it was trained with)."""
+    skip = ("epochs", "steps", "program", "allow_changed_model")
+    differ = {}
+    for key in sorted(explicit):
+        if key in skip or key not in config:
+            continue
+        new = json.loads(json.dumps(config[key]))
+        if new != old.get(key):
+            differ[key] = (old.get(key), config[key])
+    allowed = set(_RESUMABLE) | (set(_RESUMABLE_BY_EPOCH)
+                                 if getattr(recipe, "TRAINS_BY", None) == "epochs" else set())
+    refused = {k: v for k, v in differ.items() if k not in allowed}
+    if refused:
+        asked = ", ".join(f"{k}={v[1]!r}" for k, v in refused.items())
+        had = ", ".join(f"{k}={v[0]!r}" for k, v in refused.items())
+        takes = ", ".join(["--epochs/--steps", "--time-budget"] + [
+            "--" + k.replace("_", "-") for k in sorted(allowed) if k in config])
+        raise ConfigError(
+            f"cannot resume {out} with {asked}: the run was trained with {had}, and its "
+            f"checkpoint holds a model and optimiser made that way. A resumed run takes {takes} "
+            f"from the command; drop the others, or start a new run (another --out, or "
+            f"--overwrite).")
+    return differ
 
 
 def _defaults_from_data(name: str, recipe, options: dict, data: str, common: dict) -> dict:
@@ -346,6 +393,19 @@ def train_with_options(name: str, data: str, out, common: dict, options: dict, *
     if elastic_restart(out):  # torchrun restarted the group: continue from the checkpoint
         common["resume"], common["overwrite"] = True, False
     old_cfg = out / "config.json"
+    changes = {}
+    explicit = common.get("explicit")
+    if explicit is None and common["argv"] is not None:
+        explicit = explicit_options(name, common["argv"])
+    if common["resume"] and old_cfg.exists() and explicit:
+        try:
+            old = json.loads(old_cfg.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None  # Run.create says what is wrong with the file
+        if isinstance(old, dict) and old.get("model") == name:
+            changes = resume_changes(name, recipe, old, config, explicit, out)
+            if changes:
+                config["_resume_changes"] = sorted(changes)
     if common["resume"] and old_cfg.exists() and "program" in config:
         from probgen.programs import check_unchanged
 
@@ -363,6 +423,11 @@ def train_with_options(name: str, data: str, out, common: dict, options: dict, *
     if run is None:
         run = Run.open(out, writer=False, resumed_with=config if common["resume"] else None)
     run.progress = dist.is_main and common["progress"]  # the recipes' progress bars
+    if "lr" in changes and changes["lr"][0]:
+        run.lr_scale_on_resume = float(changes["lr"][1]) / float(changes["lr"][0])
+    if changes and run.writer and not quiet:
+        print(f"{name}: resuming with " + ", ".join(f"{k}={v[1]!r} (was {v[0]!r})"
+                                                    for k, v in changes.items()), flush=True)
     if notes and run.writer and not quiet:
         chosen = "; ".join(f"{k}={v['value']} ({v['why']})" for k, v in notes.items())
         print(f"{name}: defaults for {next(iter(notes.values()))['data']}: {chosen}", flush=True)
@@ -380,8 +445,10 @@ def train_with_options(name: str, data: str, out, common: dict, options: dict, *
             model = recipe.train(run, data_obj, run.config, device)
         except DivergedError as e:
             ckpt = run.checkpoint_path
-            last = (f"The last good checkpoint is {ckpt}: continue from it with --resume (and, "
-                    "say, a lower --lr)." if ckpt.exists() else
+            lower = (" (and, say, a lower --lr)" if getattr(recipe, "TRAINS_BY", None) == "epochs"
+                     else "")
+            last = (f"The last good checkpoint is {ckpt}: continue from it with --resume{lower}."
+                    if ckpt.exists() else
                     "No checkpoint was written before it: start again with a lower --lr.")
             raise DivergedError(f"{e} {last} On the command line, --on-nan skip skips such "
                                 "batches.") from e

@@ -114,3 +114,48 @@ def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path):
     assert "stopped cleanly on SIGTERM" in err
     ckpt = _state(out)
     assert ckpt is not None and 0 < ckpt["step"] < 100000
+
+
+# ----------------------------------------------------------------------------- options on --resume
+def test_resume_takes_a_new_learning_rate_and_nan_policy_and_refuses_a_changed_model(tmp_path, capsys):
+    """A resumed run once kept its options whatever the command said: --resume --lr 1e-4 (the
+    advice after a divergence) trained on at the old rate, and --latent-dim 3 was ignored."""
+    import probgen
+    from probgen.cli import main
+    from probgen.errors import ConfigError
+
+    out = tmp_path / "ae"
+    base = ["train", "ae", "--data", "ring8", "--limit", "400", "--out", str(out), "--device", "cpu",
+            "--no-figures", "--quiet"]
+    assert main([*base, "--epochs", "2"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--epochs", "3", "--lr", "1e-4", "--on-nan", "stop", "--resume"]) == 0
+    assert "resuming with lr=0.0001 (was 0.001), on_nan='stop' (was 'skip')" in capsys.readouterr().out
+    run = Run.open(out)
+    assert run.config["lr"] == 1e-4 and run.config["on_nan"] == "stop" and "_resume_changes" not in run.config
+    state = run.load_checkpoint()["state"]
+    assert state["epoch"] == 3
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [pytest.approx(1e-4)]
+    # an option that the checkpoint cannot follow is refused by name, the run left as it was
+    before = (out / "checkpoints" / "latest.pt").read_bytes()
+    assert main([*base, "--epochs", "4", "--latent-dim", "3", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "latent_dim=3" in err and "latent_dim=2" in err
+    assert (out / "checkpoints" / "latest.pt").read_bytes() == before
+    # the same from Python, and the same value again is no change
+    with pytest.raises(ConfigError, match="cannot resume .* with batch_size=7"):
+        probgen.train("ae", "ring8", out, resume=True, limit=400, epochs=4, batch_size=7, figures=False)
+    assert probgen.train("ae", "ring8", out, resume=True, limit=400, epochs=4, lr=1e-4,
+                         figures=False, progress=False).run.config["lr"] == 1e-4
+
+
+def test_a_step_recipe_refuses_a_new_learning_rate_on_resume(tmp_path, capsys):
+    from probgen.cli import main
+
+    out = tmp_path / "gan"
+    base = ["train", "gan", "--data", "ring8", "--out", str(out), "--device", "cpu", "--no-figures",
+            "--quiet", "--batch-size", "32"]
+    assert main([*base, "--steps", "20"]) == 0
+    assert main([*base, "--steps", "40", "--lr", "5e-4", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "lr=0.0005" in err and "takes --epochs/--steps, --time-budget from" in err

@@ -341,6 +341,10 @@ def resume_epochs(run, model, device) -> tuple[int, int, dict | None, bool]:
     model.load_state_dict(state["model"])
     start_step = int(ckpt["step"])
     run.truncate_metrics(start_step)
+    scale = getattr(run, "lr_scale_on_resume", None)  # --resume --lr: the new rate from here on
+    if scale and state.get("optimizer"):
+        for group in state["optimizer"]["param_groups"]:
+            group["lr"] *= scale
     return int(state["epoch"]), start_step, state["optimizer"], True
 
 
