@@ -429,6 +429,18 @@ def test_an_array_in_memory_is_refused_with_how_to_pass_it_and_a_path_object_is_
     assert trained.config["data"] == str(tmp_path / "x.npy")
 
 
+def test_ppca_on_1d_data_is_refused_before_any_model_of_a_comparison_trains(capsys, tmp_path):
+    # it said "latent_dim=1 (one less than the data's 1 dimensions)" and failed after gmm (and
+    # its model choice) had trained
+    out = tmp_path / "cmp"
+    message = _refused(capsys, "compare", "--data", "bimodal1d", "--models", "gmm,ppca", "--budget",
+                       "0.2", "--out", str(out))
+    assert "ppca needs data of at least 2 dimensions" in message and "has 1" in message
+    assert not out.exists()
+    _refused(capsys, "train", "ppca", "--data", "bimodal1d", "--out", str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 def _truncate(run, other):
     p = run / "checkpoints" / "latest.pt"
     p.write_bytes(p.read_bytes()[:200])

@@ -40,9 +40,16 @@ def defaults_for_data(options: dict, kind: str, shape) -> dict:
     """``latent_dim`` where unset: 10, below the data's dimension (PPCA needs L < D)."""
     import math
 
+    from probgen.errors import ConfigError
+
+    dim = math.prod(shape)
+    if dim < 2:
+        raise ConfigError(
+            f"ppca needs data of at least 2 dimensions (its latent size must be below the data's "
+            f"dimension), and this {kind} data has {dim}. Leave ppca out; gmm or flow give a "
+            f"density of 1-D data.")
     if options.get("latent_dim") is not None:
         return {}
-    dim = math.prod(shape)
     options["latent_dim"] = max(1, min(DEFAULT_LATENT_DIM, dim - 1))
     if options["latent_dim"] == DEFAULT_LATENT_DIM:
         return {}
