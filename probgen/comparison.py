@@ -321,11 +321,11 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
     # the quick ones first: what they leave of their share goes to the rest
     order = sorted(to_train, key=lambda e: not _recipe_of(e).quick)
     from probgen.recipes import get_recipe
-    from probgen.training import _defaults_from_data
+    from probgen.training import defaults_from_data
 
     for e in to_train:  # what a model refuses on this data, before any model trains
         recipe_name, opts = _train_options(e)
-        _defaults_from_data(recipe_name, get_recipe(recipe_name), recipe_options(recipe_name, opts),
+        defaults_from_data(recipe_name, get_recipe(recipe_name), recipe_options(recipe_name, opts),
                             spec.data, {"data_root": spec.data_root})
     for e in order:  # a program is checked before any model trains or --out is written
         if _recipe_of(e).name == "program":

@@ -340,7 +340,7 @@ def resume_changes(name: str, recipe, old: dict, config: dict, explicit, out) ->
     return differ
 
 
-def _defaults_from_data(name: str, recipe, options: dict, data: str, common: dict) -> dict:
+def defaults_from_data(name: str, recipe, options: dict, data: str, common: dict) -> dict:
     """Fill the options a recipe lets follow the data; return what was chosen and why."""
     hook = getattr(recipe, "defaults_for_data", None)
     if hook is None:
@@ -368,7 +368,7 @@ def train_with_options(name: str, data: str, out, common: dict, options: dict, *
     options.pop("allow_changed_model", None)
     device = device if device is not None else resolve_device(common["device"])
     out = Path(out)
-    notes = _defaults_from_data(name, recipe, options, data, common)
+    notes = defaults_from_data(name, recipe, options, data, common)
     prepare = getattr(recipe, "prepare_config", None)
     if prepare is not None:
         options = prepare(options)
