@@ -159,3 +159,19 @@ def test_a_step_recipe_refuses_a_new_learning_rate_on_resume(tmp_path, capsys):
     assert main([*base, "--steps", "40", "--lr", "5e-4", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "cannot resume" in err and "lr=0.0005" in err and "takes --epochs/--steps, --time-budget from" in err
+
+
+def test_a_resumed_flow_follows_the_schedule_of_its_new_length_and_rate_from_its_first_epoch(tmp_path):
+    """Its first resumed epoch once ran at the rate the old schedule had ended on (1e-6 after
+    2 of 2 epochs) however many epochs and whatever --lr the command gave."""
+    from probgen.cli import main
+    from probgen.recipes import cosine_lr
+
+    out = tmp_path / "flow"
+    base = ["train", "flow", "--data", "banana", "--limit", "300", "--out", str(out), "--device",
+            "cpu", "--no-figures", "--quiet", "--transforms", "1", "--hidden", "16"]
+    assert main([*base, "--epochs", "2"]) == 0
+    assert main([*base, "--epochs", "6", "--lr", "1e-4", "--resume"]) == 0
+    rates = {r["epoch"]: r["lr"] for r in Run.open(out).metrics() if "lr" in r}
+    assert rates[3] == pytest.approx(cosine_lr(1e-4, 2 / 6))
+    assert rates[4] == pytest.approx(cosine_lr(1e-4, 3 / 6))

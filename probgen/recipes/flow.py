@@ -218,13 +218,16 @@ def train(run, data, config, device):
     offset = 0.0 if data.bin_width is None else data.dim * math.log(data.bin_width)
     t0 = time.perf_counter()
 
-    def set_lr(optimizer, epoch: int) -> None:
+    def set_lr(param_groups, epoch: int) -> None:
         # with --anneal budget the schedule also follows the time spent: by the budget's end
         # the rate has come down, wherever --epochs would have put it
         spent = schedule_fraction(run, epoch, config["epochs"],
                                   follow_budget=config.get("anneal") == "budget")
-        for group in optimizer.param_groups:
+        for group in param_groups:
             group["lr"] = lr_at(config, epoch, spent)
+
+    if optim_state:  # a resumed run follows the schedule of the --epochs and --lr it has now
+        set_lr(optim_state["param_groups"], start_epoch)
 
     def log_epoch(st) -> bool:
         val = val_log_likelihood(model, data)
@@ -239,7 +242,7 @@ def train(run, data, config, device):
             best.update(epoch=st.epoch, val_log_likelihood=val,
                         model={k: v.detach().clone() for k, v in model.state_dict().items()})
         run.log(st.step, **rec)
-        set_lr(st.optimizer, st.epoch)  # the rate of the next epoch
+        set_lr(st.optimizer.param_groups, st.epoch)  # the rate of the next epoch
         if run.writer:
             extra = f"  ({rec['val_bits_per_dim']:.4f} bits/dim)" if "val_bits_per_dim" in rec else ""
             val_text = "--" if val is None else f"{val:.4f}"
