@@ -100,12 +100,9 @@ def frechet_distance_stderr(real: torch.Tensor, fake: torch.Tensor, *, resamples
     the noise, so that two models within it are called a tie, not ranked."""
     r, f = _as64(real, "real features"), _as64(fake, "generated features")
     g = torch.Generator().manual_seed(seed)
-    values = []
-    for _ in range(resamples):
-        ri = torch.randint(r.shape[0], (r.shape[0],), generator=g)
-        fi = torch.randint(f.shape[0], (f.shape[0],), generator=g)
-        rb, fb = r[ri], f[fi]
-        values.append(gaussian_frechet_distance(rb.mean(0), torch.cov(rb.T), fb.mean(0), torch.cov(fb.T)))
+    values = [frechet_distance(r[torch.randint(r.shape[0], (r.shape[0],), generator=g)],
+                               f[torch.randint(f.shape[0], (f.shape[0],), generator=g)])
+              for _ in range(resamples)]
     return float(torch.tensor(values).std())
 
 
