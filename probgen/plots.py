@@ -6,6 +6,7 @@ drawn. Every function writes a PNG and returns its path.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -35,6 +36,14 @@ def save_figure(fig, path) -> Path:
 
 
 
+def flat_image_side(dim: int) -> int:
+    """The side of the square grey image that ``dim`` values per example make, when they
+    plausibly are one (a square of side 8 or more: flattened 8x8 digits, 28x28 MNIST), else 0.
+    Vectors of 4, 9 or 16 values are features, not images, and are plotted as points."""
+    side = math.isqrt(int(dim))
+    return side if side >= 8 and side * side == dim else 0
+
+
 def image_grid(x: torch.Tensor, path, *, shape=None, nrow: int | None = None, title: str | None = None,
                value_range=(0.0, 1.0)) -> Path:
     """A grid of images. ``x``: (N, C, H, W) or (N, D) with ``shape=(C, H, W)``."""
@@ -43,8 +52,11 @@ def image_grid(x: torch.Tensor, path, *, shape=None, nrow: int | None = None, ti
     x = x.detach().float().cpu()
     if shape is not None:
         x = x.reshape(-1, *shape)
-    if x.dim() == 2:  # flat images: guess square
-        side = int(round(x.shape[1] ** 0.5))
+    if x.dim() == 2:  # flat images: square ones
+        side = flat_image_side(x.shape[1])
+        if not side:
+            raise ValueError(f"image_grid: {x.shape[1]} values per example are not a square "
+                             "image; pass shape=(C, H, W).")
         x = x.reshape(-1, 1, side, side)
     lo, hi = value_range
     x = ((x - lo) / (hi - lo)).clamp(0, 1)
@@ -141,10 +153,10 @@ def samples_figure(x: torch.Tensor, data, path, *, title: str = "samples") -> Pa
         ax.legend()
         ax.set_title(title)
         return save_figure(fig, path)
-    side = int(round(x.shape[1] ** 0.5)) if x.dim() == 2 else 0
-    if side * side == (x.shape[1] if x.dim() == 2 else -1):
+    if x.dim() == 2 and flat_image_side(x.shape[1]):
         return image_grid(x[:100], path, title=title, value_range=data.value_range)
-    return scatter_2d({"data": data.test[:, :2], "samples": x[:, :2]}, path, title=f"{title} (first 2 dims)")
+    return scatter_2d({"data": data.test[:, :2], "samples": x[:, :2]}, path,
+                      title=f"{title} (first 2 of {x.shape[1]} dims)")
 
 
 # the sample metrics the likelihood figure sets likelihoods against, first those the data has
@@ -243,14 +255,34 @@ def likelihood_vs_samples(results: dict, path, *, title: str | None = None) -> P
 def gan_progress(snapshots: dict, data, path, *, title: str = "samples over training") -> Path:
     """Samples from the same z at several training steps: ``{step: (n, *shape)}``.
 
-    2-D data: one scatter per step, real data in grey under the samples (the mode-collapse
-    figure). Images: one row of samples per step.
+    Points: one scatter per step, real data in grey under the samples (the mode-collapse
+    figure; the first two coordinates of longer vectors). 1-D data: a histogram per step.
+    Images (and flat square images): one row of samples per step.
     """
     plt = pyplot()
     steps = sorted(snapshots)
     first = snapshots[steps[0]]
-    if first.dim() == 2 and first.shape[1] == 2:
+    vector = data.kind != "image" and not flat_image_side(first[0].numel())
+    if vector and first[0].numel() == 1:  # 1-D data: a histogram per step over the data's
+        real = data.test[:2000].detach().cpu().reshape(-1)
+        fig, axes = plt.subplots(1, len(steps), figsize=(3.2 * len(steps), 2.8), squeeze=False,
+                                 sharex=True)
+        for ax, s in zip(axes[0], steps):
+            x = snapshots[s].detach().cpu().reshape(-1)
+            x = x[torch.isfinite(x)]
+            ax.hist(real.numpy(), bins=60, density=True, color="0.75", label="data")
+            ax.hist(x.numpy(), bins=60, density=True, color="C3", alpha=0.6, label="generated")
+            ax.set_title(f"step {s}")
+            ax.set_yticks([])
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(title, y=1.04)
+        return save_figure(fig, path)
+    if vector:  # points: the first two coordinates
+        if first.shape[-1] != 2:
+            title = f"{title} (first 2 of {first.shape[-1]} dims)"
+        snapshots = {s: v.reshape(v.shape[0], -1)[:, :2] for s, v in snapshots.items()}
         real = data.test[:2000].detach().cpu()
+        real = real.reshape(real.shape[0], -1)[:, :2]
         lo = float(real.min()) - 0.5
         hi = float(real.max()) + 0.5
         span = hi - lo
@@ -277,12 +309,13 @@ def gan_progress(snapshots: dict, data, path, *, title: str = "samples over trai
 
     ncol = min(16, first.shape[0])
     lo, hi = data.value_range
-    rows = [((snapshots[s][:ncol].detach().float().cpu().reshape(-1, *data.shape) - lo) / (hi - lo)).clamp(0, 1)
+    shape = data.shape if data.kind == "image" else (1,) + (flat_image_side(first[0].numel()),) * 2
+    rows = [((snapshots[s][:ncol].detach().float().cpu().reshape(-1, *shape) - lo) / (hi - lo)).clamp(0, 1)
             for s in steps]
     grid = vutils.make_grid(torch.cat(rows), nrow=ncol, padding=2, pad_value=1.0)
     fig, ax = plt.subplots(figsize=(0.55 * ncol + 1, 0.6 * len(steps) + 1))
     ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", interpolation="nearest")
-    side = data.shape[-1] + 2
+    side = shape[-1] + 2
     ax.set_yticks([side * (i + 0.5) for i in range(len(steps))], [f"step {s}" for s in steps])
     ax.set_xticks([])
     ax.set_title(title)
@@ -321,18 +354,32 @@ def latent_interpolation(model, data, path, *, pairs: int = 4, points: int = 9, 
     with torch.no_grad():
         x = model.decode(paths.to(model.device)).detach().cpu()  # (P, T, *shape)
     kind = "spherical" if spherical else "linear"
-    if x.dim() == 3 and x.shape[-1] == 2:
-        plt = pyplot()
-        fig, ax = plt.subplots(figsize=(5, 5))
-        real = data.test[:2000].detach().cpu()
-        ax.scatter(real[:, 0], real[:, 1], s=2, c="0.75")
+    if data.kind == "image" or (x.dim() == 3 and flat_image_side(x.shape[-1])):
+        return image_grid(x.reshape(pairs * points, *x.shape[2:]), path, nrow=points,
+                          value_range=data.value_range, title=f"{kind} latent interpolation")
+    x = x.reshape(pairs, points, -1)
+    real = data.test[:2000].detach().cpu().reshape(min(2000, data.test.shape[0]), -1)
+    plt = pyplot()
+    if x.shape[-1] == 1:  # 1-D data: each path's value along the interpolation
+        fig, ax = plt.subplots(figsize=(6, 3.5))
         for i in range(pairs):
-            ax.plot(x[i, :, 0], x[i, :, 1], "-o", ms=3)
-        ax.set_aspect("equal")
+            ax.plot(t.numpy(), x[i, :, 0].numpy(), "-o", ms=3)
+        ax.set_xlabel("position on the path")
+        ax.set_ylabel("x")
         ax.set_title(f"{kind} latent interpolation")
         return save_figure(fig, path)
-    return image_grid(x.reshape(pairs * points, *x.shape[2:]), path, nrow=points,
-                      value_range=data.value_range, title=f"{kind} latent interpolation")
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(real[:, 0], real[:, 1], s=2, c="0.75")
+    for i in range(pairs):
+        ax.plot(x[i, :, 0], x[i, :, 1], "-o", ms=3)
+    if x.shape[-1] == 2:
+        ax.set_aspect("equal")
+        ax.set_title(f"{kind} latent interpolation")
+    else:
+        ax.set_xlabel("dim 1")
+        ax.set_ylabel("dim 2")
+        ax.set_title(f"{kind} latent interpolation (first 2 of {x.shape[-1]} dims)")
+    return save_figure(fig, path)
 
 
 def class_histogram(counts, path, *, title: str = "classes of the samples") -> Path:

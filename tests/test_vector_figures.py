@@ -1,0 +1,35 @@
+"""Figures of models trained on vectors that are neither 2-D points nor flat images: the
+GAN's figures on 1-, 4- and 13-dimensional data (a 13-D array once stopped `compare` after
+training, in the latent-interpolation figure, which took every vector for a square image)."""
+
+import numpy as np
+import pytest
+import torch
+
+import probgen
+from probgen import plots
+
+
+def test_flat_image_side():
+    assert plots.flat_image_side(784) == 28
+    assert plots.flat_image_side(64) == 8
+    for dim in (1, 2, 4, 9, 13, 16, 49, 785):  # features, not images
+        assert plots.flat_image_side(dim) == 0
+
+
+def test_image_grid_refuses_vectors_that_are_not_square_images(tmp_path):
+    with pytest.raises(ValueError, match="13 values per example are not a square image"):
+        plots.image_grid(torch.rand(4, 13), tmp_path / "grid.png")
+
+
+@pytest.mark.parametrize("dim", [1, 4, 13])
+def test_gan_figures_on_vectors(tmp_path, dim):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, dim)) * np.linspace(1, 50, dim) + np.linspace(0, 100, dim)
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    result = probgen.train("gan", str(tmp_path / "x.npy"), tmp_path / "run", steps=30,
+                           batch_size=50, device="cpu", progress=False)
+    names = {p.name for p in result.figures}
+    assert {"samples.png", "samples_over_training.png", "latent_interpolation.png"} <= names
+    for p in result.figures:
+        assert p.stat().st_size > 1000
