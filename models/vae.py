@@ -211,11 +211,19 @@ class ContinuousBernoulliLikelihood(BernoulliLikelihood):
 class GaussianLikelihood(nn.Module):
     """p(x|z) = prod Normal(x_i; decoder(z)_i, sigma), one sigma for every pixel.
 
+    With a standardisation (:meth:`standardize_by`: per-feature ``shift`` m and ``unit`` s,
+    the training data's mean and standard deviation), the decoder works in standard units:
+    p(x|z) = prod Normal(x_i; m_i + s_i decoder(z)_i, s_i sigma), which is the density of the
+    standardised value ``(x - m) / s`` times the Jacobian ``1 / prod s_i``: a density of x
+    itself, on the data's own scale, so that its bounds compare with any other model's. The
+    encoder of the VAE sees ``(x - m) / s``. Without one (the default, and on images) the
+    decoder's output is the mean itself.
+
     Parameters
     ----------
     scale : float, optional
-        A fixed sigma; ``None`` learns it (softplus-parametrised, floored at 1e-3, starting
-        at 0.1).
+        A fixed sigma (in standard units where standardised); ``None`` learns it
+        (softplus-parametrised, floored at 1e-3, starting at 0.1).
     """
 
     name = "gaussian"
@@ -233,6 +241,10 @@ class GaussianLikelihood(nn.Module):
                 raise ConfigError(f"gaussian_scale must be a positive number; got {scale!r}.")
             self.raw_scale = None
             self.fixed_scale = float(scale)
+        # the standardisation, where there is one: buffers in the state dict (absent, not
+        # identity, where there is none, so that runs without one load as they always did)
+        self.register_buffer("shift", None)
+        self.register_buffer("unit", None)
 
     @property
     def scale(self) -> torch.Tensor | float:
@@ -240,14 +252,38 @@ class GaussianLikelihood(nn.Module):
             return self.fixed_scale
         return F.softplus(self.raw_scale) + self._floor
 
+    @property
+    def standardized(self) -> bool:
+        return self.shift is not None
+
+    @torch.no_grad()
+    def standardize_by(self, x: torch.Tensor) -> None:
+        """Standardise by the per-feature mean and standard deviation of ``x`` (N, *shape),
+        the training data (a feature constant there gets a unit of 1e-6)."""
+        x64 = x.double()
+        self.shift = x64.mean(0).to(x.dtype)
+        self.unit = x64.std(0).clamp_min(1e-6).to(x.dtype) if x.shape[0] > 1 else torch.ones_like(self.shift)
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - shift) / unit``: what the encoder sees (x itself without a standardisation)."""
+        return x if self.shift is None else (x - self.shift) / self.unit
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("shift", "unit"):  # a standardised run's buffers, into a fresh likelihood
+            if prefix + name in state_dict and getattr(self, name) is None:
+                self._buffers[name] = torch.empty_like(state_dict[prefix + name])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def dist(self, raw: torch.Tensor):
         scale = self.scale
         if not isinstance(scale, torch.Tensor):
             scale = raw.new_tensor(scale)
-        return dist.Normal(raw, scale)
+        if self.shift is None:
+            return dist.Normal(raw, scale)
+        return dist.Normal(self.shift + self.unit * raw, self.unit * scale)
 
     def mean(self, raw: torch.Tensor) -> torch.Tensor:
-        return raw
+        return raw if self.shift is None else self.shift + self.unit * raw
 
     def check(self, x: torch.Tensor) -> None:
         if not bool(torch.isfinite(x).all()):
@@ -461,6 +497,21 @@ class VAE(LatentBounds, nn.Module):
             return own(raw, self._event_dims)
         return self.likelihood.dist(raw).to_event(self._event_dims)
 
+    def standardize_by(self, x: torch.Tensor) -> None:
+        """Standardise the data inside the Gaussian likelihood by the training data ``x``
+        (per-feature mean and standard deviation; :class:`GaussianLikelihood`): the networks
+        work in standard units, the bounds stay densities of x on its own scale. For
+        real-valued vectors of any scale (``probgen train vae`` does it there by default)."""
+        if not isinstance(self.likelihood, GaussianLikelihood):
+            raise ConfigError(f"a standardisation is offered with likelihood='gaussian' only; this "
+                              f"VAE's is {self.likelihood.name!r}.")
+        check_data_shape(x, self.data_shape)
+        self.likelihood.standardize_by(x)
+
+    def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        standardize = getattr(self.likelihood, "standardize", None)
+        return x if standardize is None else standardize(x)
+
     def _autocast(self, x: torch.Tensor):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -488,13 +539,13 @@ class VAE(LatentBounds, nn.Module):
         pyro.module(self.param_prefix + "encoder", self.encoder)
         with data_plate(x, num_data):
             with self._autocast(x):
-                loc, scale = self.encoder(x)  # (N, L) each
+                loc, scale = self.encoder(self._encoder_input(x))  # (N, L) each
             pyro.sample("z", ReparamNormal(loc.to(x.dtype), scale.to(x.dtype)).to_event(1))
 
     # -- the latent-variable protocol
     def encoder_distribution(self, x: torch.Tensor):
         """q(z|x): batch shape (N,), event shape (latent_dim,)."""
-        loc, scale = self.encoder(x)
+        loc, scale = self.encoder(self._encoder_input(x))
         return torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1)
 
     def prior(self, x: torch.Tensor):
@@ -518,7 +569,7 @@ class VAE(LatentBounds, nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Posterior mean of q(z|x): (N, *data_shape) -> (N, L)."""
-        return self.encoder(x)[0]
+        return self.encoder(self._encoder_input(x))[0]
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """decode(encode(x)): the mean of p(x | z = E_q[z])."""

@@ -20,6 +20,10 @@ Burda et al. 2016's protocol); the validation split is binarised once with a fix
 A Gaussian likelihood (learned or fixed ``--gaussian-scale``) gets 8-bit images dequantized,
 ``(k + u) / 256`` with fresh noise every batch, and is scored by the dequantization bound on
 ``log P(k)`` (:mod:`probgen.data.dequantize`), in bits/dim beside the other dequantized models.
+On real-valued vectors the Gaussian works in the training data's standard units
+(``--preprocess standardize``, the default there): per-feature mean m and standard deviation
+s, the encoder seeing ``(x - m) / s`` and p(x|z) = Normal(m + s mu(z), s sigma), so that features
+of any scale train alike and every bound is still a density of x itself, in nats.
 The discretized logistic (``--likelihood discretized-logistic``) gets the same data and gives
 each pixel's level a probability, so its density is constant on each bin and the bound the
 evaluation reports is its ELBO (or IWAE bound) on ``log P(k)`` itself.
@@ -44,6 +48,7 @@ SMOKE = {"data": "digits", "limit": 200, "latent_dim": 2, "hidden": [16], "batch
 
 LIKELIHOOD_CHOICES = ("bernoulli", "continuous-bernoulli", "gaussian", "discretized-logistic")
 OBJECTIVE_CHOICES = ("elbo", "iwae", "dreg")
+PREPROCESS_CHOICES = ("standardize", "none")
 DEFAULT_LATENT_DIM = 50  # on images; on vectors the data's dimension, at most this
 
 # Burda, Grosse & Salakhutdinov (ICLR 2016), section 5: the set-up of their Table 1
@@ -110,6 +115,11 @@ class Config(RecipeConfig):
     gaussian_scale: float | None = option(
         None, "pixel standard deviation of the gaussian likelihood (default: learned)",
         type=gaussian_scale, metavar="learned|S")
+    preprocess: str | None = option(
+        None, "standardize: the gaussian likelihood works in the training data's standard units "
+        "(per-feature mean and standard deviation; the bounds stay densities of the data on its "
+        "own scale), none: on the values as they are (default: standardize for real-valued "
+        "vectors, none otherwise)", choices=PREPROCESS_CHOICES)
     batch_size: int = option(200, "examples per step (default %(default)s)", type=positive_int)
     lr: float = option(2e-3, "Adam learning rate (default %(default)s; the peak of the cosine "
                        "schedule)", type=positive_float)
@@ -146,10 +156,13 @@ class Config(RecipeConfig):
 
 
 def defaults_for_data(options: dict, kind: str, shape) -> dict:
-    """Fill ``likelihood`` and ``latent_dim`` where unset: a Bernoulli over binarised pixels
-    and 50 latents for images; a Gaussian over the values as they are (no binarisation) and
-    as many latents as dimensions, up to 50, for real-valued vectors. Returns what it chose."""
+    """Fill ``likelihood``, ``latent_dim`` and ``preprocess`` where unset: a Bernoulli over
+    binarised pixels and 50 latents for images; a Gaussian in the data's standard units (no
+    binarisation) and as many latents as dimensions, up to 50, for real-valued vectors.
+    Returns what it chose."""
     import math
+
+    from probgen.errors import ConfigError
 
     notes = {}
     image = kind == "image"
@@ -163,6 +176,21 @@ def defaults_for_data(options: dict, kind: str, shape) -> dict:
         options["latent_dim"] = DEFAULT_LATENT_DIM if image else min(DEFAULT_LATENT_DIM, dim)
         notes["latent_dim"] = {"value": options["latent_dim"], "why": (
             "the image default" if image else f"the data's {dim} dimension(s), at most 50")}
+    if options.get("preprocess") is None:
+        standardize = not image and options["likelihood"] == "gaussian"
+        options["preprocess"] = "standardize" if standardize else "none"
+        notes["preprocess"] = {"value": options["preprocess"], "why": (
+            "real-valued vectors: the networks work in standard units whatever the features' "
+            "scales" if standardize else "the values as they are")}
+    elif options["preprocess"] == "standardize":
+        if image:
+            raise ConfigError("--preprocess standardize is for vectors: on images a pixel that is "
+                              "constant in training (a border) would get a unit of almost 0. Drop "
+                              "it (images are scaled to --value-range).")
+        if options["likelihood"] != "gaussian":
+            raise ConfigError(f"--preprocess standardize works inside the gaussian likelihood; "
+                              f"--likelihood is {options['likelihood']}. Use --likelihood gaussian, "
+                              "or drop --preprocess.")
     return notes
 
 
@@ -259,7 +287,9 @@ def train(run, data, config, device):
         c.lr_schedule = "constant"
     pyro.clear_param_store()
     model = build(config, data).to(device)
-    start_epoch, start_step, optim_state, _ = resume_epochs(run, model, device)
+    start_epoch, start_step, optim_state, resumed = resume_epochs(run, model, device)
+    if config.get("preprocess") == "standardize" and not resumed:  # resumed: in the checkpoint
+        model.standardize_by(data.train)
     n = int(data.train.shape[0])
     t0 = time.perf_counter()
 
