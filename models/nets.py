@@ -309,8 +309,43 @@ class GroupedBatchNorm2d(_GroupedBatchNorm, _gan_nn.BatchNorm2d):
     :func:`probgen.inference.adversarial.batch_groups`)."""
 
 
-class MLPGenerator(_gan_nn.Module):
-    """z (B, latent_dim) -> x (B, out_dim): ReLU MLP with a linear output (toy data).
+def standardization(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, unit)`` per feature of ``x`` (N, *shape), computed in float64: the unit is the
+    standard deviation, or 1 for a feature whose standard deviation is at most 1e-6 (or for a
+    single example)."""
+    x64 = x.double()
+    std = x64.std(0) if x.shape[0] > 1 else torch.zeros_like(x64[0])
+    unit = torch.where(std > 1e-6, std, torch.ones_like(std))
+    return x64.mean(0).to(x.dtype), unit.to(x.dtype)
+
+
+class _Standardization:
+    """Optional per-feature standardisation of an MLP's data side (a mixin for the GAN's MLPs):
+    buffers ``shift`` and ``unit`` (the training data's mean and standard deviation, set by
+    :meth:`standardize_by`), absent from the state dict where unset, so that networks without
+    one save and load as they always did."""
+
+    def _init_standardization(self) -> None:
+        self.register_buffer("shift", None)
+        self.register_buffer("unit", None)
+
+    @torch.no_grad()
+    def standardize_by(self, x) -> None:
+        """Work in the standard units of ``x`` (N, D): the training data (a feature constant
+        there keeps a unit of 1; :func:`standardization`)."""
+        self.shift, self.unit = standardization(x.reshape(x.shape[0], -1))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("shift", "unit"):
+            if prefix + name in state_dict and getattr(self, name) is None:
+                self._buffers[name] = torch.empty_like(state_dict[prefix + name])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class MLPGenerator(_Standardization, _gan_nn.Module):
+    """z (B, latent_dim) -> x (B, out_dim): ReLU MLP with a linear output (toy data, vectors).
+    With a standardisation (:meth:`standardize_by`) the MLP's output is in standard units and
+    x = shift + unit * output.
 
     Parameters
     ----------
@@ -328,16 +363,19 @@ class MLPGenerator(_gan_nn.Module):
         layers.append(_gan_nn.Linear(d, out_dim))
         self.net = _gan_nn.Sequential(*layers)
         self.latent_dim, self.out_shape = latent_dim, (out_dim,)
+        self._init_standardization()
 
     def forward(self, z):
-        return self.net(z)
+        out = self.net(z)
+        return out if self.shift is None else self.shift + self.unit * out
 
 
-class MLPDiscriminator(_gan_nn.Module):
+class MLPDiscriminator(_Standardization, _gan_nn.Module):
     """x (B, in_dim) -> logits (B / pack,): LeakyReLU MLP judging ``pack`` samples at once.
 
     The batch is cut into consecutive groups of ``pack`` samples whose features are
-    concatenated: (B, D) -> (B / pack, pack * D).
+    concatenated: (B, D) -> (B / pack, pack * D). With a standardisation
+    (:meth:`standardize_by`) it judges ``(x - shift) / unit``.
     """
 
     def __init__(self, in_dim: int, hidden=(256, 256, 256), *, pack: int = 1, norm: str = "none"):
@@ -353,8 +391,11 @@ class MLPDiscriminator(_gan_nn.Module):
         layers.append(_gan_sn(_gan_nn.Linear(d, 1), norm))
         self.net = _gan_nn.Sequential(*layers)
         self.pack, self.in_shape, self.norm = pack, (in_dim,), norm
+        self._init_standardization()
 
     def forward(self, x):
+        if self.shift is not None:
+            x = (x - self.shift) / self.unit
         x = x.reshape(-1, self.pack * x.shape[-1])  # (B, D) -> (B / pack, pack * D)
         return self.net(x).squeeze(-1)
 

@@ -1,7 +1,9 @@
 """``probgen train gan``: a GAN fitted by alternating discriminator and generator steps.
 
 Images (28x28 or 32x32) get the DCGAN pair and pixels in [-1, 1]; toy and vector data get
-MLPs. Every option left unset takes the default of its data kind (:data:`DEFAULTS`), and the
+MLPs. On the user's real-valued vectors the MLPs work in the training data's standard units
+(``--preprocess standardize``, the default there): the discriminator judges ``(x - m) / s``
+and the generator's output u becomes ``m + s u``, so that features of any scale train alike. Every option left unset takes the default of its data kind (:data:`DEFAULTS`), and the
 resolved values are written to the run's config.json.
 """
 
@@ -100,6 +102,10 @@ class Config(RecipeConfig):
         None, "weight gamma of the R1 penalty gamma/2 E||grad D(x)||^2 on real data "
         "(Mescheder et al. 2018; 0 for none; needs --norm none or spectral) (default: 1 toy, else 0)",
         type=float)
+    preprocess: str | None = option(
+        None, "standardize: the MLPs work in the training data's standard units (per-feature "
+        "mean and standard deviation), none: on the values as they are (default: standardize "
+        "for real-valued vectors, none for toy data and images)", choices=("standardize", "none"))
     ema: float | None = option(
         None, "decay of an exponential moving average of G's weights, sampled from instead of G "
         "(0 for none; e.g. 0.999) (default 0)", type=float)
@@ -140,6 +146,11 @@ def resolve_config(config: dict, data) -> dict:
             f"--batch-size must be a multiple of --pack={out['pack']}; got {out['batch_size']}. "
             f"Try --batch-size {out['batch_size'] - out['batch_size'] % out['pack'] or out['pack']}."
         )
+    if out.get("preprocess") is None:
+        out["preprocess"] = "standardize" if data.kind == "vector" else "none"
+    elif out["preprocess"] == "standardize" and data.kind == "image":
+        raise ConfigError("--preprocess standardize is for vectors: images are scaled to the "
+                          "generator's output range. Drop --preprocess.")
     if out["arch"] == "dcgan" and _kind(data) != "image":
         raise ConfigError(
             f"--arch dcgan needs 28x28 or 32x32 images; {config.get('data', 'the data')} has shape "
@@ -174,6 +185,9 @@ def build(config: dict, data, device, processes=None):
     g, d = gan_networks(data.shape, config["latent_dim"], value_range=value_range,
                         pack=config["pack"], norm=config["norm"], width=config["width"],
                         depth=config["depth"], arch=config["arch"])
+    if config.get("preprocess") == "standardize":  # the same units for a resumed run, whose
+        for net in (g, d):                          # checkpoint then holds the same values
+            net.standardize_by(data.train.reshape(data.train.shape[0], -1))
     g, d = g.to(device), d.to(device)
     trainer = GANTrainer(g, d, latent_dim=config["latent_dim"], loss=config["loss"],
                          lr=config["lr"], lr_d=config["lr_d"],
@@ -202,6 +216,8 @@ def train(run, data, config, device):
     from probgen.recipes import record_progress
     from probgen.runs import atomic_write_bytes
 
+    if "preprocess" not in config and run.checkpoint_path.exists():
+        config = {**config, "preprocess": "none"}  # resuming a run from before --preprocess
     config = resolve_config(config, data)
     run.config = config
     run.write_json("config.json", config)
@@ -254,7 +270,8 @@ def train(run, data, config, device):
 def load(run, data, device):
     from probgen.errors import CheckpointError
 
-    config = resolve_config(run.config, data)
+    # a run from before --preprocess trained on the values as they were
+    config = resolve_config({"preprocess": "none", **run.config}, data)
     model, trainer = build(config, data, device)
     ckpt = run.load_checkpoint(map_location=device, required=True)
     try:

@@ -20,8 +20,8 @@ Burda et al. 2016's protocol); the validation split is binarised once with a fix
 A Gaussian likelihood (learned or fixed ``--gaussian-scale``) gets 8-bit images dequantized,
 ``(k + u) / 256`` with fresh noise every batch, and is scored by the dequantization bound on
 ``log P(k)`` (:mod:`probgen.data.dequantize`), in bits/dim beside the other dequantized models.
-On real-valued vectors the Gaussian works in the training data's standard units
-(``--preprocess standardize``, the default there): per-feature mean m and standard deviation
+On the user's real-valued vectors the Gaussian works in the training data's standard units
+(``--preprocess standardize``, the default there; toy data and images keep their scale): per-feature mean m and standard deviation
 s, the encoder seeing ``(x - m) / s`` and p(x|z) = Normal(m + s mu(z), s sigma), so that features
 of any scale train alike and every bound is still a density of x itself, in nats.
 The discretized logistic (``--likelihood discretized-logistic``) gets the same data and gives
@@ -118,8 +118,8 @@ class Config(RecipeConfig):
     preprocess: str | None = option(
         None, "standardize: the gaussian likelihood works in the training data's standard units "
         "(per-feature mean and standard deviation; the bounds stay densities of the data on its "
-        "own scale), none: on the values as they are (default: standardize for real-valued "
-        "vectors, none otherwise)", choices=PREPROCESS_CHOICES)
+        "own scale), none: on the values as they are (default: standardize for your own "
+        "real-valued vectors, none for toy data and images)", choices=PREPROCESS_CHOICES)
     batch_size: int = option(200, "examples per step (default %(default)s)", type=positive_int)
     lr: float = option(2e-3, "Adam learning rate (default %(default)s; the peak of the cosine "
                        "schedule)", type=positive_float)
@@ -157,8 +157,9 @@ class Config(RecipeConfig):
 
 def defaults_for_data(options: dict, kind: str, shape) -> dict:
     """Fill ``likelihood``, ``latent_dim`` and ``preprocess`` where unset: a Bernoulli over
-    binarised pixels and 50 latents for images; a Gaussian in the data's standard units (no
-    binarisation) and as many latents as dimensions, up to 50, for real-valued vectors.
+    binarised pixels and 50 latents for images; a Gaussian (no binarisation) and as many
+    latents as dimensions, up to 50, for real-valued vectors, in the data's standard units on
+    the user's own vectors.
     Returns what it chose."""
     import math
 
@@ -177,11 +178,12 @@ def defaults_for_data(options: dict, kind: str, shape) -> dict:
         notes["latent_dim"] = {"value": options["latent_dim"], "why": (
             "the image default" if image else f"the data's {dim} dimension(s), at most 50")}
     if options.get("preprocess") is None:
-        standardize = not image and options["likelihood"] == "gaussian"
+        standardize = kind == "vector" and options["likelihood"] == "gaussian"
         options["preprocess"] = "standardize" if standardize else "none"
         notes["preprocess"] = {"value": options["preprocess"], "why": (
-            "real-valued vectors: the networks work in standard units whatever the features' "
-            "scales" if standardize else "the values as they are")}
+            "your own real-valued vectors: the networks work in standard units whatever the "
+            "features' scales" if standardize else "the values as they are (images and the toy "
+            "densities have a known scale)")}
     elif options["preprocess"] == "standardize":
         if image:
             raise ConfigError("--preprocess standardize is for vectors: on images a pixel that is "
