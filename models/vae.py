@@ -48,7 +48,7 @@ from torch.nn import functional as F
 
 from probgen.errors import ConfigError, DataError, suggest
 from probgen.inference.bounds import LatentBounds
-from probgen.models.nets import make_decoder, make_encoder
+from probgen.models.nets import make_decoder, make_encoder, standardization
 
 __all__ = ["VAE", "data_plate", "check_data_shape", "LIKELIHOODS", "BernoulliLikelihood",
            "BernoulliImage", "ContinuousBernoulliLikelihood", "GaussianLikelihood",
@@ -259,10 +259,9 @@ class GaussianLikelihood(nn.Module):
     @torch.no_grad()
     def standardize_by(self, x: torch.Tensor) -> None:
         """Standardise by the per-feature mean and standard deviation of ``x`` (N, *shape),
-        the training data (a feature constant there gets a unit of 1e-6)."""
-        x64 = x.double()
-        self.shift = x64.mean(0).to(x.dtype)
-        self.unit = x64.std(0).clamp_min(1e-6).to(x.dtype) if x.shape[0] > 1 else torch.ones_like(self.shift)
+        the training data. A feature (nearly) constant there keeps a unit of 1: a unit of
+        almost 0 would make any other value at test time all but impossible."""
+        self.shift, self.unit = standardization(x)
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         """``(x - shift) / unit``: what the encoder sees (x itself without a standardisation)."""
