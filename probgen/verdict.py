@@ -395,7 +395,7 @@ def _flags_of(results: dict, name: str) -> list[dict]:
 
 # ------------------------------------------------------------------------------ effort
 # what a row's settings are, among the keys of its config.json, in this order
-_SETTINGS = ("latent_dim", "likelihood", "components", "covariance_type", "objective", "particles",
+_SETTINGS = ("latent_dim", "likelihood", "preprocess", "components", "covariance_type", "objective", "particles",
              "stochastic_layers", "flow", "transforms", "arch", "hidden", "width", "depth", "pack",
              "loss", "fit", "batch_size", "lr")
 
@@ -421,7 +421,8 @@ def run_effort(run_dir, *, share_s: float | None = None, seconds: float | None =
     effort = {"recipe": recipe, "how": how, "share_s": share_s, "seconds": seconds,
               "steps": None, "epochs": None, "iterations": None, "closed_form": False,
               "stopped_by": done.get("stopped_by") or progress.get("stopped_by"),
-              "settings": {k: cfg[k] for k in _SETTINGS if cfg.get(k) is not None}}
+              "settings": {k: cfg[k] for k in _SETTINGS
+                           if cfg.get(k) is not None and (k, cfg[k]) != ("preprocess", "none")}}
     if recipe == "ppca" and cfg.get("fit", "closed-form") == "closed-form":
         effort["closed_form"] = True
     elif progress.get("epochs_run") is not None:

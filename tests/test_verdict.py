@@ -332,3 +332,13 @@ def test_a_run_that_used_up_its_steps_is_told_to_take_more():
     assert not flag["budget_bound"]
     assert flag["advice"].startswith("more steps (gan(steps=N), with the --budget for them)")
     assert vd.effort_text({"epochs": 1, "steps": 1}) == "1 epoch (1 step)"
+
+
+def test_run_effort_names_a_standardisation_and_not_its_absence(tmp_path):
+    import json
+
+    for pre, shown in (("standardize", "latent_dim=2, likelihood=gaussian, preprocess=standardize"),
+                       ("none", "latent_dim=2, likelihood=gaussian")):
+        (tmp_path / "config.json").write_text(json.dumps({
+            "model": "vae", "latent_dim": 2, "likelihood": "gaussian", "preprocess": pre}))
+        assert vd.settings_text(vd.run_effort(tmp_path, share_s=1.0, seconds=1.0, how="trained")) == shown
