@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from probgen.errors import ConfigError, DataError, NotFittedError
-from probgen.models.nets import make_decoder, make_encoder
+from probgen.models.nets import make_decoder, make_encoder, standardization
 
 __all__ = ["Autoencoder", "NOISES", "RECONSTRUCTION_LOSSES"]
 
@@ -64,6 +64,11 @@ class Autoencoder(nn.Module):
         Corruption applied to the input in training mode (a denoising autoencoder).
     noise_level : float
         Gaussian: the standard deviation; masking: the probability of zeroing a value.
+
+    With a standardisation (:meth:`standardize_by`, squared error only) the networks, the
+    corruption and the loss work in the training data's standard units: features of any
+    scale count alike, and ``encode``/``decode``/``reconstruct`` still take and give data
+    in its own units.
     """
 
     def __init__(self, data_shape: Sequence[int], latent_dim: int = 2,
@@ -90,6 +95,27 @@ class Autoencoder(nn.Module):
         self._loss, self._output = RECONSTRUCTION_LOSSES[loss]
         self.register_buffer("code_mean", torch.zeros(self.latent_dim))
         self.register_buffer("code_scale_tril", torch.zeros(self.latent_dim, self.latent_dim))
+        # the standardisation, where there is one (absent from the state dict otherwise)
+        self.register_buffer("shift", None)
+        self.register_buffer("unit", None)
+
+    @torch.no_grad()
+    def standardize_by(self, x: torch.Tensor) -> None:
+        """Work in the standard units of ``x`` (N, *data_shape), the training data
+        (:func:`probgen.models.nets.standardization`); squared error only."""
+        if self.loss_name != "mse":
+            raise ConfigError(f"a standardisation is offered with loss='mse' only (its output is "
+                              f"linear); this autoencoder's loss is {self.loss_name!r}.")
+        self.shift, self.unit = standardization(x)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("shift", "unit"):
+            if prefix + name in state_dict and getattr(self, name) is None:
+                self._buffers[name] = torch.empty_like(state_dict[prefix + name])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _standard(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.shift is None else (x - self.shift) / self.unit
 
     @property
     def device(self) -> torch.device:
@@ -105,11 +131,12 @@ class Autoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The code: (N, *data_shape) -> (N, L)."""
-        return self.encoder(x)
+        return self.encoder(self._standard(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The reconstruction in data space: (..., L) -> (..., *data_shape)."""
-        return self._output(self.decoder(z))
+        out = self._output(self.decoder(z))
+        return out if self.shift is None else self.shift + self.unit * out
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
@@ -121,12 +148,15 @@ class Autoencoder(nn.Module):
             raise DataError(f"x must have shape (N, {shape}), the data shape this autoencoder was built "
                             f"for; got {tuple(x.shape)}. Reshape x to (N, {shape}), or build the "
                             "autoencoder with the data's own shape.")
-        inp = self.corrupt(x) if self.training else x
-        return self._loss(self.decoder(self.encoder(inp)), x).mean()
+        u = self._standard(x)
+        inp = self.corrupt(u) if self.training else u
+        return self._loss(self.decoder(self.encoder(inp)), u).mean()
 
     def reconstruction_error(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-example loss of the clean input (no corruption): (N,)."""
-        return self._loss(self.decoder(self.encoder(x)), x)
+        """Per-example loss of the clean input (no corruption), in standard units where
+        standardised (the training loss): (N,)."""
+        u = self._standard(x)
+        return self._loss(self.decoder(self.encoder(u)), u)
 
     @torch.no_grad()
     def fit_code_distribution(self, x: torch.Tensor, batch_size: int = 1000) -> Autoencoder:

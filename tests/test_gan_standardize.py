@@ -91,3 +91,11 @@ def test_preprocess_standardize_is_refused_on_images(tmp_path):
     with pytest.raises(ConfigError, match="is for vectors"):
         probgen.train("gan", "digits", tmp_path / "img", steps=2, preprocess="standardize",
                       limit=100, device="cpu", progress=False)
+    assert not (tmp_path / "img").exists()
+
+
+def test_options_that_do_not_fit_are_refused_before_the_run_folder_is_written(tmp_path):
+    with pytest.raises(ConfigError, match="multiple of --pack=2"):
+        probgen.train("gan", "ring8", tmp_path / "pack", steps=2, batch_size=63, pack=2,
+                      limit=256, device="cpu", progress=False)
+    assert not (tmp_path / "pack").exists()

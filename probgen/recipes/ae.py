@@ -4,7 +4,8 @@
     probgen train dae --data mnist --epochs 10 [--noise masking|gaussian] [--noise-level 0.3]
 
 Both minimise a reconstruction loss (cross-entropy for pixels in [0, 1], squared error
-otherwise) with Adam through :func:`probgen.inference.svi.fit_loss` (the NaN-safe loop of
+otherwise; on the user's real-valued vectors in the training data's standard units,
+``--preprocess standardize``) with Adam through :func:`probgen.inference.svi.fit_loss` (the NaN-safe loop of
 SVI); ``dae`` corrupts the inputs in training (masking noise unless ``--noise`` says
 otherwise). After training a Gaussian is fitted to the training codes, so ``probgen sample``
 decodes draws from it. The figures show reconstructions and the code space (2-D directly,
@@ -38,7 +39,13 @@ class Config(RecipeConfig):
     noise: str | None = option(None, "input corruption in training (default: none for ae, masking "
                                "for dae)", choices=("none", "gaussian", "masking"))
     noise_level: float = option(0.3, "masking probability or Gaussian standard deviation "
-                                "(default %(default)s)", type=float)
+                                "(default %(default)s; in standard units with --preprocess "
+                                "standardize)", type=float)
+    preprocess: str | None = option(
+        None, "standardize: networks, noise and loss in the training data's standard units "
+        "(per-feature mean and standard deviation; squared error only), none: the values as they "
+        "are (default: standardize for your own real-valued vectors, none for toy data and "
+        "images)", choices=("standardize", "none"))
     batch_size: int = option(100, "examples per step (default %(default)s)", type=positive_int)
     lr: float = option(1e-3, "Adam learning rate (default %(default)s)", type=positive_float)
     on_nan: str = option("skip", "a NaN/inf loss skips its batch (default) or stops training",
@@ -53,11 +60,30 @@ def resolve(config: dict, data) -> dict:
     out = dict(config)
     if out.get("noise") is None:
         out["noise"] = "masking" if out.get("model") == "dae" else "none"
+    lo, hi = data.value_range
+    in_unit = lo >= 0 and hi <= 1 and float(data.train.min()) >= 0 and float(data.train.max()) <= 1
     if out.get("loss") is None:
-        lo, hi = data.value_range
-        in_unit = lo >= 0 and hi <= 1 and float(data.train.min()) >= 0 and float(data.train.max()) <= 1
         out["loss"] = "bce" if in_unit else "mse"
+    elif out["loss"] == "bce" and not in_unit:
+        from probgen.errors import ConfigError
+
+        raise ConfigError(
+            f"--loss bce takes values in [0, 1] (a sigmoid output against targets in [0, 1]); the "
+            f"training data lie in [{float(data.train.min()):.4g}, {float(data.train.max()):.4g}]. "
+            "Use --loss mse (the default for such data), or scale the data to [0, 1].")
+    if out.get("preprocess") is None:
+        out["preprocess"] = "standardize" if data.kind == "vector" and out["loss"] == "mse" else "none"
+    elif out["preprocess"] == "standardize" and (data.kind == "image" or out["loss"] != "mse"):
+        from probgen.errors import ConfigError
+
+        raise ConfigError("--preprocess standardize is for real-valued vectors with --loss mse; "
+                          f"this run has {data.kind} data and --loss {out['loss']}. Drop --preprocess.")
     return out
+
+
+def check(config: dict, data, device) -> None:
+    """Refuse what :func:`resolve` refuses before the run folder is written."""
+    resolve(config, data)
 
 
 def build(config: dict, data):
@@ -85,13 +111,17 @@ def train(run, data, config, device):
 
     from probgen.inference.svi import fit_loss
 
+    if "preprocess" not in config and run.checkpoint_path.exists():
+        config = {**config, "preprocess": "none"}  # resuming a run from before --preprocess
     config = resolve(config, data)
     run.config = config
     run.write_json("config.json", config)
     model = build(config, data).to(device)
     from probgen.recipes import epoch_checkpoint, resume_epochs
 
-    start_epoch, start_step, optim_state, _ = resume_epochs(run, model, device)
+    start_epoch, start_step, optim_state, resumed = resume_epochs(run, model, device)
+    if config["preprocess"] == "standardize" and not resumed:  # resumed: in the checkpoint
+        model.standardize_by(data.train)
     t0 = time.perf_counter()
 
     def log_epoch(st) -> bool:

@@ -174,6 +174,12 @@ def resolve_config(config: dict, data) -> dict:
     return out
 
 
+def check(config: dict, data, device) -> None:
+    """Refuse what :func:`resolve_config` refuses (options that do not fit the data or each
+    other) before the run folder is written."""
+    resolve_config(config, data)
+
+
 def build(config: dict, data, device, processes=None):
     """The GAN model and its trainer, on ``device`` (across ``processes``, a
     :class:`~probgen.inference.loop.ProcessGroup`, when given)."""
