@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from probgen.errors import ConfigError, DataError, NotFittedError
-from probgen.models.nets import make_decoder, make_encoder, standardization
+from probgen.models.nets import Standardization, make_decoder, make_encoder
 
 __all__ = ["Autoencoder", "NOISES", "RECONSTRUCTION_LOSSES"]
 
@@ -45,7 +45,7 @@ RECONSTRUCTION_LOSSES = {
 }
 
 
-class Autoencoder(nn.Module):
+class Autoencoder(Standardization, nn.Module):
     """A deterministic autoencoder, optionally denoising.
 
     Parameters
@@ -95,27 +95,16 @@ class Autoencoder(nn.Module):
         self._loss, self._output = RECONSTRUCTION_LOSSES[loss]
         self.register_buffer("code_mean", torch.zeros(self.latent_dim))
         self.register_buffer("code_scale_tril", torch.zeros(self.latent_dim, self.latent_dim))
-        # the standardisation, where there is one (absent from the state dict otherwise)
-        self.register_buffer("shift", None)
-        self.register_buffer("unit", None)
+        self._init_standardization()  # none until standardize_by
 
     @torch.no_grad()
     def standardize_by(self, x: torch.Tensor) -> None:
         """Work in the standard units of ``x`` (N, *data_shape), the training data
-        (:func:`probgen.models.nets.standardization`); squared error only."""
+        (:class:`~probgen.models.nets.Standardization`); squared error only."""
         if self.loss_name != "mse":
             raise ConfigError(f"a standardisation is offered with loss='mse' only (its output is "
                               f"linear); this autoencoder's loss is {self.loss_name!r}.")
-        self.shift, self.unit = standardization(x)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("shift", "unit"):
-            if prefix + name in state_dict and getattr(self, name) is None:
-                self._buffers[name] = torch.empty_like(state_dict[prefix + name])
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _standard(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.shift is None else (x - self.shift) / self.unit
+        super().standardize_by(x)
 
     @property
     def device(self) -> torch.device:
@@ -131,12 +120,11 @@ class Autoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The code: (N, *data_shape) -> (N, L)."""
-        return self.encoder(self._standard(x))
+        return self.encoder(self.standardize(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The reconstruction in data space: (..., L) -> (..., *data_shape)."""
-        out = self._output(self.decoder(z))
-        return out if self.shift is None else self.shift + self.unit * out
+        return self.unstandardize(self._output(self.decoder(z)))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
@@ -148,14 +136,14 @@ class Autoencoder(nn.Module):
             raise DataError(f"x must have shape (N, {shape}), the data shape this autoencoder was built "
                             f"for; got {tuple(x.shape)}. Reshape x to (N, {shape}), or build the "
                             "autoencoder with the data's own shape.")
-        u = self._standard(x)
+        u = self.standardize(x)
         inp = self.corrupt(u) if self.training else u
         return self._loss(self.decoder(self.encoder(inp)), u).mean()
 
     def reconstruction_error(self, x: torch.Tensor) -> torch.Tensor:
         """Per-example loss of the clean input (no corruption), in standard units where
         standardised (the training loss): (N,)."""
-        u = self._standard(x)
+        u = self.standardize(x)
         return self._loss(self.decoder(self.encoder(u)), u)
 
     @torch.no_grad()

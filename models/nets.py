@@ -319,21 +319,34 @@ def standardization(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x64.mean(0).to(x.dtype), unit.to(x.dtype)
 
 
-class _Standardization:
-    """Optional per-feature standardisation of an MLP's data side (a mixin for the GAN's MLPs):
-    buffers ``shift`` and ``unit`` (the training data's mean and standard deviation, set by
-    :meth:`standardize_by`), absent from the state dict where unset, so that networks without
-    one save and load as they always did."""
+class Standardization:
+    """Optional per-feature standardisation of a module's data side, a mixin (the GAN's MLPs,
+    the VAE's Gaussian likelihood, the autoencoder): buffers ``shift`` and ``unit`` (the
+    training data's mean and standard deviation, set by :meth:`standardize_by`), absent from
+    the state dict where unset, so that modules without one save and load as they always did
+    and a fresh module takes a standardised one's state."""
 
     def _init_standardization(self) -> None:
         self.register_buffer("shift", None)
         self.register_buffer("unit", None)
 
+    @property
+    def standardized(self) -> bool:
+        return self.shift is not None
+
     @torch.no_grad()
-    def standardize_by(self, x) -> None:
-        """Work in the standard units of ``x`` (N, D): the training data (a feature constant
-        there keeps a unit of 1; :func:`standardization`)."""
-        self.shift, self.unit = standardization(x.reshape(x.shape[0], -1))
+    def standardize_by(self, x: torch.Tensor) -> None:
+        """Work in the standard units of ``x`` (N, *shape), the training data (a feature
+        constant there keeps a unit of 1; :func:`standardization`)."""
+        self.shift, self.unit = standardization(x)
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - shift) / unit``; x itself without a standardisation."""
+        return x if self.shift is None else (x - self.shift) / self.unit
+
+    def unstandardize(self, u: torch.Tensor) -> torch.Tensor:
+        """``shift + unit * u``; u itself without a standardisation."""
+        return u if self.shift is None else self.shift + self.unit * u
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("shift", "unit"):
@@ -342,7 +355,7 @@ class _Standardization:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class MLPGenerator(_Standardization, _gan_nn.Module):
+class MLPGenerator(Standardization, _gan_nn.Module):
     """z (B, latent_dim) -> x (B, out_dim): ReLU MLP with a linear output (toy data, vectors).
     With a standardisation (:meth:`standardize_by`) the MLP's output is in standard units and
     x = shift + unit * output.
@@ -366,11 +379,10 @@ class MLPGenerator(_Standardization, _gan_nn.Module):
         self._init_standardization()
 
     def forward(self, z):
-        out = self.net(z)
-        return out if self.shift is None else self.shift + self.unit * out
+        return self.unstandardize(self.net(z))
 
 
-class MLPDiscriminator(_Standardization, _gan_nn.Module):
+class MLPDiscriminator(Standardization, _gan_nn.Module):
     """x (B, in_dim) -> logits (B / pack,): LeakyReLU MLP judging ``pack`` samples at once.
 
     The batch is cut into consecutive groups of ``pack`` samples whose features are
@@ -394,8 +406,7 @@ class MLPDiscriminator(_Standardization, _gan_nn.Module):
         self._init_standardization()
 
     def forward(self, x):
-        if self.shift is not None:
-            x = (x - self.shift) / self.unit
+        x = self.standardize(x)
         x = x.reshape(-1, self.pack * x.shape[-1])  # (B, D) -> (B / pack, pack * D)
         return self.net(x).squeeze(-1)
 

@@ -48,7 +48,7 @@ from torch.nn import functional as F
 
 from probgen.errors import ConfigError, DataError, suggest
 from probgen.inference.bounds import LatentBounds
-from probgen.models.nets import make_decoder, make_encoder, standardization
+from probgen.models.nets import Standardization, make_decoder, make_encoder
 
 __all__ = ["VAE", "data_plate", "check_data_shape", "LIKELIHOODS", "BernoulliLikelihood",
            "BernoulliImage", "ContinuousBernoulliLikelihood", "GaussianLikelihood",
@@ -208,12 +208,12 @@ class ContinuousBernoulliLikelihood(BernoulliLikelihood):
             "likelihood='gaussian'.")
 
 
-class GaussianLikelihood(nn.Module):
+class GaussianLikelihood(Standardization, nn.Module):
     """p(x|z) = prod Normal(x_i; decoder(z)_i, sigma), one sigma for every pixel.
 
-    With a standardisation (:meth:`standardize_by`: per-feature ``shift`` m and ``unit`` s,
-    the training data's mean and standard deviation), the decoder works in standard units:
-    p(x|z) = prod Normal(x_i; m_i + s_i decoder(z)_i, s_i sigma), which is the density of the
+    With a standardisation (:meth:`~probgen.models.nets.Standardization.standardize_by`:
+    per-feature ``shift`` m and ``unit`` s, the training data's mean and standard deviation),
+    the decoder works in standard units: p(x|z) = prod Normal(x_i; m_i + s_i decoder(z)_i, s_i sigma), which is the density of the
     standardised value ``(x - m) / s`` times the Jacobian ``1 / prod s_i``: a density of x
     itself, on the data's own scale, so that its bounds compare with any other model's. The
     encoder of the VAE sees ``(x - m) / s``. Without one (the default, and on images) the
@@ -241,10 +241,7 @@ class GaussianLikelihood(nn.Module):
                 raise ConfigError(f"gaussian_scale must be a positive number; got {scale!r}.")
             self.raw_scale = None
             self.fixed_scale = float(scale)
-        # the standardisation, where there is one: buffers in the state dict (absent, not
-        # identity, where there is none, so that runs without one load as they always did)
-        self.register_buffer("shift", None)
-        self.register_buffer("unit", None)
+        self._init_standardization()  # none until standardize_by
 
     @property
     def scale(self) -> torch.Tensor | float:
@@ -252,37 +249,16 @@ class GaussianLikelihood(nn.Module):
             return self.fixed_scale
         return F.softplus(self.raw_scale) + self._floor
 
-    @property
-    def standardized(self) -> bool:
-        return self.shift is not None
-
-    @torch.no_grad()
-    def standardize_by(self, x: torch.Tensor) -> None:
-        """Standardise by the per-feature mean and standard deviation of ``x`` (N, *shape),
-        the training data. A feature (nearly) constant there keeps a unit of 1: a unit of
-        almost 0 would make any other value at test time all but impossible."""
-        self.shift, self.unit = standardization(x)
-
-    def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        """``(x - shift) / unit``: what the encoder sees (x itself without a standardisation)."""
-        return x if self.shift is None else (x - self.shift) / self.unit
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("shift", "unit"):  # a standardised run's buffers, into a fresh likelihood
-            if prefix + name in state_dict and getattr(self, name) is None:
-                self._buffers[name] = torch.empty_like(state_dict[prefix + name])
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def dist(self, raw: torch.Tensor):
         scale = self.scale
         if not isinstance(scale, torch.Tensor):
             scale = raw.new_tensor(scale)
         if self.shift is None:
             return dist.Normal(raw, scale)
-        return dist.Normal(self.shift + self.unit * raw, self.unit * scale)
+        return dist.Normal(self.unstandardize(raw), self.unit * scale)
 
     def mean(self, raw: torch.Tensor) -> torch.Tensor:
-        return raw if self.shift is None else self.shift + self.unit * raw
+        return self.unstandardize(raw)
 
     def check(self, x: torch.Tensor) -> None:
         if not bool(torch.isfinite(x).all()):

@@ -37,3 +37,16 @@ def mnist_root():
     if not (root / "train-images-idx3-ubyte.gz").exists() and not (root / "train-images-idx3-ubyte").exists():
         pytest.skip(f"MNIST files not found in {root}")
     return root
+
+
+@pytest.fixture
+def wide_scales(tmp_path):
+    """An .npy of 400 real-valued 6-D vectors on a 2-D subspace whose features have scales
+    from 0.1 to 1000 and offsets up to 700 (as raw tabular features do); returns its path."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(400, 2))
+    x = z @ rng.normal(size=(2, 6)) + 0.1 * rng.normal(size=(400, 6))
+    x = x * np.array([1, 10, 100, 1000, 0.1, 5]) + np.array([0, 50, -200, 700, 1, 3])
+    path = tmp_path / "wide.npy"
+    np.save(path, x.astype(np.float32))
+    return str(path)

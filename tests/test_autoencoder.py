@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -113,15 +112,6 @@ def test_options_are_checked():
 
 
 # ----------------------------------------------------------------------------- vectors of any scale
-def _wide_scales(path):
-    rng = np.random.default_rng(0)
-    z = rng.normal(size=(400, 2))
-    x = z @ rng.normal(size=(2, 6)) + 0.1 * rng.normal(size=(400, 6))
-    x = x * np.array([1, 10, 100, 1000, 0.1, 5]) + np.array([0, 50, -200, 700, 1, 3])
-    np.save(path, x.astype(np.float32))
-    return str(path)
-
-
 def _worst_feature_rmse(run_dir) -> float:
     """The largest per-feature reconstruction RMSE on the test split, in the data's standard
     deviations (1: no better than predicting the mean)."""
@@ -133,11 +123,11 @@ def _worst_feature_rmse(run_dir) -> float:
     return float(((rec - data.test) ** 2).mean(0).sqrt().div(data.train.std(0)).max())
 
 
-def test_ae_standardises_vectors_so_every_feature_counts(tmp_path):
+def test_ae_standardises_vectors_so_every_feature_counts(wide_scales, tmp_path):
     """On raw features of scales 0.1 to 1000 the squared error is all the largest feature's:
     sklearn's wine once came back with every feature but proline worse than its mean (up to
     3.9 standard deviations off); in standard units every feature is reconstructed."""
-    data = _wide_scales(tmp_path / "wide.npy")
+    data = wide_scales
     common = dict(epochs=60, batch_size=50, device="cpu", progress=False, figures=False)
     probgen.train("ae", data, tmp_path / "std", **common)
     probgen.train("ae", data, tmp_path / "raw", preprocess="none", **common)
@@ -158,8 +148,7 @@ def test_ae_standardisation_round_trips_and_needs_squared_error():
         Autoencoder((3,), 2, (8,), loss="bce").standardize_by(x.abs().clamp(max=1))
 
 
-def test_ae_refuses_bce_on_values_outside_the_unit_interval_before_writing_anything(tmp_path):
-    data = _wide_scales(tmp_path / "wide.npy")
+def test_ae_refuses_bce_on_values_outside_the_unit_interval_before_writing_anything(wide_scales, tmp_path):
     with pytest.raises(ConfigError, match=r"--loss bce takes values in \[0, 1\]"):
-        probgen.train("ae", data, tmp_path / "bce", epochs=1, loss="bce", device="cpu", progress=False)
+        probgen.train("ae", wide_scales, tmp_path / "bce", epochs=1, loss="bce", device="cpu", progress=False)
     assert not (tmp_path / "bce").exists()

@@ -5,7 +5,6 @@ from the data's."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -40,17 +39,6 @@ def test_standardised_mlps_work_in_standard_units():
     fresh.load_state_dict(g.state_dict())
     torch.testing.assert_close(fresh(z), g(z))
     assert "shift" not in MLPGenerator(4, 3, (8,)).state_dict()  # old checkpoints' keys
-
-
-@pytest.fixture
-def wide_scales(tmp_path):
-    rng = np.random.default_rng(0)
-    z = rng.normal(size=(400, 2))
-    x = z @ rng.normal(size=(2, 6)) + 0.1 * rng.normal(size=(400, 6))
-    x = x * np.array([1, 10, 100, 1000, 0.1, 5]) + np.array([0, 50, -200, 700, 1, 3])
-    path = tmp_path / "wide.npy"
-    np.save(path, x.astype(np.float32))
-    return str(path)
 
 
 def _mean_gap(run_dir) -> float:

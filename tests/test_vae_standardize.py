@@ -6,7 +6,6 @@ an ELBO of -297,788 nats with a KL term of 308,868; with it, -59."""
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -71,17 +70,6 @@ def test_state_dict_round_trip_and_runs_without_it_load_as_before():
 def test_standardising_needs_the_gaussian_likelihood():
     with pytest.raises(ConfigError, match="likelihood='gaussian' only"):
         VAE((4,), 2, (8,), likelihood="bernoulli").standardize_by(torch.rand(10, 4))
-
-
-@pytest.fixture
-def wide_scales(tmp_path):
-    rng = np.random.default_rng(0)
-    z = rng.normal(size=(400, 2))
-    x = z @ rng.normal(size=(2, 6)) + 0.1 * rng.normal(size=(400, 6))
-    x = x * np.array([1, 10, 100, 1000, 0.1, 5]) + np.array([0, 50, -200, 700, 1, 3])
-    path = tmp_path / "wide.npy"
-    np.save(path, x.astype(np.float32))
-    return str(path)
 
 
 def test_train_vae_standardises_vectors_by_default_and_trains(wide_scales, tmp_path):
