@@ -21,9 +21,10 @@ A Gaussian likelihood (learned or fixed ``--gaussian-scale``) gets 8-bit images 
 ``(k + u) / 256`` with fresh noise every batch, and is scored by the dequantization bound on
 ``log P(k)`` (:mod:`probgen.data.dequantize`), in bits/dim beside the other dequantized models.
 On the user's real-valued vectors the Gaussian works in the training data's standard units
-(``--preprocess standardize``, the default there; toy data and images keep their scale): per-feature mean m and standard deviation
-s, the encoder seeing ``(x - m) / s`` and p(x|z) = Normal(m + s mu(z), s sigma), so that features
-of any scale train alike and every bound is still a density of x itself, in nats.
+(``--preprocess standardize``, the default there; toy data and images keep their scale):
+per-feature mean m and standard deviation s, the encoder seeing ``(x - m) / s`` and
+p(x|z) = Normal(m + s mu(z), s sigma), so that features of any scale train alike and every
+bound is still a density of x itself, in nats.
 The discretized logistic (``--likelihood discretized-logistic``) gets the same data and gives
 each pixel's level a probability, so its density is constant on each bin and the bound the
 evaluation reports is its ELBO (or IWAE bound) on ``log P(k)`` itself.
@@ -159,8 +160,7 @@ def defaults_for_data(options: dict, kind: str, shape) -> dict:
     """Fill ``likelihood``, ``latent_dim`` and ``preprocess`` where unset: a Bernoulli over
     binarised pixels and 50 latents for images; a Gaussian (no binarisation) and as many
     latents as dimensions, up to 50, for real-valued vectors, in the data's standard units on
-    the user's own vectors.
-    Returns what it chose."""
+    the user's own vectors. Returns what it chose."""
     import math
 
     from probgen.errors import ConfigError
@@ -180,15 +180,14 @@ def defaults_for_data(options: dict, kind: str, shape) -> dict:
     if options.get("preprocess") is None:
         standardize = kind == "vector" and options["likelihood"] == "gaussian"
         options["preprocess"] = "standardize" if standardize else "none"
-        notes["preprocess"] = {"value": options["preprocess"], "why": (
-            "your own real-valued vectors: the networks work in standard units whatever the "
-            "features' scales" if standardize else "the values as they are (images and the toy "
-            "densities have a known scale)")}
+        if standardize:
+            notes["preprocess"] = {"value": "standardize", "why": (
+                "your own real-valued vectors: the networks work in standard units whatever the "
+                "features' scales")}
     elif options["preprocess"] == "standardize":
         if image:
-            raise ConfigError("--preprocess standardize is for vectors: on images a pixel that is "
-                              "constant in training (a border) would get a unit of almost 0. Drop "
-                              "it (images are scaled to --value-range).")
+            raise ConfigError("--preprocess standardize is for vectors: images are scaled to "
+                              "--value-range. Drop --preprocess.")
         if options["likelihood"] != "gaussian":
             raise ConfigError(f"--preprocess standardize works inside the gaussian likelihood; "
                               f"--likelihood is {options['likelihood']}. Use --likelihood gaussian, "
