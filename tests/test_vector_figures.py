@@ -33,3 +33,12 @@ def test_gan_figures_on_vectors(tmp_path, dim):
     assert {"samples.png", "samples_over_training.png", "latent_interpolation.png"} <= names
     for p in result.figures:
         assert p.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("dim", [1, 13])
+def test_flow_draws_samples_on_vectors_that_are_not_points_in_the_plane(tmp_path, dim):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", (rng.normal(size=(300, dim)) * 5 + 2).astype(np.float32))
+    result = probgen.train("flow", str(tmp_path / "x.npy"), tmp_path / "run", epochs=1,
+                           device="cpu", progress=False)
+    assert "samples.png" in {p.name for p in result.figures}

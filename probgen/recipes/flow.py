@@ -302,7 +302,8 @@ def load(run, data, device):
 
 
 def figures(model, data, run) -> list:
-    """2-D: fitted and true density contours and samples; images: samples; the learning curve."""
+    """2-D: fitted and true density contours and samples; images and other vectors: samples;
+    the learning curve."""
     import torch
 
     from probgen import plots
@@ -325,6 +326,8 @@ def figures(model, data, run) -> list:
                                     title=f"data and {model.kind} flow samples", lim=(lo, hi)))
     elif data.kind == "image":
         out.append(plots.samples_figure(samples[:64].clamp(0, 1), data, figs / "samples.png"))
+    else:  # other vectors: over the data, the first two coordinates (1-D: histograms)
+        out.append(plots.samples_figure(samples, data, figs / "samples.png"))
     recs = run.metrics()
     if any("val_log_likelihood" in r for r in recs):
         out.append(plots.learning_curve(recs, ["train_log_likelihood", "val_log_likelihood"],
