@@ -174,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--out", default=None, metavar="FILE",
-                   help="where to save them (default RUN_DIR/samples.pt, and a figure)")
+                   help="where to save them: .pt (a torch tensor), .npy or .npz (numpy; key "
+                   "'samples'), with a figure beside it, FILE's name with .png (default "
+                   "RUN_DIR/samples.pt and RUN_DIR/samples.png)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--allow-changed-model", action="store_true",
                    help="sample a program run whose file has changed since it was trained")
@@ -435,23 +437,39 @@ def _cmd_sample(args) -> int:
 
     from probgen.runs import seed_everything
 
+    check_positive_int("-n", args.n)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "samples.pt"
+    if out.suffix not in SAMPLE_FORMATS:
+        raise ConfigError(f"--out {out}: samples are written as {', '.join(SAMPLE_FORMATS)} "
+                          f"(by the file's suffix); got {out.suffix or 'no suffix'!r}. Name the "
+                          "file e.g. samples.npy.")
     run, data, model = _load_run(args)
     seed_everything(args.seed)
-    check_positive_int("-n", args.n)
     with torch.no_grad():
         x = model.sample(args.n).detach().cpu()
-    out = Path(args.out) if args.out else run.path / "samples.pt"
     import io
+
+    import numpy as np
 
     from probgen.runs import atomic_write_bytes
     buf = io.BytesIO()
-    torch.save(x, buf)
+    if out.suffix == ".npy":
+        np.save(buf, x.numpy())
+    elif out.suffix == ".npz":
+        np.savez(buf, samples=x.numpy())
+    else:
+        torch.save(x, buf)
     atomic_write_bytes(out, buf.getvalue())
     from probgen import plots
 
-    fig = plots.samples_figure(x, data, run.figures_dir / "samples.png")
+    # beside the samples, not over the figures training wrote (RUN_DIR/figures/samples.png)
+    fig = plots.samples_figure(x, data, out.with_suffix(".png"))
     print(f"wrote {args.n} samples to {out} and a figure to {fig}")
     return 0
+
+
+# what ``probgen sample --out`` writes, by the file's suffix
+SAMPLE_FORMATS = (".pt", ".npy", ".npz")
 
 
 def _cmd_kl_demo(args) -> int:

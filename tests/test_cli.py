@@ -219,3 +219,28 @@ def test_estimator_flags_come_from_the_registry_with_each_commands_defaults(tmp_
     assert main(["eval", str(run), "--k", "0"]) == 2
     assert "--k (k) must be at least 1; got 0" in capsys.readouterr().err
     assert not (run / "eval.json").exists()  # refused before anything is written
+
+
+def test_sample_writes_the_format_its_suffix_names_and_leaves_training_figures_alone(tmp_path, capsys):
+    """`sample --out s.npy` once wrote a torch pickle under that name (numpy read it as an
+    archive), and every `sample` replaced the figure training drew in RUN_DIR/figures."""
+    import numpy as np
+    import torch
+
+    run = tmp_path / "run"
+    assert main(["train", "gmm", "--data", "ring8", "--limit", "400", "--out", str(run)]) == 0
+    trained_fig = (run / "figures" / "samples.png").read_bytes()
+    assert main(["sample", str(run), "-n", "5", "--out", str(tmp_path / "s.npy")]) == 0
+    a = np.load(tmp_path / "s.npy")
+    assert isinstance(a, np.ndarray) and a.shape == (5, 2)
+    assert (tmp_path / "s.png").exists()
+    assert main(["sample", str(run), "-n", "6", "--out", str(tmp_path / "s.npz")]) == 0
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (6, 2)
+    assert main(["sample", str(run), "-n", "3"]) == 0
+    assert torch.load(run / "samples.pt", weights_only=True).shape == (3, 2)
+    assert (run / "samples.png").exists()
+    assert (run / "figures" / "samples.png").read_bytes() == trained_fig
+    capsys.readouterr()
+    assert main(["sample", str(run), "-n", "3", "--out", str(tmp_path / "s.csv")]) == 2
+    assert "written as .pt, .npy, .npz" in capsys.readouterr().err
+    assert not (tmp_path / "s.csv").exists()
