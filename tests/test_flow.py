@@ -145,8 +145,9 @@ def test_defaults_follow_the_data():
     from probgen.recipes import flow as recipe
 
     toy = recipe.resolve_config({}, load_dataset("ring8", limit=100))
+    # 100 examples are one batch: as many epochs as TOY_STEPS steps take (the full set: 40)
     assert (toy["flow"], toy["epochs"], toy["hidden"], toy["bins"], toy["preprocess"]) == \
-        ("nsf", recipe.TOY_EPOCHS, [128, 128], recipe.TOY_BINS, "standardize")
+        ("nsf", recipe.TOY_STEPS, [128, 128], recipe.TOY_BINS, "standardize")
     img = recipe.resolve_config({}, load_dataset("digits", limit=100, dequantize="auto"))
     assert (img["flow"], img["transforms"], img["epochs"], img["hidden"], img["preprocess"],
             img["clip"], img["keep"]) == ("realnvp", 10, 50, [256], "logit", recipe.IMAGE_CLIP, "best")

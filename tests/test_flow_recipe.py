@@ -219,3 +219,21 @@ def test_overwriting_a_flow_run_removes_its_kept_record(tmp_path):
     probgen.train("ppca", "banana", tmp_path / "run", limit=300, device="cpu", progress=False,
                   figures=False, overwrite=True)
     assert not (tmp_path / "run" / "kept.json").exists()
+
+
+def test_default_length_is_enough_steps_on_small_vector_data():
+    """40 epochs are about 3,000 steps on a toy set's 20,000 examples but were 120 steps on a
+    user's 700 values, and that flow put mass where no data lie; smaller data get the epochs
+    that 3,000 steps take. Images and the toy sets keep theirs."""
+    from types import SimpleNamespace
+
+    from probgen.recipes.flow import TOY_EPOCHS, TOY_STEPS, resolve_config
+
+    def data(n, kind="vector"):
+        return SimpleNamespace(kind=kind, train=torch.zeros(n, 1), bin_width=None)
+
+    assert resolve_config({}, data(700))["epochs"] == TOY_STEPS // 3  # 3 batches of 256
+    assert resolve_config({}, data(20_000, "toy"))["epochs"] == TOY_EPOCHS
+    assert resolve_config({"batch_size": 100}, data(700))["epochs"] == 429  # 7 batches
+    assert resolve_config({"epochs": 5}, data(700))["epochs"] == 5
+    assert resolve_config({}, data(300, "image"))["epochs"] == 50

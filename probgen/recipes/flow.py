@@ -63,6 +63,12 @@ FLOW_CHOICES = ("auto", "nsf", "maf", "realnvp")
 # run measured came within its target (ring8 and grid25 seeds 0-2, banana and checkerboard
 # seed 0; the largest gaps 0.047 on banana and grid25).
 TOY_EPOCHS = 40
+# ... which is about 3,000 steps on a toy set's 20,000 examples (batches of 256): smaller data
+# get as many epochs as that many steps take. On a 1-D array of 700 training values 40 epochs
+# were 120 steps, and the flow put mass where no data lie (samples at -1,100 and +1,000 around
+# modes at -300 and +500; energy distance 225 against 0 for real data, log-likelihood -6.95);
+# 1,000 epochs (3,000 steps, 44 s) gave -5.40 and an energy distance within noise of 0.
+TOY_STEPS = 3000
 TOY_BINS = 32
 IMAGE_CLIP = 1e-3
 IMAGE_TRANSFORMS = 10
@@ -86,7 +92,8 @@ class Config(RecipeConfig):
                              "on dequantized images, standardize otherwise)",
                              choices=PREPROCESS_CHOICES)
     epochs: int | None = option(None, f"passes over the data (default {TOY_EPOCHS} on vectors and "
-                                "toy data, 50 on images)", type=positive_int)
+                                f"toy data, or as many as {TOY_STEPS:,} steps take on fewer "
+                                "examples; 50 on images)", type=positive_int)
     batch_size: int = option(256, "examples per step (default %(default)s)", type=positive_int)
     lr: float | None = option(None, "initial Adam learning rate, annealed to lr/100 (default 3e-3 "
                               "on vectors, 1e-3 on images)", type=positive_float)
@@ -111,6 +118,8 @@ def data_options(args) -> dict:
 
 def resolve_config(config: dict, data) -> dict:
     """Fill the options left at ``auto`` or unset from the kind of data."""
+    import math
+
     from probgen.errors import ConfigError
 
     out = Config.complete(config)
@@ -120,7 +129,11 @@ def resolve_config(config: dict, data) -> dict:
     if out.get("lr") is None:
         out["lr"] = 1e-3 if image else 3e-3
     if out.get("epochs") is None:
-        out["epochs"] = 50 if image else TOY_EPOCHS
+        if image:
+            out["epochs"] = 50
+        else:  # 40 epochs, or as many as TOY_STEPS steps take on smaller data
+            per_epoch = max(1, math.ceil(int(data.train.shape[0]) / int(out["batch_size"])))
+            out["epochs"] = max(TOY_EPOCHS, math.ceil(TOY_STEPS / per_epoch))
     if out.get("clip") is None:
         out["clip"] = IMAGE_CLIP if image else 0.0
     if out.get("transforms") is None:
