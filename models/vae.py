@@ -213,11 +213,11 @@ class GaussianLikelihood(Standardization, nn.Module):
 
     With a standardisation (:meth:`~probgen.models.nets.Standardization.standardize_by`:
     per-feature ``shift`` m and ``unit`` s, the training data's mean and standard deviation),
-    the decoder works in standard units: p(x|z) = prod Normal(x_i; m_i + s_i decoder(z)_i, s_i sigma), which is the density of the
-    standardised value ``(x - m) / s`` times the Jacobian ``1 / prod s_i``: a density of x
-    itself, on the data's own scale, so that its bounds compare with any other model's. The
-    encoder of the VAE sees ``(x - m) / s``. Without one (the default, and on images) the
-    decoder's output is the mean itself.
+    the decoder works in standard units: p(x|z) = prod Normal(x_i; m_i + s_i decoder(z)_i,
+    s_i sigma), which is the density of the standardised value ``(x - m) / s`` times the
+    Jacobian ``1 / prod s_i``: a density of x itself, on the data's own scale, so that its
+    bounds compare with any other model's. The encoder of the VAE sees ``(x - m) / s``.
+    Without one (the default, and on images) the decoder's output is the mean itself.
 
     Parameters
     ----------

@@ -358,7 +358,6 @@ def latent_interpolation(model, data, path, *, pairs: int = 4, points: int = 9, 
         return image_grid(x.reshape(pairs * points, *x.shape[2:]), path, nrow=points,
                           value_range=data.value_range, title=f"{kind} latent interpolation")
     x = x.reshape(pairs, points, -1)
-    real = data.test[:2000].detach().cpu().reshape(min(2000, data.test.shape[0]), -1)
     plt = pyplot()
     if x.shape[-1] == 1:  # 1-D data: each path's value along the interpolation
         fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -368,6 +367,8 @@ def latent_interpolation(model, data, path, *, pairs: int = 4, points: int = 9, 
         ax.set_ylabel("x")
         ax.set_title(f"{kind} latent interpolation")
         return save_figure(fig, path)
+    real = data.test[:2000].detach().cpu()
+    real = real.reshape(real.shape[0], -1)
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(real[:, 0], real[:, 1], s=2, c="0.75")
     for i in range(pairs):
