@@ -5,8 +5,8 @@
 
 Both minimise a reconstruction loss (cross-entropy for pixels in [0, 1], squared error
 otherwise; on the user's real-valued vectors in the training data's standard units,
-``--preprocess standardize``) with Adam through :func:`probgen.inference.svi.fit_loss` (the NaN-safe loop of
-SVI); ``dae`` corrupts the inputs in training (masking noise unless ``--noise`` says
+``--preprocess standardize``) with Adam through :func:`probgen.inference.svi.fit_loss` (the
+NaN-safe loop of SVI); ``dae`` corrupts the inputs in training (masking noise unless ``--noise`` says
 otherwise). After training a Gaussian is fitted to the training codes, so ``probgen sample``
 decodes draws from it. The figures show reconstructions and the code space (2-D directly,
 else its first two principal components) coloured by label.

@@ -3,7 +3,8 @@
 Images (28x28 or 32x32) get the DCGAN pair and pixels in [-1, 1]; toy and vector data get
 MLPs. On the user's real-valued vectors the MLPs work in the training data's standard units
 (``--preprocess standardize``, the default there): the discriminator judges ``(x - m) / s``
-and the generator's output u becomes ``m + s u``, so that features of any scale train alike. Every option left unset takes the default of its data kind (:data:`DEFAULTS`), and the
+and the generator's output u becomes ``m + s u``, so that features of any scale train alike.
+Every option left unset takes the default of its data kind (:data:`DEFAULTS`), and the
 resolved values are written to the run's config.json.
 """
 
