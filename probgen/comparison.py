@@ -257,10 +257,27 @@ def _signature(e: ModelEntry, spec: CompareSpec) -> dict:
     signature in the same folder is reused instead of trained again."""
     sig = {"row": e.name, "model": str(e.model), "options": {k: str(v) for k, v in e.options.items()},
            "data": spec.data, "seed": spec.seed, "limit": spec.limit,
-           "budget_minutes": spec.budget_minutes, "models": [str(m) for m in spec.models]}
+           "budget_minutes": spec.budget_minutes, "models": _model_items(spec.models)}
     if e.weight != 1.0:
         sig["weight"] = e.weight
     return sig
+
+
+def _model_items(models) -> list[str]:
+    """The rows of ``--models`` as written, one string each, whether given as one string
+    (the command line) or as a list (Python)."""
+    items = _split_top(models) if isinstance(models, str) else list(models)
+    return [str(m).strip() for m in items]
+
+
+def _same_signature(old, signature: dict, spec: CompareSpec) -> bool:
+    """Whether a run's recorded ``compare`` signature is ``signature``. Runs written before
+    the rows were recorded one string each hold ``--models`` as a list of its characters."""
+    if old == signature:
+        return True
+    if not isinstance(old, dict) or not isinstance(spec.models, str):
+        return False
+    return {**old, "models": signature["models"]} == signature and old.get("models") == list(spec.models)
 
 
 def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, budget: float | None = None,
@@ -489,7 +506,8 @@ def _train_entry(e: ModelEntry, spec: CompareSpec, run_dir: Path, share: float) 
             old = json.loads(cfg.read_text())
         except (OSError, json.JSONDecodeError):
             old = {}
-        if old.get("compare") == signature and old.get("completed"):
+        same = _same_signature(old.get("compare"), signature, spec)
+        if same and old.get("completed"):
             write(f"[compare] reusing {e.name}: the run in {run_dir} completed "
                   f"({old['completed'].get('stopped_by')})")
             t0 = time.perf_counter()
@@ -502,7 +520,7 @@ def _train_entry(e: ModelEntry, spec: CompareSpec, run_dir: Path, share: float) 
             result = Trained(model=model, run=run, data=data, seconds=0.0)
             return {"result": result, "seconds": 0.0, "other_seconds": time.perf_counter() - t0,
                     "how": f"reused: the run in {run_dir} completed"}
-        if old.get("compare") == signature:
+        if same:
             note = f"; the run in {run_dir} did not complete, so it is trained again"
     recipe, opts = _train_options(e)
     if RECIPES[recipe].trains_by not in opts:

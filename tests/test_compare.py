@@ -287,3 +287,21 @@ def test_binary_and_dequantized_rows_never_pair(tmp_path):
                             k=5, decoder_ais=False)
     (pair,) = again["paired_differences"]
     assert pair["value"] is None and "no likelihood on a common representation" in pair["reason"]
+
+
+def test_a_rows_signature_records_the_rows_one_string_each(tmp_path):
+    """The command line's --models string and Python's list of the same rows give one
+    signature; a run recorded with the old character-list form is still recognised."""
+    from probgen.comparison import CompareSpec, _same_signature, _signature, parse_models
+
+    text = "vae(latent_dim=2,hidden=[8,4]), gmm"
+    cli = CompareSpec(data="ring8", models=text, out=tmp_path)
+    api = CompareSpec(data="ring8", models=["vae(latent_dim=2,hidden=[8,4])", "gmm"], out=tmp_path)
+    entry = parse_models(text)[0]
+    sig = _signature(entry, cli)
+    assert sig["models"] == ["vae(latent_dim=2,hidden=[8,4])", "gmm"]
+    assert sig == _signature(entry, api)
+    legacy = {**sig, "models": list(text)}
+    assert _same_signature(legacy, sig, cli)
+    assert not _same_signature({**legacy, "seed": 1}, sig, cli)
+    assert not _same_signature({**sig, "models": ["gmm"]}, sig, cli)
