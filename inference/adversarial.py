@@ -446,10 +446,16 @@ class GANFitResult:
     seconds: float
 
 
-def linear_decay(step: int, steps: int, *, start: float = 0.5) -> float:
+def linear_decay(step: int, steps: int, *, start: float = 0.5,
+                 fraction: float | None = None) -> float:
     """Learning-rate factor: 1 for the first ``start`` fraction of the steps, then linearly
     down to 0 at ``steps`` (as in CycleGAN, Zhu et al. 2017). A function of the step alone,
-    so a resumed run follows the same schedule."""
+    so a resumed run follows the same schedule. ``fraction``, where given, is how far along
+    its schedule the run is instead of ``step / steps`` (a run whose time budget, not its
+    steps, sets its length)."""
+    if fraction is not None:
+        f = min(1.0, max(0.0, float(fraction)))
+        return 1.0 if f < start else max(0.0, (1.0 - f) / (1.0 - start))
     begin = start * steps
     if step < begin:
         return 1.0
@@ -472,6 +478,7 @@ def fit_gan(trainer: GANTrainer, data, steps: int, *, batch_size: int, seed: int
             callback: Callable[[int, dict], None] | None = None,
             should_stop: Callable[[], bool] | None = None,
             lr_schedule: str = "none", on_step: Callable[[int], None] | None = None,
+            schedule_fraction: Callable[[int], float] | None = None,
             progress: bool = False) -> GANFitResult:
     """Train from ``trainer.step_count`` up to ``steps`` steps.
 
@@ -487,7 +494,10 @@ def fit_gan(trainer: GANTrainer, data, steps: int, *, batch_size: int, seed: int
     checkpoints go there). ``should_stop()`` is asked after every step, and when it is true
     on any process the loop returns early (``trainer.step_count < steps``). ``lr_schedule``
     names a key of :data:`LR_SCHEDULES` (``"linear"``: constant, then linear decay to 0 over
-    the second half). ``progress`` shows a bar over the steps with the last record's losses,
+    the second half). ``schedule_fraction(step)``, where given, says how far along that
+    schedule the run is after ``step`` steps (by default ``step / steps``; a run with a time
+    budget passes the larger of that and the share of its budget spent, so that its rates
+    have decayed when the budget stops it). ``progress`` shows a bar over the steps with the last record's losses,
     the rate and the time left (:mod:`probgen.progress`: on a terminal only).
     """
     if lr_schedule not in LR_SCHEDULES:
@@ -512,7 +522,8 @@ def fit_gan(trainer: GANTrainer, data, steps: int, *, batch_size: int, seed: int
     count = 0
     while trainer.step_count < steps:
         if schedule is not None:
-            trainer.set_lr_factor(schedule(trainer.step_count, steps))
+            frac = None if schedule_fraction is None else schedule_fraction(trainer.step_count)
+            trainer.set_lr_factor(schedule(trainer.step_count, steps, fraction=frac))
         batches = [next(reals) for _ in range(d_steps)]
         rec = trainer.step(batches[-1], d_steps_reals=batches)
         for key, v in rec.items():

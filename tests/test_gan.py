@@ -266,6 +266,26 @@ def test_linear_decay_schedule():
     assert tr.opt_g.param_groups[0]["lr"] == pytest.approx(2.5e-4)
     tr.set_lr_factor(1.0)
     assert tr.opt_d.param_groups[0]["lr"] == pytest.approx(1e-3)
+    # how far along the schedule, where a time budget rather than the steps ends the run
+    assert [linear_decay(0, 100, fraction=f) for f in (0, 0.5, 0.75, 1, 2)] == [1.0, 1.0, 0.5, 0.0, 0.0]
+
+
+def test_the_linear_decay_ends_with_a_time_budget_that_stops_the_run_first(tmp_path, monkeypatch):
+    """A run stopped by its time budget long before its steps (a compare's share) has decayed
+    its learning rates by then, as one that runs its steps has."""
+    from probgen.cli import main
+
+    factors = []
+    set_factor = GANTrainer.set_lr_factor
+    monkeypatch.setattr(GANTrainer, "set_lr_factor",
+                        lambda self, f: (factors.append(f), set_factor(self, f)))
+    assert main(["train", "gan", "--data", "ring8", "--limit", "512", "--steps", "1000000",
+                 "--time-budget", "3", "--width", "16", "--depth", "2", "--log-every", "100000",
+                 "--checkpoint-every", "100000", "--device", "cpu", "--quiet",
+                 "--out", str(tmp_path / "gan")]) == 0
+    assert len(factors) > 20 and all(f == 1.0 for f in factors[:5])  # constant at first
+    assert factors[-1] < 0.1  # the budget, not step 500,000 of 1,000,000, ended the decay
+    assert all(a >= b for a, b in zip(factors, factors[1:]))
 
 
 # ----------------------------------------------------------------------------- the model protocol

@@ -87,3 +87,31 @@ def test_options_that_do_not_fit_are_refused_before_the_run_folder_is_written(tm
         probgen.train("gan", "ring8", tmp_path / "pack", steps=2, batch_size=63, pack=2,
                       limit=256, device="cpu", progress=False)
     assert not (tmp_path / "pack").exists()
+
+
+def test_the_default_gan_on_8x8_digits_draws_every_digit(tmp_path):
+    """The defaults for data other than 28x28/32x32 images and toy sets (the toy recipe:
+    minimax, R1, linear decay) spread the samples over the ten digits where the DCGAN-style
+    settings collapsed onto one. Oracle: scikit-learn's nearest-neighbour classifier fitted
+    on the training digits names the class of each sample."""
+    import numpy as np
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from sklearn.datasets import load_digits
+
+    from probgen.cli import main
+
+    out = tmp_path / "gan"
+    assert main(["train", "gan", "--data", "digits", "--steps", "1500", "--log-every", "500",
+                 "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    _, data, model = load_run(out, device="cpu")
+    digits = load_digits()
+    knn = KNeighborsClassifier(5).fit(digits.data / 16.0, digits.target)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        x = model.sample(1000).reshape(1000, -1)
+    lo, hi = data.value_range
+    pred = knn.predict(((x - lo) / (hi - lo)).clamp(0, 1).numpy())
+    p = np.bincount(pred, minlength=10) / len(pred)
+    entropy = -(p[p > 0] * np.log(p[p > 0])).sum() / np.log(10)
+    assert entropy > 0.9, np.bincount(pred, minlength=10)

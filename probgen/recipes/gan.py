@@ -16,8 +16,8 @@ from probgen.recipes import RecipeConfig, option
 HELP = "generative adversarial network (DCGAN for images, MLPs for toy data)"
 DISTRIBUTED = True  # trains under torchrun (probgen.distributed)
 TRAINS_BY = "steps"
-# compare keeps the default --steps (the linear decay of the toy runs is a function of it);
-# the model's share of the budget stops it earlier where that is shorter
+# compare keeps the default --steps; the model's share of the budget stops it earlier where
+# that is shorter, and the linear decay then ends with the budget (recipes.schedule_fraction)
 FILLS_BUDGET = False
 LIST_ORDER = 40
 SMOKE = {"data": "ring8", "limit": 256, "steps": 4, "batch_size": 64, "width": 16, "depth": 2,
@@ -25,7 +25,7 @@ SMOKE = {"data": "ring8", "limit": 256, "steps": 4, "batch_size": 64, "width": 1
 
 # Defaults per data kind: "image" for 28x28/32x32 images (DCGAN pair), "toy" for the toy
 # densities, "vector" for the rest (MLPs: 8x8 digits, the user's arrays). The toy defaults are
-# those of examples/gan_toy.py's seed sweep. They use the minimax loss: with these settings
+# those of examples/gan_toy.py's seed sweep; the vector defaults follow them. They use the minimax loss: with these settings
 # the discriminator stays near D = 1/2, where the minimax generator gradient does not
 # saturate, and the non-saturating loss -- whose gradient adds a mode-seeking reverse KL
 # term (Arjovsky and Bottou, 2017) -- dropped 4 to 13 of grid25's 25 modes on 5 of 5 seeds,
@@ -59,9 +59,18 @@ DEFAULTS = {
     "image-mlp": dict(arch="mlp", loss="ns", batch_size=64, lr=2e-4, lr_d=None, beta1=0.5, beta2=0.999,
                       latent_dim=64, pack=4, width=256, depth=3, norm="none", d_steps=1,
                       lr_decay="none", steps=5000, r1=0.0, ema=0.0),
-    "vector": dict(arch="mlp", loss="ns", batch_size=64, lr=2e-4, lr_d=None, beta1=0.5, beta2=0.999,
-                   latent_dim=16, pack=1, width=256, depth=3, norm="none", d_steps=1,
-                   lr_decay="none", steps=5000, r1=0.0, ema=0.0),
+    # Other vectors (8x8 digits, the user's arrays): the toy recipe (minimax, R1, linear decay)
+    # at batch 64, so that small data sets (wine's 142 examples) hold a batch. With the
+    # DCGAN-style settings (ns, lr 2e-4, 3x256, no penalty) a 20 s run (as in a compare of
+    # 2 minutes) collapsed on digits on seeds 0, 1, 2 (normalised class entropy 0, 0.47, 0.26;
+    # coverage 0.003, 0.06, 0); with these it covered 0.66, 0.61, 0.58 with entropy 0.98-0.995,
+    # Frechet 10.8-12.1 against the validation data's 12.6. Energy distance of the samples on
+    # wine (seeds 0, 1): 611 and 21.7 against 1.2 and -12.3; iris 1.71, 1.50 against 0.18,
+    # -0.04; breast cancer (30-D) 535 against 23.7. On a 1-D array with two far modes both
+    # recipes put every sample on one mode on one seed of two.
+    "vector": dict(arch="mlp", loss="minimax", batch_size=64, lr=1e-3, lr_d=None, beta1=0.5, beta2=0.9,
+                   latent_dim=16, pack=1, width=128, depth=3, norm="none", d_steps=1,
+                   lr_decay="linear", steps=5000, r1=1.0, ema=0.0),
 }
 SNAPSHOT_FRACTIONS = (0.02, 0.1, 0.3, 1.0)
 # the keys of probgen.inference.adversarial.LOSSES, known without importing torch (a test
@@ -74,22 +83,22 @@ class Config(RecipeConfig):
         None, "networks: dcgan (convolutional, 28x28/32x32 images only) or mlp (on flattened data) "
         "(default: dcgan for 28x28/32x32 images, else mlp)", choices=("dcgan", "mlp"))
     loss: str | None = option(None, "ns (non-saturating), minimax, hinge or wgan-gp "
-                              "(default: minimax toy, ns otherwise)", choices=LOSS_NAMES)
+                              "(default: ns for 28x28/32x32 images, else minimax)", choices=LOSS_NAMES)
     steps: int | None = option(None, "generator steps (default: 9000 toy, 5000 otherwise)",
                                type=positive_int)
     batch_size: int | None = option(
         None, "real (and generated) examples per step (default: 256 toy, else 64)", type=positive_int)
-    lr: float | None = option(None, "Adam learning rate of G (and D) (default: 1e-3 toy, else 2e-4)",
+    lr: float | None = option(None, "Adam learning rate of G (and D) (default: 2e-4 for 28x28/32x32 images, else 1e-3)",
                               type=positive_float)
     lr_d: float | None = option(None, "Adam learning rate of D (default --lr)", type=positive_float)
     beta1: float | None = option(None, "Adam beta1 (default 0.5)", type=float)
-    beta2: float | None = option(None, "Adam beta2 (default: 0.9 toy, else 0.999)", type=float)
+    beta2: float | None = option(None, "Adam beta2 (default: 0.999 for 28x28/32x32 images, else 0.9)", type=float)
     latent_dim: int | None = option(None, "size of z (default: 64 images, 2 toy, 16 other vectors)",
                                     type=int)
     pack: int | None = option(None, "PacGAN packing: D judges this many samples at once (default 1)",
                               type=int)
     width: int | None = option(
-        None, "first-layer channels (images, default 64) or hidden units (MLP: 128 toy, else 256)",
+        None, "first-layer channels (images, default 64) or hidden units (MLP: 256 on 28x28/32x32 images, else 128)",
         type=int)
     depth: int | None = option(None, "hidden layers of the MLPs (default 3)", type=int)
     norm: str | None = option(
@@ -97,11 +106,12 @@ class Config(RecipeConfig):
         choices=("batch", "spectral", "none"))
     d_steps: int | None = option(None, "discriminator steps per generator step (default 1)", type=int)
     lr_decay: str | None = option(
-        None, "learning rates constant, or linearly down to 0 over the second half "
-        "(default: linear toy, none otherwise)", choices=("none", "linear"))
+        None, "learning rates constant, or linearly down to 0 over the second half of --steps "
+        "(of --time-budget where that stops the run sooner) (default: none for 28x28/32x32 images, else linear)",
+        choices=("none", "linear"))
     r1: float | None = option(
         None, "weight gamma of the R1 penalty gamma/2 E||grad D(x)||^2 on real data "
-        "(Mescheder et al. 2018; 0 for none; needs --norm none or spectral) (default: 1 toy, else 0)",
+        "(Mescheder et al. 2018; 0 for none; needs --norm none or spectral) (default: 0 for 28x28/32x32 images, else 1)",
         type=float)
     preprocess: str | None = option(
         None, "standardize: the MLPs work in the training data's standard units (per-feature "
@@ -220,7 +230,7 @@ def train(run, data, config, device):
     from probgen.distributed import process_group
     from probgen.inference.adversarial import fit_gan
     from probgen.progress import write
-    from probgen.recipes import record_progress
+    from probgen.recipes import record_progress, schedule_fraction
     from probgen.runs import atomic_write_bytes
 
     if "preprocess" not in config and run.checkpoint_path.exists():
@@ -268,6 +278,8 @@ def train(run, data, config, device):
             d_steps=config["d_steps"],
             log_every=config["log_every"], callback=callback, should_stop=stop,
             lr_schedule=config["lr_decay"], on_step=on_step,
+            # the decay ends where the run does: at its steps, or at its time budget if sooner
+            schedule_fraction=lambda step: schedule_fraction(run, step, config["steps"]),
             progress=getattr(run, "progress", run.writer))
     if trainer.step_count < config["steps"]:  # stopped early: keep the last step
         save(trainer.step_count)
