@@ -134,10 +134,12 @@ GLOSSARY = {
     "mmd": ("squared kernel units", "maximum mean discrepancy between samples and test points "
             "(lower is better)"),
     "precision": ("fraction", "share of samples inside the 3-nearest-neighbour balls of test "
-                  "features (Kynkaanniemi et al. 2019; fidelity, higher is better)"),
+                  "examples, among the feature network's features on images and in the training "
+                  "data's standard units on your own vectors (Kynkaanniemi et al. 2019; "
+                  "fidelity, higher is better)"),
     "recall": ("fraction", "share of test examples inside the 3-nearest-neighbour balls of "
-               "sample features (diversity, higher is better)"),
-    "density": ("ratio", "mean number of test features' 5-NN balls holding each sample, over 5 "
+               "samples, in the same space (diversity, higher is better)"),
+    "density": ("ratio", "mean number of test examples' 5-NN balls holding each sample, over 5 "
                 "(Naeem et al. 2020; about 1 for real data)"),
     "coverage": ("fraction", "share of test examples whose 5-NN ball holds at least one sample "
                  "(Naeem et al. 2020; higher is better)"),

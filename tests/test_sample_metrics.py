@@ -475,3 +475,62 @@ def test_frechet_stderr_is_the_spread_of_the_distance_over_fresh_draws():
     boot = S.frechet_distance_stderr(_gauss(300, m1, c1, 500), _gauss(300, m2, c2, 501), seed=0)
     assert 0.6 * float(fresh.std()) < boot < 1.6 * float(fresh.std())
     assert S.frechet_distance_stderr(_gauss(300, m1, c1, 500), _gauss(300, m2, c2, 501), seed=0) == boot
+
+
+def test_manifold_metrics_on_your_vectors_are_in_standard_units(wide_scales):
+    """On a user's vectors precision, recall, density and coverage are those of the
+    standardised points (the training split's mean and standard deviation): rescaling a
+    feature leaves them as they are, and they equal the image metrics' functions applied to
+    points standardised by hand. A sampler stuck in one region is far below the real data's."""
+    import numpy as np
+
+    from probgen.data import load_dataset
+
+    data = load_dataset(wide_scales)
+    assert data.kind == "vector"
+    train, test, val = data.train.double(), data.split("test").double(), data.split("val").double()
+
+    class Fixed:  # returns given points as its samples
+        def __init__(self, x):
+            self.x = x
+
+        def sample(self, n):
+            return self.x[:n].float()
+
+    n = min(test.shape[0], val.shape[0])
+    good = S.vector_sample_metrics(Fixed(val), data, n_samples=n, permutations=0)
+    assert {"precision", "recall", "density", "coverage"} <= set(good)
+    assert good["precision"].extra["space"] == "the training data's standard units"
+    mean, std = train.mean(0), train.std(0)
+    z = lambda x: (x - mean) / std  # noqa: E731
+    pr, dc = S.precision_recall(z(test[:n]), z(val[:n])), S.density_coverage(z(test[:n]), z(val[:n]))
+    assert good["precision"].value == pytest.approx(pr["precision"])
+    assert good["recall"].value == pytest.approx(pr["recall"])
+    assert good["coverage"].value == pytest.approx(dc["coverage"])
+    assert good["density"].value == pytest.approx(dc["density"])
+    # in raw units the 1000-wide feature would decide every ball; standardised, it does not
+    raw = S.precision_recall(test[:n], val[:n])
+    assert raw != pr
+    # rescale the widest feature of everything by 1e-3: the same metrics
+    scale = torch.ones(train.shape[1], dtype=torch.float64)
+    scale[int(np.argmax(std.numpy()))] = 1e-3
+    small = S.standardized_manifold_metrics(test[:n] * scale, val[:n] * scale, train * scale)
+    for k in ("precision", "recall", "density", "coverage"):
+        assert small[k].value == pytest.approx(good[k].value)
+    # every sample near one test point: precise, but covers almost nothing
+    stuck = S.vector_sample_metrics(Fixed(test[:1].repeat(n, 1) + 0.01 * std), data,
+                                    n_samples=n, permutations=0)
+    assert stuck["coverage"].value < 0.5 * good["coverage"].value
+    assert stuck["recall"].value < 0.5 * good["recall"].value
+
+
+def test_toy_sets_keep_their_mode_metrics_without_manifold_metrics():
+    from probgen.data import load_dataset
+
+    data = load_dataset("ring8")
+
+    class Exact:
+        def sample(self, n):
+            return data.density.sample(n, generator=torch.Generator().manual_seed(0))
+
+    assert "coverage" not in S.vector_sample_metrics(Exact(), data, n_samples=200, permutations=0)

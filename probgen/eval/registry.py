@@ -254,6 +254,8 @@ def glossary(keys=None) -> list[tuple[str, str, str]]:
 
 # ============================================================================ the metrics
 _NOT_A_MODEL = "reference row: real validation examples, not a model"
+_MANIFOLD_BLANK = ("computed on images with class labels (in the feature network's space) and on "
+                   "your own vectors (in standard units); toy sets have the mode metrics instead")
 for _m in (
     MetricInfo("log_likelihood", "exact log-lik", "nats", "higher",
                "log p(x) of each test example from the model's own density, mean nats per example",
@@ -310,17 +312,18 @@ for _m in (
                "kernel (MMD) distance between features of samples and of test images",
                "not an image data set with class labels"),
     MetricInfo("precision", "precision", "fraction", "higher",
-               "fraction of samples inside the k-NN balls of test images (sample quality)",
-               "not an image data set with class labels"),
+               "fraction of samples inside the k-NN balls of test examples (sample quality): in "
+               "the feature network's space for images, in the training data's standard units "
+               "for your own vectors", _MANIFOLD_BLANK),
     MetricInfo("recall", "recall", "fraction", "higher",
-               "fraction of test images inside the k-NN balls of samples (coverage of the data)",
-               "not an image data set with class labels"),
+               "fraction of test examples inside the k-NN balls of samples (coverage of the "
+               "data), in the same space", _MANIFOLD_BLANK),
     MetricInfo("density", "density", "", "higher",
-               "mean number of test-image k-NN balls a sample falls in, over k",
-               "not an image data set with class labels"),
+               "mean number of test examples' k-NN balls a sample falls in, over k, in the same "
+               "space", _MANIFOLD_BLANK),
     MetricInfo("coverage", "coverage", "fraction", "higher",
-               "fraction of test images whose k-NN ball holds a sample",
-               "not an image data set with class labels"),
+               "fraction of test examples whose k-NN ball holds a sample, in the same space",
+               _MANIFOLD_BLANK),
     MetricInfo("class_histogram", "classes", "normalized entropy", "higher",
                "normalized entropy of the classes a classifier assigns to the samples (1: uniform)",
                "not an image data set with class labels"),
@@ -496,8 +499,10 @@ for _e in (
     Estimator("modes", "mode coverage of samples on toy mixtures", ("modes_covered",
               "high_quality_fraction", "reverse_kl", "reverse_kl_nearest"), _modes,
               requires=_modes_requires, kind="samples"),
-    Estimator("vector_samples", "two-sample distances of samples on vector data (energy, MMD) "
-              "and their true log-density", ("energy_distance", "mmd", "sample_log_density"),
+    Estimator("vector_samples", "two-sample distances of samples on vector data (energy, MMD), "
+              "their true log-density and, on your own vectors, precision, recall, density and "
+              "coverage in standard units", ("energy_distance", "mmd", "sample_log_density",
+                                             "precision", "recall", "density", "coverage"),
               _vectors, requires=_vectors_requires, kind="samples"),
     Estimator("image_samples", "feature-network distances of samples on labelled images",
               _IMAGE_METRICS, _images, requires=_images_requires, kind="samples"),

@@ -48,6 +48,7 @@ __all__ = [
     "density_coverage",
     "class_histogram",
     "image_sample_metrics",
+    "standardized_manifold_metrics",
     "energy_distance",
     "mmd2",
     "median_bandwidth",
@@ -460,6 +461,29 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, *, bandwidth: float | None = None) ->
     return two_sample_statistic(x, y, "mmd", bandwidth=bandwidth, permutations=0)["value"]
 
 
+def standardized_manifold_metrics(real: torch.Tensor, fake: torch.Tensor, train: torch.Tensor,
+                                  extra: dict | None = None) -> dict[str, Metric]:
+    """Precision, recall (k = :data:`PR_K`), density and coverage (k = :data:`DC_K`) of
+    ``fake`` against ``real`` (each (n, D)), both in the standard units of ``train`` (N, ...):
+    (x - mean) / std per feature, a feature constant in training keeping a unit of 1."""
+    from probgen.models.nets import standardization
+
+    mean, unit = standardization(_as64(train.reshape(train.shape[0], -1), "training data"))
+    r = (_as64(real, "test points") - mean) / unit
+    f = (_as64(fake, "samples") - mean) / unit
+    m, n = f.shape[0], r.shape[0]
+    extra = {**(extra or {}), "space": "the training data's standard units"}
+    pr, dc = precision_recall(r, f), density_coverage(r, f)
+    return {
+        "precision": Metric(pr["precision"], _binomial_se(pr["precision"], m), "fraction",
+                            extra={**extra, "k": PR_K}),
+        "recall": Metric(pr["recall"], _binomial_se(pr["recall"], n), "fraction", extra={**extra, "k": PR_K}),
+        "density": Metric(dc["density"], None, "", extra={**extra, "k": DC_K}),
+        "coverage": Metric(dc["coverage"], _binomial_se(dc["coverage"], n), "fraction",
+                           extra={**extra, "k": DC_K}),
+    }
+
+
 def vector_sample_metrics(model, data, split: str = "test", *, n_samples: int | None = None,
                           samples: torch.Tensor | None = None, seed: int = 0,
                           permutations: int = PERMUTATIONS) -> dict[str, Metric]:
@@ -472,6 +496,13 @@ def vector_sample_metrics(model, data, split: str = "test", *, n_samples: int | 
     * ``energy_distance`` and ``mmd``: see :func:`two_sample_statistic`; each metric's
       ``extra`` holds the permutation reference (``null_q95``, ``p_value``) and, for the MMD,
       the bandwidth;
+    * ``precision``, ``recall``, ``density`` and ``coverage`` on the user's own vectors
+      (``data.kind == "vector"``; toy sets have the mode metrics instead): the k-NN
+      manifold metrics of the images' feature space (:func:`precision_recall`,
+      :func:`density_coverage`), here on the vectors in the training split's standard units
+      (per-feature mean and standard deviation), so that no feature's scale decides them and
+      the thresholds that flag a model on images (against the reference row) apply as they
+      are;
     * ``sample_log_density``, where the data set has a density (``data.density``): the mean
       true log-density of the samples (nats), with its standard error, beside the mean over
       the test points themselves (``extra["reference"]``, an estimate of minus the entropy). A
@@ -505,6 +536,8 @@ def vector_sample_metrics(model, data, split: str = "test", *, n_samples: int | 
         if s["bandwidth"] is not None:
             ref["bandwidth"] = s["bandwidth"]
         out[name] = Metric(s["value"], s["stderr"], "", extra={**extra, **ref, "definition": rule})
+    if data.kind == "vector":
+        out.update(standardized_manifold_metrics(real, fake, data.train, extra))
     dens = data.density
     if dens is not None and callable(getattr(dens, "log_prob", None)):
         lp = dens.log_prob(fake.double().cpu().reshape(-1, *data.shape)).double()
