@@ -95,9 +95,8 @@ def test_the_default_gan_on_8x8_digits_draws_every_digit(tmp_path):
     settings collapsed onto one. Oracle: scikit-learn's nearest-neighbour classifier fitted
     on the training digits names the class of each sample."""
     import numpy as np
-    from sklearn.neighbors import KNeighborsClassifier
-
     from sklearn.datasets import load_digits
+    from sklearn.neighbors import KNeighborsClassifier
 
     from probgen.cli import main
 
