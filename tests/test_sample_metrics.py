@@ -522,6 +522,9 @@ def test_manifold_metrics_on_your_vectors_are_in_standard_units(wide_scales):
                                     n_samples=n, permutations=0)
     assert stuck["coverage"].value < 0.5 * good["coverage"].value
     assert stuck["recall"].value < 0.5 * good["recall"].value
+    # too few points for 5-NN balls: blank, saying why, instead of failing the evaluation
+    tiny = S.standardized_manifold_metrics(test[:4], val[:4], train)
+    assert tiny["coverage"].value is None and "more than 5 test points" in tiny["coverage"].reason
 
 
 def test_toy_sets_keep_their_mode_metrics_without_manifold_metrics():

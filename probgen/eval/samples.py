@@ -472,6 +472,11 @@ def standardized_manifold_metrics(real: torch.Tensor, fake: torch.Tensor, train:
     r = (_as64(real, "test points") - mean) / unit
     f = (_as64(fake, "samples") - mean) / unit
     m, n = f.shape[0], r.shape[0]
+    k = max(PR_K, DC_K)
+    if min(m, n) <= k:
+        reason = (f"needs more than {k} test points and samples for its {k}-nearest-neighbour "
+                  f"balls; got {n} test points and {m} samples")
+        return {name: unavailable(reason) for name in ("precision", "recall", "density", "coverage")}
     extra = {**(extra or {}), "space": "the training data's standard units"}
     pr, dc = precision_recall(r, f), density_coverage(r, f)
     return {
