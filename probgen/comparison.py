@@ -290,6 +290,9 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
     **CompareSpec fields)``: ``probgen.compare("grid25", ["gmm", "vae(latent_dim=2)"], "cmp",
     budget=2)``.
     """
+    from probgen.programs import refuse_while_importing
+
+    refuse_while_importing("probgen.compare")
     if not isinstance(spec, CompareSpec):
         if spec is None or models is None or out is None:
             raise ConfigError("compare(data, models, out, budget=MINUTES, ...): give the data, the "

@@ -34,7 +34,7 @@ from pathlib import Path
 from probgen.errors import ConfigError, suggest
 
 __all__ = ["ProgramSpec", "parse_program_spec", "is_program_spec", "load_program", "file_sha256",
-           "program_data_options", "Program", "own_params", "build_program", "check_program",
+           "refuse_while_importing", "program_data_options", "Program", "own_params", "build_program", "check_program",
            "check_unchanged"]
 
 DATA_OPTION_KEYS = ("binarize", "value_range")
@@ -75,6 +75,36 @@ def file_sha256(path: str | Path) -> str:
 
 
 _MODULES: dict[tuple[str, str], object] = {}
+_IMPORTING: list[Path] = []  # the program files being imported, innermost last
+
+
+def _main_module_object(spec: ProgramSpec):
+    """The object ``spec`` names where its file is the script this process runs
+    (``python my_script.py`` passing a class of its own to ``probgen.compare``): that
+    script's own object, so that the file is not run a second time inside the first run."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not hasattr(main, spec.name):
+        return None
+    try:
+        same = Path(path).resolve() == spec.path
+    except OSError:
+        return None
+    return getattr(main, spec.name) if same else None
+
+
+def refuse_while_importing(what: str) -> None:
+    """A :class:`ConfigError` when ``what`` (``probgen.compare``, ...) is called by a program
+    file's top-level code while probgen imports that file to rebuild its model: the call
+    would start a second run inside the first. Says how to guard it."""
+    if _IMPORTING:
+        path = _IMPORTING[-1]
+        raise ConfigError(
+            f"the program file {path} calls {what} when it is imported, and probgen imports it "
+            "to rebuild the model (to train, score or reload a run): that call would start a run "
+            "inside this one. Put the calls of your script under `if __name__ == \"__main__\":`, "
+            "or keep the model classes in a file of their own."
+        )
 
 
 def load_program(spec: ProgramSpec | str):
@@ -84,6 +114,9 @@ def load_program(spec: ProgramSpec | str):
     if not spec.path.is_file():
         raise ConfigError(f"the program file {spec.path} does not exist. Give path/to/file.py:Name "
                           "with a path relative to the current folder, or an absolute one.")
+    own = _main_module_object(spec)
+    if own is not None:
+        return own
     digest = file_sha256(spec.path)
     key = (str(spec.path), digest)
     module = _MODULES.get(key)
@@ -98,12 +131,20 @@ def load_program(spec: ProgramSpec | str):
         added = folder not in sys.path
         if added:
             sys.path.append(folder)
+        _IMPORTING.append(spec.path)
         try:
             mod_spec.loader.exec_module(module)
+        except ConfigError as e:
+            if "when it is imported" in str(e):  # a run started by the file's own top level
+                raise
+            raise ConfigError(f"importing the program file {spec.path} failed: ConfigError: "
+                              f"{e} Fix the file (run `python {spec.path}` to see the "
+                              "traceback).") from e
         except Exception as e:
             raise ConfigError(f"importing the program file {spec.path} failed: {type(e).__name__}: "
                               f"{e}. Fix the file (run `python {spec.path}` to see the traceback).") from e
         finally:
+            _IMPORTING.pop()
             if added:
                 with contextlib.suppress(ValueError):
                     sys.path.remove(folder)

@@ -255,6 +255,9 @@ def train(model, data: str, out, *, seed: int = 0, device: str = "auto", resume:
     The other keywords are ``probgen train``'s flags (``progress=False`` is ``--quiet``). A program is checked before anything is
     written (its file, its name, its data plate and observed site, its guide's latents).
     """
+    from probgen.programs import refuse_while_importing
+
+    refuse_while_importing("probgen.train")
     name, extra = model_spec(model)
     data = data_name(data)
     from probgen.recipes import get_recipe
@@ -538,6 +541,9 @@ def evaluate(target, data=None, *, split: str = "test", n_samples: int | None = 
     Returns eval.json's dict with ``"per_example"`` added: the per-example values (tensors)
     of the likelihoods and bounds, for paired comparisons.
     """
+    from probgen.programs import refuse_while_importing
+
+    refuse_while_importing("probgen.evaluate")
     from probgen.eval import evaluate as eval_model
     from probgen.runs import seed_everything
 

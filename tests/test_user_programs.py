@@ -379,3 +379,27 @@ def test_a_file_beside_the_program_does_not_stand_in_for_an_installed_module(tmp
     cls = load_program(f"{prog}:P")
     assert cls.width == 7 and cls.hls == (0.0, 0.5, 1.0)  # its neighbour, and the real colorsys
     assert sys.path == path_before
+
+
+def test_a_script_that_trains_its_own_class_without_a_main_guard(tmp_path, capsys):
+    """``python my_script.py`` that defines a program class and passes it to probgen.train at
+    its top level: the run uses the script's own class (the file is not run a second time
+    inside the first run); a later command that must import the file to rebuild the model
+    says how to guard the script instead of starting a run inside its own."""
+    import subprocess
+    import sys
+
+    script = _write(tmp_path, LINEAR + textwrap.dedent(f'''
+        import probgen
+        probgen.train(LinearGaussian, "banana", {str(tmp_path / "run")!r}, epochs=1, limit=200,
+                      figures=False, progress=False)
+        print("trained")
+        '''), name="my_script.py")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("trained")
+    assert main(["eval", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "calls probgen.train when it is imported" in err
+    assert 'if __name__ == "__main__":' in err
+    assert not (tmp_path / "run" / "eval.json").exists()
