@@ -109,6 +109,9 @@ class KLFit:
     scale_trils: torch.Tensor
     weights: torch.Tensor
     losses: list[float] = field(default_factory=list, repr=False)
+    # reverse fits from several starts: KL(q||p) - log Z of each start's q, estimated alike;
+    # the fit is the start with the lowest
+    start_objectives: list[float] = field(default_factory=list, repr=False)
 
     @property
     def covariances(self) -> torch.Tensor:
@@ -358,7 +361,8 @@ class StratifiedMixtureELBO:
 def fit_reverse_kl(log_p: Callable[[torch.Tensor], torch.Tensor], dim: int,
                    n_components: int = 1, *, init_locs: torch.Tensor | None = None,
                    init_scale: float = 0.1, steps: int = 500, lr: float = 0.1,
-                   num_particles: int = 16, seed: int = 0) -> KLFit:
+                   num_particles: int = 16, seed: int = 0, n_init: int = 1,
+                   n_score: int = 8192) -> KLFit:
     """Minimise KL(q || p) over mixtures q of ``n_components`` Gaussians, given log p up to a
     constant.
 
@@ -376,8 +380,8 @@ def fit_reverse_kl(log_p: Callable[[torch.Tensor], torch.Tensor], dim: int,
         D.
     n_components : int
         K, the number of Gaussians in q.
-    init_locs : Tensor, shape (K, D), optional
-        Where q's components start. Default: drawn from N(0, I) with ``seed``.
+    init_locs : Tensor, shape (K, D) or (n_init, K, D), optional
+        Where q's components start (each start's). Default: drawn from N(0, I) with ``seed``.
     init_scale : float
         Every component starts as N(loc, init_scale^2 I). Narrow, as Pyro's ``AutoNormal``
         starts (0.1): a narrow q first climbs log p like gradient ascent, to the nearest mode.
@@ -387,11 +391,17 @@ def fit_reverse_kl(log_p: Callable[[torch.Tensor], torch.Tensor], dim: int,
         Optimiser steps, initial step size, Monte Carlo draws per step (per component).
     seed : int
         Seeds the start and the draws (the global RNG is left as it was).
+    n_init, n_score : int
+        Starts, and draws of q that score each start's end: ``E_q[log q - log p]`` =
+        KL(q||p) - log Z by Monte Carlo, with the same seed for every start. The start with
+        the lowest is returned, as EM keeps its best start (the forward fit's ``n_init``):
+        one start may end on a local optimum (two components on one mode, or one spread
+        between two), which is the seed's doing, not the objective's.
 
     Returns
     -------
-    KLFit with ``direction="reverse"``; ``losses`` holds the negative ELBO estimates,
-    KL(q||p) - log Z.
+    KLFit with ``direction="reverse"``; ``losses`` holds the negative ELBO estimates of the
+    kept start, ``start_objectives`` the score of every start (with ``n_init`` > 1).
     """
     k = _check_n_components(n_components)
     d = _check_positive("dim", dim)
@@ -401,13 +411,45 @@ def fit_reverse_kl(log_p: Callable[[torch.Tensor], torch.Tensor], dim: int,
     _check_positive("init_scale", init_scale, float)
     if not callable(log_p):
         raise ConfigError(f"log_p must be a callable (..., D) -> (...); got {type(log_p).__name__}.")
+    n_init = _check_positive("n_init", n_init)
+    n_score = _check_positive("n_score", n_score)
     gen = torch.Generator().manual_seed(seed)
     if init_locs is None:
-        init_locs = torch.randn(k, d, generator=gen)
+        init_locs = torch.randn(n_init, k, d, generator=gen)
     init_locs = torch.as_tensor(init_locs, dtype=torch.get_default_dtype()).detach().clone()
-    if init_locs.shape != (k, d):
-        raise ConfigError(f"init_locs must have shape (n_components, dim) = ({k}, {d}); got "
-                          f"{tuple(init_locs.shape)}.")
+    if init_locs.shape == (k, d) and n_init == 1:
+        init_locs = init_locs.unsqueeze(0)
+    if init_locs.shape != (n_init, k, d):
+        want = f"(n_components, dim) = ({k}, {d}) or " if n_init == 1 else ""
+        raise ConfigError(f"init_locs must have shape {want}(n_init, n_components, dim) = "
+                          f"({n_init}, {k}, {d}); got {tuple(init_locs.shape)}.")
+    if n_init == 1:
+        return _fit_reverse_once(log_p, d, k, init_locs[0], init_scale, steps, lr, num_particles, seed)
+    fits, scores = [], []
+    for i in range(n_init):
+        fit = _fit_reverse_once(log_p, d, k, init_locs[i], init_scale, steps, lr, num_particles,
+                                seed + 7919 * i)
+        fits.append(fit)
+        scores.append(_reverse_objective(fit, log_p, n_score, seed))
+    best = min(range(n_init), key=lambda i: scores[i])
+    fits[best].start_objectives = scores
+    return fits[best]
+
+
+@torch.no_grad()
+def _reverse_objective(fit: KLFit, log_p, n: int, seed: int) -> float:
+    """``E_q[log q(x) - log p(x)]`` over ``n`` draws of ``fit``'s q (seeded): KL(q||p) - log Z."""
+    q = fit.distribution(torch.float64)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        x = q.sample((n,))
+    value = (q.log_prob(x) - log_p(x.to(torch.get_default_dtype())).double()).mean()
+    return float(value) if torch.isfinite(value) else float("inf")
+
+
+def _fit_reverse_once(log_p, d: int, k: int, init_locs: torch.Tensor, init_scale: float,
+                      steps: int, lr: float, num_particles: int, seed: int) -> KLFit:
+    """One start of :func:`fit_reverse_kl`."""
     init_trils = init_scale * torch.eye(d).expand(k, d, d).clone()
     model = target_model(log_p, d)
 

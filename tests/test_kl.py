@@ -125,6 +125,26 @@ def test_reverse_mixture_fit_recovers_unequal_weights():
     torch.testing.assert_close(fit.weights[order], torch.tensor([0.3, 0.7]), atol=0.05, rtol=0)
 
 
+def test_reverse_fit_from_several_starts_keeps_the_lowest_objective():
+    """Two components on three equal modes: a start with both on one mode ends at
+    KL(q||p) = log 3, one on two different modes at log 1.5; from both starts the fit keeps
+    the second, and its score of each start is KL(q||p) - log Z (log Z = 0 here)."""
+    p = _mixture_1d([-3.0, 0.0, 3.0], [0.5, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3])
+    starts = torch.tensor([[[-3.0], [-2.9]], [[-3.0], [3.0]]])
+    fit = fit_reverse_kl(p.log_prob, 1, 2, init_locs=starts, n_init=2, steps=300, seed=0)
+    assert len(fit.start_objectives) == 2
+    assert fit.start_objectives[0] == pytest.approx(math.log(3), abs=0.03)
+    assert fit.start_objectives[1] == pytest.approx(math.log(1.5), abs=0.03)
+    p64 = _mixture_1d([-3.0, 0.0, 3.0], [0.5, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3], torch.float64)
+    assert kl_quadrature_1d(fit.distribution(torch.float64), p64, lo=-15, hi=15) == pytest.approx(
+        math.log(1.5), abs=0.02)
+    assert sorted(round(float(v)) for v in fit.locs[:, 0]) == [-3, 3]
+    # one start, as before: the same fit as without n_init
+    one = fit_reverse_kl(p.log_prob, 1, 2, init_locs=starts[1], steps=50, seed=0)
+    same = fit_reverse_kl(p.log_prob, 1, 2, init_locs=starts[1:], n_init=1, steps=50, seed=0)
+    assert torch.equal(one.locs, same.locs) and one.start_objectives == []
+
+
 def test_stratified_elbo_is_unbiased_with_exact_gradients():
     """Its value and gradient match those of -KL(q||p) computed by quadrature."""
     p = _mixture_1d([-2.0, 2.0], [0.5, 0.5], [0.5, 0.5])
@@ -189,6 +209,8 @@ def test_bad_inputs():
         fit_forward_kl(torch.tensor([[0.0], [float("nan")], [1.0]]), 1)
     with pytest.raises(ConfigError, match=r"init_locs must have shape \(n_components, dim\) = \(2, 1\)"):
         fit_reverse_kl(lambda z: -(z**2).sum(-1), 1, 2, init_locs=torch.zeros(2))
+    with pytest.raises(ConfigError, match=r"init_locs must have shape \(n_init, n_components, dim\) = \(3, 2, 1\)"):
+        fit_reverse_kl(lambda z: -(z**2).sum(-1), 1, 2, init_locs=torch.zeros(2, 1), n_init=3)
     with pytest.raises(ConfigError, match="steps must be a positive int; got 0"):
         fit_reverse_kl(lambda z: -(z**2).sum(-1), 1, steps=0)
     with pytest.raises(ConfigError, match=r"unknown KL-demo problem '2D'.*Did you mean '2d'"):
