@@ -497,8 +497,9 @@ def fit_gan(trainer: GANTrainer, data, steps: int, *, batch_size: int, seed: int
     the second half). ``schedule_fraction(step)``, where given, says how far along that
     schedule the run is after ``step`` steps (by default ``step / steps``; a run with a time
     budget passes the larger of that and the share of its budget spent, so that its rates
-    have decayed when the budget stops it). ``progress`` shows a bar over the steps with the last record's losses,
-    the rate and the time left (:mod:`probgen.progress`: on a terminal only).
+    have decayed when the budget stops it). ``progress`` shows a bar over the steps with the
+    last record's losses, the rate and the time left (:mod:`probgen.progress`: on a terminal
+    only).
     """
     if lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {lr_schedule!r}.")

@@ -96,12 +96,14 @@ PROBLEMS: dict[str, Problem] = {
         0.5, 2),
 }
 
-# smoke -> sizes: samples of p for the forward fit, EM starts, reverse-fit optimiser steps
-# and Monte Carlo draws per step (per component), and samples for each KL estimate.
+# smoke -> sizes: samples of p for the forward fit, EM starts, reverse-fit starts, its
+# optimiser steps and Monte Carlo draws per step (per component), and samples for each KL
+# estimate.
 SETTINGS: dict[bool, dict[str, int]] = {
     False: {"n_train": 20_000, "n_init": 5, "reverse_starts": 4, "reverse_steps": 600,
             "num_particles": 32, "n_mc": 200_000},
-    True: {"n_train": 2_000, "n_init": 5, "reverse_starts": 2, "reverse_steps": 150, "num_particles": 8,
+    True: {"n_train": 2_000, "n_init": 5, "reverse_starts": 2, "reverse_steps": 150,
+           "num_particles": 8,
            "n_mc": 20_000},
 }
 

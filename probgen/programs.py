@@ -34,8 +34,8 @@ from pathlib import Path
 from probgen.errors import ConfigError, suggest
 
 __all__ = ["ProgramSpec", "parse_program_spec", "is_program_spec", "load_program", "file_sha256",
-           "refuse_while_importing", "program_data_options", "Program", "own_params", "build_program", "check_program",
-           "check_unchanged"]
+           "refuse_while_importing", "program_data_options", "Program", "own_params",
+           "build_program", "check_program", "check_unchanged"]
 
 DATA_OPTION_KEYS = ("binarize", "value_range")
 
@@ -93,13 +93,17 @@ def _main_module_object(spec: ProgramSpec):
     return getattr(main, spec.name) if same else None
 
 
+class NestedRunError(ConfigError):
+    """A program file's top-level code started a run while probgen imported the file."""
+
+
 def refuse_while_importing(what: str) -> None:
     """A :class:`ConfigError` when ``what`` (``probgen.compare``, ...) is called by a program
     file's top-level code while probgen imports that file to rebuild its model: the call
     would start a second run inside the first. Says how to guard it."""
     if _IMPORTING:
         path = _IMPORTING[-1]
-        raise ConfigError(
+        raise NestedRunError(
             f"the program file {path} calls {what} when it is imported, and probgen imports it "
             "to rebuild the model (to train, score or reload a run): that call would start a run "
             "inside this one. Put the calls of your script under `if __name__ == \"__main__\":`, "
@@ -134,12 +138,8 @@ def load_program(spec: ProgramSpec | str):
         _IMPORTING.append(spec.path)
         try:
             mod_spec.loader.exec_module(module)
-        except ConfigError as e:
-            if "when it is imported" in str(e):  # a run started by the file's own top level
-                raise
-            raise ConfigError(f"importing the program file {spec.path} failed: ConfigError: "
-                              f"{e} Fix the file (run `python {spec.path}` to see the "
-                              "traceback).") from e
+        except NestedRunError:  # said as it is: the file's own top level started a run
+            raise
         except Exception as e:
             raise ConfigError(f"importing the program file {spec.path} failed: {type(e).__name__}: "
                               f"{e}. Fix the file (run `python {spec.path}` to see the traceback).") from e

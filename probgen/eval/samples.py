@@ -461,6 +461,9 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, *, bandwidth: float | None = None) ->
     return two_sample_statistic(x, y, "mmd", bandwidth=bandwidth, permutations=0)["value"]
 
 
+MANIFOLD_METRIC_NAMES = ("precision", "recall", "density", "coverage")
+
+
 def standardized_manifold_metrics(real: torch.Tensor, fake: torch.Tensor, train: torch.Tensor,
                                   extra: dict | None = None) -> dict[str, Metric]:
     """Precision, recall (k = :data:`PR_K`), density and coverage (k = :data:`DC_K`) of
@@ -476,13 +479,14 @@ def standardized_manifold_metrics(real: torch.Tensor, fake: torch.Tensor, train:
     if min(m, n) <= k:
         reason = (f"needs more than {k} test points and samples for its {k}-nearest-neighbour "
                   f"balls; got {n} test points and {m} samples")
-        return {name: unavailable(reason) for name in ("precision", "recall", "density", "coverage")}
+        return {name: unavailable(reason) for name in MANIFOLD_METRIC_NAMES}
     extra = {**(extra or {}), "space": "the training data's standard units"}
     pr, dc = precision_recall(r, f), density_coverage(r, f)
     return {
         "precision": Metric(pr["precision"], _binomial_se(pr["precision"], m), "fraction",
                             extra={**extra, "k": PR_K}),
-        "recall": Metric(pr["recall"], _binomial_se(pr["recall"], n), "fraction", extra={**extra, "k": PR_K}),
+        "recall": Metric(pr["recall"], _binomial_se(pr["recall"], n), "fraction",
+                         extra={**extra, "k": PR_K}),
         "density": Metric(dc["density"], None, "", extra={**extra, "k": DC_K}),
         "coverage": Metric(dc["coverage"], _binomial_se(dc["coverage"], n), "fraction",
                            extra={**extra, "k": DC_K}),

@@ -25,27 +25,26 @@ SMOKE = {"data": "ring8", "limit": 256, "steps": 4, "batch_size": 64, "width": 1
 
 # Defaults per data kind: "image" for 28x28/32x32 images (DCGAN pair), "toy" for the toy
 # densities, "vector" for the rest (MLPs: 8x8 digits, the user's arrays). The toy defaults are
-# those of examples/gan_toy.py's seed sweep; the vector defaults follow them. They use the minimax loss: with these settings
-# the discriminator stays near D = 1/2, where the minimax generator gradient does not
-# saturate, and the non-saturating loss -- whose gradient adds a mode-seeking reverse KL
-# term (Arjovsky and Bottou, 2017) -- dropped 4 to 13 of grid25's 25 modes on 5 of 5 seeds,
-# against 0 on 3 of 5 seeds for the minimax loss. The R1 penalty (weight 1; Mescheder et al.
-# 2018) keeps the minimax recipe from dropping modes: without it grid25 seeds 0, 2, 4 got
-# 25, 25, 17 modes (94, 90, 73 % high-quality samples), with it 25, 25, 25 (91, 89, 90 %);
-# weight 0.1 got 23 on seed 4 (77 %), and PacGAN4 packing at these learning rates none on
-# seed 0. It costs 9.3 ms of CPU per step against 6.8. The samples settle on the modes
-# only while the learning rates decay: on grid25 seed 2, 8-12 modes and 19-22 % high-quality
-# samples through the 3,000 constant steps, then 25 and 93 % by step 6,000; so the toy
-# defaults run 9,000 steps (4,500 constant, 4,500 of decay). Over grid25 seeds 0-9
+# those of examples/gan_toy.py's seed sweep; the vector defaults follow them. They use the
+# minimax loss: with these settings the discriminator stays near D = 1/2, where the minimax
+# generator gradient does not saturate, and the non-saturating loss -- whose gradient adds a
+# mode-seeking reverse KL term (Arjovsky and Bottou, 2017) -- dropped 4 to 13 of grid25's 25
+# modes on 5 of 5 seeds, against 0 on 3 of 5 seeds for the minimax loss. The R1 penalty (weight
+# 1; Mescheder et al. 2018) keeps the minimax recipe from dropping modes: without it grid25
+# seeds 0, 2, 4 got 25, 25, 17 modes (94, 90, 73 % high-quality samples), with it 25, 25, 25
+# (91, 89, 90 %); weight 0.1 got 23 on seed 4 (77 %), and PacGAN4 packing at these learning
+# rates none on seed 0. It costs 9.3 ms of CPU per step against 6.8. The samples settle on the
+# modes only while the learning rates decay: on grid25 seed 2, 8-12 modes and 19-22 %
+# high-quality samples through the 3,000 constant steps, then 25 and 93 % by step 6,000; so the
+# toy defaults run 9,000 steps (4,500 constant, 4,500 of decay). Over grid25 seeds 0-9
 # (examples/gan_toy.py --seeds 10) 6,000 steps covered 25 of 25 modes on every seed with
 # 89.8 +- 2.1 % high-quality samples (86.2-92.9; under 90 % on four seeds); 9,000 steps covered 25 on
-# nine seeds and 24 on seed 4, with 93.9 +- 1.4 % (90.6-95.5) and reverse KL 0.005 by
-# PacGAN's nearest-mode histogram (0.065 with the off-mode bin, which charges the samples
-# between the modes). Starting the decay earlier within 6,000 steps did worse (seed 2: 91.5 %
-# from step 1,500, 90.0 % from step 0), as did a moving average of G (--ema 0.99: 89.8 against
-# 90.0 on seed 0; 0.999: 87.2 against 91.8 on seed 1) and the non-saturating loss in the
-# decay (89.9 on seed 0): with the learning rates decaying to 0 the last generator is already
-# an average.
+# nine seeds and 24 on seed 4, with 93.9 +- 1.4 % (90.6-95.5) and reverse KL 0.005 by PacGAN's
+# nearest-mode histogram (0.065 with the off-mode bin, which charges the samples between the
+# modes). Starting the decay earlier within 6,000 steps did worse (seed 2: 91.5 % from step
+# 1,500, 90.0 % from step 0), as did a moving average of G (--ema 0.99: 89.8 against 90.0 on
+# seed 0; 0.999: 87.2 against 91.8 on seed 1) and the non-saturating loss in the decay (89.9 on
+# seed 0): with the learning rates decaying to 0 the last generator is already an average.
 DEFAULTS = {
     "image": dict(arch="dcgan", loss="ns", batch_size=64, lr=2e-4, lr_d=None, beta1=0.5, beta2=0.999,
                   latent_dim=64, pack=1, width=64, depth=3, norm="batch", d_steps=1,
@@ -68,8 +67,8 @@ DEFAULTS = {
     # wine (seeds 0, 1): 611 and 21.7 against 1.2 and -12.3; iris 1.71, 1.50 against 0.18,
     # -0.04; breast cancer (30-D) 535 against 23.7. On a 1-D array with two far modes both
     # recipes put every sample on one mode on one seed of two.
-    "vector": dict(arch="mlp", loss="minimax", batch_size=64, lr=1e-3, lr_d=None, beta1=0.5, beta2=0.9,
-                   latent_dim=16, pack=1, width=128, depth=3, norm="none", d_steps=1,
+    "vector": dict(arch="mlp", loss="minimax", batch_size=64, lr=1e-3, lr_d=None, beta1=0.5,
+                   beta2=0.9, latent_dim=16, pack=1, width=128, depth=3, norm="none", d_steps=1,
                    lr_decay="linear", steps=5000, r1=1.0, ema=0.0),
 }
 SNAPSHOT_FRACTIONS = (0.02, 0.1, 0.3, 1.0)
@@ -83,23 +82,25 @@ class Config(RecipeConfig):
         None, "networks: dcgan (convolutional, 28x28/32x32 images only) or mlp (on flattened data) "
         "(default: dcgan for 28x28/32x32 images, else mlp)", choices=("dcgan", "mlp"))
     loss: str | None = option(None, "ns (non-saturating), minimax, hinge or wgan-gp "
-                              "(default: ns for 28x28/32x32 images, else minimax)", choices=LOSS_NAMES)
+                              "(default: ns for 28x28/32x32 images, else minimax)",
+                              choices=LOSS_NAMES)
     steps: int | None = option(None, "generator steps (default: 9000 toy, 5000 otherwise)",
                                type=positive_int)
     batch_size: int | None = option(
         None, "real (and generated) examples per step (default: 256 toy, else 64)", type=positive_int)
-    lr: float | None = option(None, "Adam learning rate of G (and D) (default: 2e-4 for 28x28/32x32 images, else 1e-3)",
-                              type=positive_float)
+    lr: float | None = option(None, "Adam learning rate of G (and D) (default: 2e-4 for "
+                              "28x28/32x32 images, else 1e-3)", type=positive_float)
     lr_d: float | None = option(None, "Adam learning rate of D (default --lr)", type=positive_float)
     beta1: float | None = option(None, "Adam beta1 (default 0.5)", type=float)
-    beta2: float | None = option(None, "Adam beta2 (default: 0.999 for 28x28/32x32 images, else 0.9)", type=float)
+    beta2: float | None = option(None, "Adam beta2 (default: 0.999 for 28x28/32x32 images, "
+                                 "else 0.9)", type=float)
     latent_dim: int | None = option(None, "size of z (default: 64 images, 2 toy, 16 other vectors)",
                                     type=int)
     pack: int | None = option(None, "PacGAN packing: D judges this many samples at once (default 1)",
                               type=int)
     width: int | None = option(
-        None, "first-layer channels (images, default 64) or hidden units (MLP: 256 on 28x28/32x32 images, else 128)",
-        type=int)
+        None, "first-layer channels (images, default 64) or hidden units (MLP: 256 on "
+        "28x28/32x32 images, else 128)", type=int)
     depth: int | None = option(None, "hidden layers of the MLPs (default 3)", type=int)
     norm: str | None = option(
         None, "discriminator normalisation (default: batch for 28x28/32x32 images, else none)",
@@ -107,11 +108,13 @@ class Config(RecipeConfig):
     d_steps: int | None = option(None, "discriminator steps per generator step (default 1)", type=int)
     lr_decay: str | None = option(
         None, "learning rates constant, or linearly down to 0 over the second half of --steps "
-        "(of --time-budget where that stops the run sooner) (default: none for 28x28/32x32 images, else linear)",
+        "(of --time-budget where that stops the run sooner) (default: none for 28x28/32x32 "
+        "images, else linear)",
         choices=("none", "linear"))
     r1: float | None = option(
         None, "weight gamma of the R1 penalty gamma/2 E||grad D(x)||^2 on real data "
-        "(Mescheder et al. 2018; 0 for none; needs --norm none or spectral) (default: 0 for 28x28/32x32 images, else 1)",
+        "(Mescheder et al. 2018; 0 for none; needs --norm none or spectral) (default: 0 for "
+        "28x28/32x32 images, else 1)",
         type=float)
     preprocess: str | None = option(
         None, "standardize: the MLPs work in the training data's standard units (per-feature "
