@@ -328,6 +328,8 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
         given = spec.runs.get(e.name)
         if given is not None and not (Path(given) / "config.json").exists():
             raise ConfigError(f"--runs {e.name}={given}: that folder holds no run (no config.json).")
+        if given is not None:
+            _check_given_data(e.name, Path(given), spec.data)
         if given is not None and not _completed(given) and \
                 not (Path(given) / "checkpoints" / "latest.pt").exists():
             raise ConfigError(f"--runs {e.name}={given}: that run has not finished training and "
@@ -540,6 +542,36 @@ def _train_entry(e: ModelEntry, spec: CompareSpec, run_dir: Path, share: float) 
     # are recorded apart
     return {"result": result, "seconds": result.seconds,
             "other_seconds": time.perf_counter() - t0 - result.seconds, "how": f"trained{note}"}
+
+
+def _check_given_data(name: str, run_dir: Path, data: str) -> None:
+    """Refuse a ``--runs`` run trained on other data than the comparison's: it would be scored
+    on its own data and sit in the comparison's columns beside rows scored on another test
+    split. The same data: the same name (a data set, or a path as given), or a file of the
+    same bytes as one the run read (a file that moved or is named another way)."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # the run's own loading says what is wrong with it
+    fp = config.get("data_fingerprint") or {}
+    trained_on = str(config.get("data") or fp.get("name") or "")
+    if not trained_on or trained_on == str(data) or fp.get("name") == str(data):
+        return
+    path = Path(data).expanduser()
+    if path.exists():
+        if Path(trained_on).expanduser().exists() and \
+                Path(trained_on).expanduser().resolve() == path.resolve():
+            return
+        if path.is_file() and fp.get("files"):
+            from probgen.programs import file_sha256
+
+            if file_sha256(path) in {f.get("sha256") for f in fp["files"]}:
+                return
+    raise ConfigError(
+        f"--runs {name}={run_dir}: that run was trained on {trained_on!r}, and this comparison "
+        f"is on {str(data)!r}. A row is scored on the data its run was trained on, so it would "
+        "stand in the same columns as rows scored on other test examples. Leave it out of "
+        f"--runs to train {name} here, or compare on {trained_on!r}.")
 
 
 def _finish_given(name: str, run_dir: Path, spec: CompareSpec) -> str:

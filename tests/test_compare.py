@@ -305,3 +305,30 @@ def test_a_rows_signature_records_the_rows_one_string_each(tmp_path):
     assert _same_signature(legacy, sig, cli)
     assert not _same_signature({**legacy, "seed": 1}, sig, cli)
     assert not _same_signature({**sig, "models": ["gmm"]}, sig, cli)
+
+
+def test_a_given_run_trained_on_other_data_is_refused(tmp_path, capsys):
+    """--runs with a run trained on other data would be scored on its own test split and
+    ranked in the comparison's columns; refused before anything is written. The same file
+    under another name is the same data."""
+    import shutil
+
+    import numpy as np
+
+    from probgen.comparison import _check_given_data
+
+    run = tmp_path / "gmm"
+    assert main(["train", "gmm", "--data", "ring8", "--limit", "500", "--out", str(run), "--quiet"]) == 0
+    assert main(["compare", "--data", "banana", "--models", "gmm,ppca", "--runs", f"gmm={run}",
+                 "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert "that run was trained on 'ring8', and this comparison is on 'banana'" in err
+    assert not (tmp_path / "cmp").exists()
+    arr = tmp_path / "a.npy"
+    np.save(arr, np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32))
+    assert main(["train", "gmm", "--data", str(arr), "--out", str(tmp_path / "g2"), "--quiet"]) == 0
+    shutil.copy(arr, tmp_path / "b.npy")
+    _check_given_data("gmm", tmp_path / "g2", str(tmp_path / "b.npy"))  # the same bytes: accepted
+    np.save(tmp_path / "c.npy", np.zeros((300, 3), np.float32))
+    with pytest.raises(ConfigError, match="that run was trained on"):
+        _check_given_data("gmm", tmp_path / "g2", str(tmp_path / "c.npy"))
