@@ -469,9 +469,9 @@ def standardized_manifold_metrics(real: torch.Tensor, fake: torch.Tensor, train:
     """Precision, recall (k = :data:`PR_K`), density and coverage (k = :data:`DC_K`) of
     ``fake`` against ``real`` (each (n, D)), both in the standard units of ``train`` (N, ...):
     (x - mean) / std per feature, a feature constant in training keeping a unit of 1."""
-    from probgen.models.nets import standardization
-
-    mean, unit = standardization(_as64(train.reshape(train.shape[0], -1), "training data"))
+    t = _as64(train.reshape(train.shape[0], -1), "training data")
+    std = t.std(0) if t.shape[0] > 1 else torch.zeros_like(t[0])
+    mean, unit = t.mean(0), torch.where(std > 1e-6, std, torch.ones_like(std))
     r = (_as64(real, "test points") - mean) / unit
     f = (_as64(fake, "samples") - mean) / unit
     m, n = f.shape[0], r.shape[0]
