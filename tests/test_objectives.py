@@ -304,3 +304,17 @@ def test_a_run_records_the_epochs_it_really_ran(tmp_path, model, extra):
     progress = json.loads((tmp_path / "done" / "progress.json").read_text())
     assert progress == {"epochs_run": 1, "steps_run": 3, "epochs_requested": 1, "finished": True,
                         "stopped_by": None}
+
+
+def test_two_stochastic_layers_on_real_valued_vectors_are_refused_before_the_run_folder(
+        tmp_path, capsys, wide_scales):
+    out = tmp_path / "r"
+    assert main(["train", "vae", "--data", wide_scales, "--stochastic-layers", "2", "--epochs", "1",
+                 "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--stochastic-layers 2 models binary pixels" in err and "--stochastic-layers 1" in err
+    assert not out.exists()
+    assert main(["train", "vae", *TINY, "--stochastic-layers", "2", "--arch", "conv",
+                 "--out", str(out)]) == 2
+    assert "use --arch mlp and --likelihood bernoulli (the defaults on images)" in capsys.readouterr().err
+    assert not out.exists()

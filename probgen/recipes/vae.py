@@ -219,20 +219,36 @@ def pixel_levels(config: dict, data) -> int | None:
     return int(data.levels)
 
 
-def build(config: dict, data):
-    """The VAE of ``config`` (or, with ``stochastic_layers=2``, the two-layer VAE)."""
+def check(config: dict, data, device) -> None:
+    """Refuse the options :func:`build` refuses before the run folder is written."""
+    _check_two_layers(Config.read(config), config, data)
+
+
+def _check_two_layers(c, config: dict, data) -> None:
     from probgen.errors import ConfigError
 
+    if c.stochastic_layers != 2:
+        return
+    if c.arch != "mlp" or (c.likelihood or "bernoulli") != "bernoulli":
+        if data.kind != "image":
+            raise ConfigError(
+                f"--stochastic-layers 2 models binary pixels (a Bernoulli likelihood), and "
+                f"{config.get('data', 'these data')} are real-valued {data.kind} data. Use "
+                "--stochastic-layers 1 (the default), whose Gaussian likelihood fits them.")
+        raise ConfigError("--stochastic-layers 2 is an MLP with Bernoulli pixels: use --arch mlp "
+                          "and --likelihood bernoulli (the defaults on images).")
+    if c.amp:
+        raise ConfigError("--amp is not offered with --stochastic-layers 2: drop --amp.")
+
+
+def build(config: dict, data):
+    """The VAE of ``config`` (or, with ``stochastic_layers=2``, the two-layer VAE)."""
     c = Config.read(config)
     latent = DEFAULT_LATENT_DIM if c.latent_dim is None else c.latent_dim
+    _check_two_layers(c, config, data)
     if c.stochastic_layers == 2:
         from probgen.models.two_layer_vae import TwoLayerVAE
 
-        if c.arch != "mlp" or (c.likelihood or "bernoulli") != "bernoulli":
-            raise ConfigError("--stochastic-layers 2 is an MLP with Bernoulli pixels: use --arch mlp "
-                              "and --likelihood bernoulli (the defaults).")
-        if c.amp:
-            raise ConfigError("--amp is not offered with --stochastic-layers 2: drop --amp.")
         hidden = c.hidden or [200, 200]
         upper = [100, 100] if list(hidden) == [200, 200] else [max(1, h // 2) for h in hidden]
         return TwoLayerVAE(data.shape, (2 * latent, latent), (hidden, upper),
