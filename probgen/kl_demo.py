@@ -103,8 +103,7 @@ SETTINGS: dict[bool, dict[str, int]] = {
     False: {"n_train": 20_000, "n_init": 5, "reverse_starts": 4, "reverse_steps": 600,
             "num_particles": 32, "n_mc": 200_000},
     True: {"n_train": 2_000, "n_init": 5, "reverse_starts": 2, "reverse_steps": 150,
-           "num_particles": 8,
-           "n_mc": 20_000},
+           "num_particles": 8, "n_mc": 20_000},
 }
 
 
@@ -137,8 +136,7 @@ def _fit(problem: Problem, seed: int, s: dict) -> dict:
     fwd = fit_forward_kl(x, k, n_init=s["n_init"], seed=seed)
     t1 = time.perf_counter()
     rev = fit_reverse_kl(p.log_prob, d, k, init_locs=init_locs, n_init=s["reverse_starts"],
-                         steps=s["reverse_steps"],
-                         num_particles=s["num_particles"], seed=seed)
+                         steps=s["reverse_steps"], num_particles=s["num_particles"], seed=seed)
     t2 = time.perf_counter()
     return {"forward": fwd, "reverse": rev, "samples": x,
             "seconds": {"forward": t1 - t0, "reverse": t2 - t1}, "init_locs": init_locs}
