@@ -237,6 +237,15 @@ class FitState:
     step: int             # steps processed so far
     epoch_loss: float     # mean finite loss of the epoch just finished
     result: FitResult     # the record so far (losses, skipped steps, optimizer, params)
+    epoch_examples: int = 0       # examples in the steps of that mean (all processes)
+    epoch_loss_sum: float = 0.0   # the sum of those steps' losses
+
+    @property
+    def loss_per_example(self) -> float:
+        """The epoch's summed loss over its examples: the mean loss per example where each
+        step's loss sums over its batch (a Pyro program's ELBO without a subsample scale);
+        batches of unequal size (the last one of an epoch) count by their sizes."""
+        return self.epoch_loss_sum / self.epoch_examples if self.epoch_examples else math.nan
 
     @property
     def optimizer(self):
@@ -269,6 +278,12 @@ def make_optimizer(optim, params: list[torch.Tensor], lr: float) -> torch.optim.
     if not callable(optim):
         raise ConfigError(f"optim must be callable (params -> torch.optim.Optimizer); got {optim!r}.")
     return optim(params)
+
+
+def _examples(batch: tuple) -> int:
+    """Examples in a batch: the length of its first tensor (0 for a step without data)."""
+    first = batch[0] if batch else None
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 0
 
 
 def _grads_finite(params: Sequence[torch.Tensor]) -> bool:
@@ -398,7 +413,7 @@ def train_loop(
     step, epoch = o.start_step, o.start_epoch
     try:
         while epoch < total_epochs and step < total_steps:
-            ep_sum, ep_n = 0.0, 0
+            ep_sum, ep_n, ep_examples = 0.0, 0, 0
             if o.seed is not None:
                 torch.manual_seed(epoch_seed(o.seed, epoch, group.rank))
             for batch in training_batches(data, o.batch_size, seed=o.seed, epoch=epoch,
@@ -409,16 +424,19 @@ def train_loop(
                 if updated:
                     ep_sum += value
                     ep_n += 1
+                    ep_examples += _examples(batch)
                 step += 1
                 if o.step_callback is not None:
                     o.step_callback(step, value)
             epoch += 1
             result.steps, result.epochs = step, epoch
             if group.distributed:  # the epoch's mean loss over all processes
-                t = group.all_reduce_sum(torch.tensor([ep_sum, float(ep_n)], dtype=torch.float64))
-                ep_sum, ep_n = float(t[0]), int(t[1])
+                t = group.all_reduce_sum(torch.tensor([ep_sum, float(ep_n), float(ep_examples)],
+                                                      dtype=torch.float64))
+                ep_sum, ep_n, ep_examples = float(t[0]), int(t[1]), int(t[2])
             state = FitState(epoch=epoch, step=step,
-                             epoch_loss=ep_sum / ep_n if ep_n else math.nan, result=result)
+                             epoch_loss=ep_sum / ep_n if ep_n else math.nan, result=result,
+                             epoch_examples=ep_examples, epoch_loss_sum=ep_sum)
             result.epoch_losses.append(state.epoch_loss)
             stop = any([bool(cb(state)) for cb in o.callbacks])  # every callback runs
             if o.should_stop is not None:

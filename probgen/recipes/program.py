@@ -152,7 +152,7 @@ def train(run, data, config, device):
 
     def log_epoch(st) -> bool:
         val = validation_elbo(program, data, loss=val_loss, limit=c.val_limit)
-        train_elbo = -st.epoch_loss / c.batch_size
+        train_elbo = -st.loss_per_example  # each step's loss sums over its batch
         run.log(st.step, epoch=st.epoch, train_elbo=train_elbo, val_elbo=val,
                 seconds=time.perf_counter() - t0, skipped=len(st.result.skipped))
         if run.writer:
