@@ -15,7 +15,7 @@ else its first two principal components) coloured by label.
 from __future__ import annotations
 
 from probgen.checks import int_list, positive_float, positive_int
-from probgen.recipes import RecipeConfig, option
+from probgen.recipes import RecipeConfig, default_epochs_words, option
 
 HELP = "autoencoder (ae) / denoising autoencoder (dae): reconstructions and a code space"
 NAMES = ("ae", "dae")
@@ -23,10 +23,11 @@ TRAINS_BY = "epochs"
 FILLS_BUDGET = True
 LIST_ORDER = 20
 SMOKE = {"data": "digits", "limit": 200, "hidden": [16], "batch_size": 50}
+DEFAULT_EPOCHS = 10  # or as many as probgen.recipes.MIN_DEFAULT_STEPS take on less data
 
 
 class Config(RecipeConfig):
-    epochs: int = option(10, "passes over the training set (default %(default)s)", type=positive_int)
+    epochs: int | None = option(None, default_epochs_words(DEFAULT_EPOCHS), type=positive_int)
     latent_dim: int = option(2, "code size (default %(default)s: a planar embedding)", type=positive_int)
     hidden: list[int] | None = option(
         None, "hidden widths, comma-separated (default: 400 for mlp, 256 for conv)", type=int_list)
@@ -117,7 +118,7 @@ def train(run, data, config, device):
     run.config = config
     run.write_json("config.json", config)
     model = build(config, data).to(device)
-    from probgen.recipes import epoch_checkpoint, resume_epochs
+    from probgen.recipes import epoch_checkpoint, resolve_epochs, resume_epochs
 
     start_epoch, start_step, optim_state, resumed = resume_epochs(run, model, device)
     if config["preprocess"] == "standardize" and not resumed:  # resumed: in the checkpoint
@@ -135,6 +136,7 @@ def train(run, data, config, device):
         return run.should_stop()
 
     c = Config.read(config)
+    c.epochs = resolve_epochs(run, c, data.train.shape[0], DEFAULT_EPOCHS)
     model.train()
     if start_epoch < c.epochs:
         fit_loss(model.loss, list(model.parameters()), data, epochs=c.epochs,

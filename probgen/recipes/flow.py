@@ -46,7 +46,7 @@ out NaN; the coupling layers' samples all stayed finite.
 from __future__ import annotations
 
 from probgen.checks import int_list, non_negative_float, positive_float, positive_int
-from probgen.recipes import RecipeConfig, option
+from probgen.recipes import RecipeConfig, default_epochs, option
 
 HELP = "normalizing flow (Zuko: neural spline, MAF or RealNVP; exact log-likelihood)"
 TRAINS_BY = "epochs"
@@ -118,8 +118,6 @@ def data_options(args) -> dict:
 
 def resolve_config(config: dict, data) -> dict:
     """Fill the options left at ``auto`` or unset from the kind of data."""
-    import math
-
     from probgen.errors import ConfigError
 
     out = Config.complete(config)
@@ -132,8 +130,8 @@ def resolve_config(config: dict, data) -> dict:
         if image:
             out["epochs"] = 50
         else:  # 40 epochs, or as many as TOY_STEPS steps take on smaller data
-            per_epoch = max(1, math.ceil(int(data.train.shape[0]) / int(out["batch_size"])))
-            out["epochs"] = max(TOY_EPOCHS, math.ceil(TOY_STEPS / per_epoch))
+            out["epochs"] = default_epochs(data.train.shape[0], out["batch_size"], TOY_EPOCHS,
+                                           min_steps=TOY_STEPS)
     if out.get("clip") is None:
         out["clip"] = IMAGE_CLIP if image else 0.0
     if out.get("transforms") is None:

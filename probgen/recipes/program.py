@@ -14,7 +14,7 @@ tensors, read back with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 from probgen.checks import positive_float, positive_int
-from probgen.recipes import RecipeConfig, option
+from probgen.recipes import RecipeConfig, default_epochs_words, option
 
 HELP = "your own Pyro program: --model path/to/file.py:Name (a class with model and guide)"
 TRAINS_BY = "epochs"
@@ -22,6 +22,7 @@ FILLS_BUDGET = True
 LIST_ORDER = 90
 SMOKE = {"data": "digits", "limit": 200, "program": "examples/vampprior_vae.py:VampPriorVAE",
          "batch_size": 50, "val_limit": 50}
+DEFAULT_EPOCHS = 20  # or as many as probgen.recipes.MIN_DEFAULT_STEPS take on less data
 LOSS_CHOICES = ("auto", "trace", "mean-field", "enum")
 
 
@@ -29,7 +30,7 @@ class Config(RecipeConfig):
     program: str | dict | None = option(
         None, "the file and the name in it of a class with model(x) and guide(x) (or of a function "
         "returning one)", flag="--model", metavar="FILE.py:NAME", required=True)
-    epochs: int = option(20, "passes over the training set (default %(default)s)", type=positive_int)
+    epochs: int | None = option(None, default_epochs_words(DEFAULT_EPOCHS), type=positive_int)
     batch_size: int = option(100, "examples per step (default %(default)s)", type=positive_int)
     lr: float = option(1e-3, "Adam learning rate (default %(default)s)", type=positive_float)
     loss: str = option("auto", "ELBO estimator: Trace_ELBO, TraceMeanField_ELBO or TraceEnum_ELBO "
@@ -131,7 +132,7 @@ def train(run, data, config, device):
     import time
 
     from probgen.inference.svi import elbo_loss, fit_svi
-    from probgen.recipes import epoch_checkpoint, resume_epochs
+    from probgen.recipes import epoch_checkpoint, resolve_epochs, resume_epochs
 
     c = Config.read(config)
     program = build(config, data)
@@ -148,6 +149,7 @@ def train(run, data, config, device):
     val_loss = elbo_loss(loss_name)
     start_epoch, start_step, optim_state, _ = resume_epochs(run, program, device)
     n = int(data.train.shape[0])
+    c.epochs = resolve_epochs(run, c, n, DEFAULT_EPOCHS)
     t0 = time.perf_counter()
 
     def log_epoch(st) -> bool:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import argparse
 
 from probgen.checks import int_list, positive_float, positive_int
-from probgen.recipes import RecipeConfig, option
+from probgen.recipes import RecipeConfig, default_epochs_words, option
 
 HELP = "variational autoencoder (Pyro model/guide, SVI on the ELBO, IWAE or DReG)"
 DISTRIBUTED = True  # trains under torchrun (probgen.distributed)
@@ -51,6 +51,7 @@ LIKELIHOOD_CHOICES = ("bernoulli", "continuous-bernoulli", "gaussian", "discreti
 OBJECTIVE_CHOICES = ("elbo", "iwae", "dreg")
 PREPROCESS_CHOICES = ("standardize", "none")
 DEFAULT_LATENT_DIM = 50  # on images; on vectors the data's dimension, at most this
+DEFAULT_EPOCHS = 20  # or as many as probgen.recipes.MIN_DEFAULT_STEPS take on less data
 
 # Burda, Grosse & Salakhutdinov (ICLR 2016), section 5: the set-up of their Table 1
 IWAE_PAPER_STAGES = 8  # stage i: 3^i epochs at lr 1e-3 * 10^(-i/7)
@@ -97,7 +98,7 @@ def gaussian_scale(text: str):
 
 
 class Config(RecipeConfig):
-    epochs: int = option(20, "passes over the training set (default %(default)s)", type=positive_int)
+    epochs: int | None = option(None, default_epochs_words(DEFAULT_EPOCHS), type=positive_int)
     latent_dim: int | None = option(
         None, "size of z (default: 50 for images, the data's dimension up to 50 for vectors)",
         type=positive_int)
@@ -293,6 +294,7 @@ def train(run, data, config, device):
         UNBOUNDED_LENGTH,
         cosine_lr,
         epoch_checkpoint,
+        resolve_epochs,
         resume_epochs,
         schedule_fraction,
     )
@@ -308,6 +310,7 @@ def train(run, data, config, device):
     if config.get("preprocess") == "standardize" and not resumed:  # resumed: in the checkpoint
         model.standardize_by(data.train)
     n = int(data.train.shape[0])
+    c.epochs = resolve_epochs(run, c, n, DEFAULT_EPOCHS)
     t0 = time.perf_counter()
 
     # the training loss is the negative objective: the ELBO, or IWAE-K for iwae and dreg
