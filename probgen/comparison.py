@@ -56,7 +56,7 @@ from probgen.errors import ConfigError
 from probgen.report import REFERENCE_ROW_NAME, figure_sample_count, scoring_samples
 
 __all__ = ["compare", "columns", "likelihoods", "likelihood_preference", "CompareSpec", "parse_models",
-           "parse_model_item"]  # and COLUMNS, read from the table of metrics when asked for
+           "parse_model_item", "training_order"]  # and COLUMNS, read from the table of metrics when asked for
 
 
 def __getattr__(name: str):
@@ -340,8 +340,7 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
                           "replace it, or choose another --out.")
     budget_s = 60.0 * spec.budget_minutes
     to_train = [e for e in entries if e.name not in spec.runs]
-    # the quick ones first: what they leave of their share goes to the rest
-    order = sorted(to_train, key=lambda e: not _recipe_of(e).quick)
+    order = training_order(to_train)
     from probgen.recipes import get_recipe
     from probgen.training import defaults_from_data
 
@@ -445,7 +444,7 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
     timing["note"] = ("the budget bounds training and the choice of the number of mixture "
                       "components: each model trains for at most its share, the budget left "
                       "over divided among the models still to train and that choice (the quick "
-                      "ones first); loading data, drawing each run's figures and scoring "
+                      "ones first, those that train until their share is spent last); loading data, drawing each run's figures and scoring "
                       "are not counted in it")
     results["time"] = timing
     from probgen import report, verdict
@@ -470,6 +469,21 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
     results["trained"] = {n: r["model"] for n, r in rows.items()}
     results["per_example"] = {n: r["per_example"] for n, r in rows.items()}
     return results
+
+
+def training_order(entries: list) -> list:
+    """The order in which ``compare`` trains its rows: the quick ones first, then those of a
+    fixed length, then those that train until their share is spent, each group in the order
+    given. What a row leaves of its share goes to the rows after it, and the last rows can use
+    all of it; a fixed-length row's share is the same wherever it stands among the others."""
+    return sorted(entries, key=lambda e: (not _recipe_of(e).quick, _fills_share(e)))
+
+
+def _fills_share(e: ModelEntry) -> bool:
+    """Whether a row trains until its share of the budget is spent: its recipe fills a budget
+    and the row gives no length of its own."""
+    recipe = _recipe_of(e)
+    return recipe.fills_budget and recipe.trains_by not in _train_options(e)[1]
 
 
 def _train_options(e: ModelEntry) -> tuple[str, dict]:

@@ -142,8 +142,9 @@ def test_every_model_follows_its_data_and_unused_budget_flows_on(tmp_path):
     assert vae_cfg["defaults_from_data"]["likelihood"]["value"] == "gaussian"
     assert json.loads((out / "runs" / "ppca" / "config.json").read_text())["latent_dim"] == 1
     t = res["time"]
-    # gmm and ppca trained first with a quarter each; what they left went to the VAE and GAN
-    assert list(t["share_s"])[:2] == ["gmm", "ppca"]
+    # gmm and ppca trained first with a quarter each, then the GAN (a fixed number of steps);
+    # what they left went to the VAE, which trains until its share is spent
+    assert list(t["share_s"]) == ["gmm", "ppca", "gan", "vae"]
     assert t["share_s"]["gmm"] == pytest.approx(t["budget_s"] / 4)
     assert t["share_s"]["vae"] > t["budget_s"] / 4 + 1
     assert t["train_total_s"] < t["budget_s"] + 10 and t["score_total_s"] > 0
@@ -332,3 +333,20 @@ def test_a_given_run_trained_on_other_data_is_refused(tmp_path, capsys):
     np.save(tmp_path / "c.npy", np.zeros((300, 3), np.float32))
     with pytest.raises(ConfigError, match="that run was trained on"):
         _check_given_data("gmm", tmp_path / "g2", str(tmp_path / "c.npy"))
+
+
+
+
+def test_rows_that_train_until_their_share_is_spent_train_last():
+    """Quick rows first, then rows of a fixed length (a GAN's steps, a flow's epochs, a VAE
+    given its epochs), then rows that train until their share is spent (a VAE, an autoencoder
+    or a program given no length), each group in the order given: the last can use what the
+    others leave."""
+    from probgen.comparison import parse_models, training_order
+
+    entries = parse_models("vae,ae,gan,vae(epochs=1),flow,gmm,ppca")
+    names = ["vae", "ae", "gan", "vae_2", "flow", "gmm", "ppca"]
+    for e, name in zip(entries, names):
+        e.name = name
+    assert [e.name for e in training_order(entries)] == [
+        "gmm", "ppca", "gan", "vae_2", "flow", "vae", "ae"]
