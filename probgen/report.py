@@ -164,6 +164,19 @@ _REP_GLOSSARY = {
 }
 
 
+def _rep_glossary(rep: str) -> tuple[str, str]:
+    """(unit, definition) of the likelihood column of representation ``rep``."""
+    if rep in _REP_GLOSSARY:
+        return _REP_GLOSSARY[rep]
+    if rep.startswith("dequantized"):  # "dequantized-L-level", or "dequantized" for a user's bin width
+        levels = rep[len("dequantized-"):-len("-level")] if rep.endswith("-level") else None
+        what = f"the image of {levels} levels per value" if levels else "the discrete values"
+        return ("bits/dim, nats per image beside", f"a lower bound on log P of {what}, E_u log "
+                "p(x + u w) + D log w with w the width of a level (uniform dequantization), in "
+                "bits per dimension; lower is better")
+    return ("nats", "the log-likelihood on this representation")
+
+
 def _rep_title(rep: str) -> str:
     if rep == "binary" or rep.startswith("dequantized"):
         return f"log-lik {rep} (bits/dim)"
@@ -256,8 +269,7 @@ def glossary(results: dict, columns) -> list[str]:
     for title in header[1:]:
         key = keys.get(title, title)
         if title in reps:
-            unit, text = _REP_GLOSSARY.get(reps[title], ("nats", "the log-likelihood on this "
-                                                               "representation"))
+            unit, text = _rep_glossary(reps[title])
             lines.append(f"- **{title}** ({unit}): {text}. Each cell names its estimate: exact; "
                          "ELBO <= IWAE-k <= log p (bounds); AIS (a stochastic lower bound); on "
                          "dequantized data the dequantization bound of that estimate.")

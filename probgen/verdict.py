@@ -492,9 +492,11 @@ def _names(names: list[str], results: dict) -> str:
 
 
 def _rep_words(rep: str) -> str:
+    if rep.startswith("dequantized-") and rep.endswith("-level"):
+        return f"dequantized {rep[len('dequantized-'):]} data"  # "dequantized 17-level data"
     return {"binary": "binary images", "dequantized-8bit": "dequantized 8-bit images",
-            "continuous": "the continuous data", "raw-pixels": "raw grey values (a density, not a "
-            "likelihood of images)"}.get(rep, rep)
+            "dequantized": "the dequantized data", "continuous": "the continuous data",
+            "raw-pixels": "raw grey values (a density, not a likelihood of images)"}.get(rep, rep)
 
 
 def _lik_short(entry: dict) -> str:

@@ -342,3 +342,16 @@ def test_run_effort_names_a_standardisation_and_not_its_absence(tmp_path):
         (tmp_path / "config.json").write_text(json.dumps({
             "model": "vae", "latent_dim": 2, "likelihood": "gaussian", "preprocess": pre}))
         assert vd.settings_text(vd.run_effort(tmp_path, share_s=1.0, seconds=1.0, how="trained")) == shown
+
+
+def test_a_dequantized_representation_of_other_levels_is_defined_in_bits_and_named_in_words():
+    """sklearn's digits have 17 grey levels: their likelihood column is in bits/dim like the
+    8-bit one, its definition says so, and the verdict names it in words."""
+    from probgen.report import _rep_glossary
+
+    for rep, what in (("dequantized-17-level", "of 17 levels per value"),
+                      ("dequantized", "the discrete values")):
+        unit, text = _rep_glossary(rep)
+        assert unit.startswith("bits/dim") and what in text and "lower bound" in text
+    assert vd._rep_words("dequantized-17-level") == "dequantized 17-level data"
+    assert _rep_glossary("continuous")[0] == "nats per example"
