@@ -62,6 +62,9 @@ def format_metric(m: dict | None) -> str:
     s = f"{v:.4g}" if isinstance(v, float) else str(v)
     if m.get("stderr") is not None:
         s += f" ± {m['stderr']:.2g}"
+    outside = (m.get("extra") or {}).get("outside_support")
+    if outside:  # a sample log-density is a mean over the samples where the density is positive
+        s += f" ({100 * outside:.3g}% of samples outside the support)"
     rep = m.get("representation")
     if rep and rep != "continuous":  # a likelihood of images says of which representation
         bpd = m.get("bits_per_dim")

@@ -424,6 +424,12 @@ def test_evaluate_gives_vector_metrics_and_counts_samples_off_the_support():
     res = evaluate(HalfOff(), data, n_samples=400)["metrics"]
     assert res["sample_log_density"]["extra"]["outside_support"] == pytest.approx(0.5, abs=0.03)
     assert res["sample_log_density"]["value"] == pytest.approx(-math.log(8), rel=1e-9)
+    # the table's cell says the share off the support, the value itself being the same for
+    # every sample on it
+    from probgen.report import format_metric
+
+    share = 100 * res["sample_log_density"]["extra"]["outside_support"]
+    assert format_metric(res["sample_log_density"]).endswith(f"({share:.3g}% of samples outside the support)")
     for name in ("energy_distance", "mmd"):
         assert res[name]["extra"]["n_generated"] == 400 and res[name]["extra"]["permutations"] == 200
 

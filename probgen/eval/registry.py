@@ -303,8 +303,9 @@ for _m in (
                "with the median pooled distance as bandwidth (unbiased; permutation reference in "
                "extra)", "not vector data"),
     MetricInfo("sample_log_density", "sample log-dens", "nats", "higher",
-               "mean true log-density of the samples (the test points' own in extra: the value a "
-               "perfect sampler reaches)", "the data have no known density"),
+               "mean true log-density of the samples where it is positive, with the share of "
+               "samples outside the data's support beside it (the test points' own mean in "
+               "extra: the value a perfect sampler reaches)", "the data have no known density"),
     MetricInfo("frechet_distance", "Frechet", "", "lower",
                "Frechet distance between Gaussians fitted to features of samples and of test images",
                "not an image data set with class labels"),
