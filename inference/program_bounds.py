@@ -199,7 +199,9 @@ class ProgramModel:
         class name).
 
     Methods follow the protocol of DESIGN.md: ``elbo(x, num_samples)``,
-    ``iwae_bound(x, k)``, ``ais(x, **options)``, and ``sample(n)`` where given.
+    ``iwae_bound(x, k)``, ``ais(x, **options)``, and ``sample(n)`` where given; a program
+    whose every latent of an example is summed out also has its exact log-likelihood
+    (``exact_density(x)``, ``exact_log_prob(x)``).
     """
 
     def __init__(self, model: Callable, guide: Callable, *, data_plate: str | None = None,
@@ -243,6 +245,23 @@ class ProgramModel:
     def ais(self, x: torch.Tensor, **options) -> ProgramAISResult:
         """Per-example AIS estimate; keywords as :func:`program_ais`."""
         return program_ais(self, x, **options)
+
+    def exact_density(self, x: torch.Tensor) -> bool:
+        """Whether the traces give log p(x) itself on data like ``x``: the guide samples no
+        latent of the examples (every local latent is discrete and summed out), so the ELBO,
+        with no draw left to average over, is the log-likelihood (given the global latents'
+        point estimates where the program conditions on them)."""
+        return not self.structure(x).latent
+
+    def exact_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) per example (N,) of a program whose :meth:`exact_density` holds; a
+        :class:`ConfigError` otherwise."""
+        st = self.structure(x)
+        if st.latent:
+            raise ConfigError(f"{self.name}'s guide samples {', '.join(map(repr, st.latent))} for "
+                              "each example, so its traces give bounds on log p(x) (elbo, "
+                              "iwae_bound, ais), not log p(x) itself.")
+        return program_elbo(self, x, num_samples=1).total
 
     def __repr__(self) -> str:
         return f"ProgramModel({self.name})"

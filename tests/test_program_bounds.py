@@ -239,6 +239,46 @@ def _enumerated_only(x):
         pyro.sample("x", dist.Normal(_MU[c], 1.0), obs=x)
 
 
+def test_a_program_whose_every_latent_is_summed_out_is_scored_by_its_exact_log_likelihood():
+    """A mixture whose component is enumerated and whose guide samples nothing: its traces
+    give log p(x) itself, which the evaluation reports as the exact log-likelihood (and pairs
+    as such), not as a bound; a program with a sampled latent has none."""
+    from probgen.data import Dataset
+    from probgen.eval import evaluate
+
+    locs = torch.tensor([[-2.0, 0.0], [0.0, 2.0], [3.0, -1.0]])
+    scales = torch.tensor([[0.5, 1.0], [1.0, 0.3], [0.8, 0.8]])
+    weights = torch.tensor([0.2, 0.5, 0.3])
+
+    @config_enumerate
+    def model(x):
+        with pyro.plate("data", len(x)):
+            k = pyro.sample("k", dist.Categorical(weights))
+            pyro.sample("x", dist.Normal(locs[k], scales[k]).to_event(1), obs=x)
+
+    def guide(x):
+        pass
+
+    torch.manual_seed(0)
+    x = 2.0 * torch.randn(30, 2)
+    exact = (dist.Normal(locs, scales).to_event(1).log_prob(x.unsqueeze(1)) + weights.log()).logsumexp(-1)
+    prog = pb.as_program((model, guide))
+    assert prog.exact_density(x)
+    torch.testing.assert_close(prog.exact_log_prob(x), exact)
+    data = Dataset(name="mixture", train=x, val=x, test=x, shape=(2,), kind="vector",
+                   value_range=(-10.0, 10.0))
+    store = {}
+    met = evaluate((model, guide), data, k=5, per_example=store)["metrics"]
+    assert met["log_likelihood"]["estimator"] == "exact"
+    assert met["log_likelihood"]["value"] == pytest.approx(float(exact.mean()), abs=1e-5)
+    torch.testing.assert_close(store["log_likelihood"].float(), exact)
+    # with a continuous latent the guide draws, the traces give bounds only
+    mixture = pb.as_program((_mixture_model, _mixture_guide))
+    assert not mixture.exact_density(torch.zeros(3))
+    with pytest.raises(ConfigError, match=r"guide samples 'z'.*bounds on log p\(x\)"):
+        mixture.exact_log_prob(torch.zeros(3))
+
+
 # ----------------------------------------------------------------------------- constrained latents
 def _student_model(x):
     with pyro.plate("data", len(x)):

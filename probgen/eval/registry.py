@@ -335,8 +335,21 @@ for _m in (
 
 
 # ============================================================================ the estimators
+def _exact_log_prob(model, x):
+    """The model's exact log-likelihood function on data like ``x``, or None: its
+    ``log_prob``, or, for a program whose every latent of an example is summed out (a
+    :class:`~probgen.inference.program_bounds.ProgramModel` with ``exact_density(x)``), the
+    log p(x) its traces give."""
+    if callable(getattr(model, "log_prob", None)):
+        return model.log_prob
+    exact = getattr(model, "exact_density", None)
+    if callable(exact) and exact(x):
+        return model.exact_log_prob
+    return None
+
+
 def _exact_requires(ctx) -> str | None:
-    if callable(getattr(ctx.model, "log_prob", None)):
+    if _exact_log_prob(ctx.model, ctx.x[:2]) is not None:
         return None
     bounds = [name for name, has in (("ELBO", callable(getattr(ctx.model, "elbo", None))),
                                      ("IWAE", callable(getattr(ctx.model, "iwae_bound", None))),
@@ -348,9 +361,9 @@ def _exact_requires(ctx) -> str | None:
 def _exact(ctx) -> dict[str, Metric]:
     from probgen.eval.metrics import summarize
 
-    lp, _, var = ctx.score(ctx.model.log_prob, ctx.batch_size, "log-likelihood")
+    lp, _, var = ctx.score(_exact_log_prob(ctx.model, ctx.x[:2]), ctx.batch_size, "log-likelihood")
     ctx.store["log_likelihood"] = lp
-    return {"log_likelihood": ctx.label(summarize(lp, "nats", extra_var=var), "exact")}
+    return {"log_likelihood": _given(ctx, ctx.label(summarize(lp, "nats", extra_var=var), "exact"))}
 
 
 def _true_density(ctx) -> dict[str, Metric]:
