@@ -425,6 +425,8 @@ def run_effort(run_dir, *, share_s: float | None = None, seconds: float | None =
                            if cfg.get(k) is not None and (k, cfg[k]) != ("preprocess", "none")}}
     if recipe == "ppca" and cfg.get("fit", "closed-form") == "closed-form":
         effort["closed_form"] = True
+        for k in ("batch_size", "lr"):  # options of --fit svi that the closed form does not use
+            effort["settings"].pop(k, None)
     elif progress.get("epochs_run") is not None:
         effort["epochs"] = progress["epochs_run"]
         effort["steps"] = progress.get("steps_run", step)

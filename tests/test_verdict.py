@@ -344,6 +344,18 @@ def test_run_effort_names_a_standardisation_and_not_its_absence(tmp_path):
         assert vd.settings_text(vd.run_effort(tmp_path, share_s=1.0, seconds=1.0, how="trained")) == shown
 
 
+def test_a_closed_form_ppca_row_shows_no_optimiser_settings(tmp_path):
+    """PPCA's closed form uses no batch size or learning rate (those are --fit svi's): its
+    row does not list them; a PPCA fitted by SVI does."""
+    import json
+
+    for fit, shown in (("closed-form", "latent_dim=3, fit=closed-form"),
+                       ("svi", "latent_dim=3, fit=svi, batch_size=100, lr=0.01")):
+        (tmp_path / "config.json").write_text(json.dumps({
+            "model": "ppca", "latent_dim": 3, "fit": fit, "batch_size": 100, "lr": 0.01}))
+        assert vd.settings_text(vd.run_effort(tmp_path, share_s=1.0, seconds=1.0, how="trained")) == shown
+
+
 def test_a_dequantized_representation_of_other_levels_is_defined_in_bits_and_named_in_words():
     """sklearn's digits have 17 grey levels: their likelihood column is in bits/dim like the
     8-bit one, its definition says so, and the verdict names it in words."""
