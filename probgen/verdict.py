@@ -156,13 +156,20 @@ def likelihood_label(entry: dict) -> str:
     return f"{label}, given {entry['given']}" if entry.get("given") else label
 
 
+def _blurred(entry: dict) -> bool:
+    """Whether ``entry`` is the AIS of a decoder with a Gaussian observation model (Wu et al.
+    2017): a density of the decoder with noise added, not of the model itself."""
+    return entry.get("metric") == "decoder_ais"
+
+
 def _estimate_words(entry: dict) -> str:
     est, inner = entry.get("estimator") or "", entry.get("inner_estimator") or ""
     deq = "dequantization bound" in (est, inner)
     kind = inner if est == "dequantization bound" else est
     if kind == "dequantization bound":
         kind = ""
-    words = {"exact": "exact", "elbo": "ELBO", "ais": "AIS", "parzen": "Parzen window"}.get(kind)
+    words = {"exact": "exact", "elbo": "ELBO", "ais": "decoder AIS" if _blurred(entry) else "AIS",
+             "parzen": "Parzen window"}.get(kind)
     if words is None and kind.startswith("iwae-"):
         words = f"IWAE-{kind[5:]}"
     words = words or kind
@@ -174,7 +181,7 @@ def _estimate_words(entry: dict) -> str:
     if kind.startswith("iwae-"):
         return f"{words} bound"
     if kind == "ais":
-        return "AIS estimate"
+        return f"{words} estimate"
     return words
 
 
@@ -542,10 +549,19 @@ def _likelihood_sentences(results: dict) -> list[str]:
                 s += f" (then {_names(rest, results)})"
         if rep == "continuous" and true_ll is not None:
             s += f"; the data's true density scores {_num(true_ll['value'], true_ll.get('stderr'))} nats"
-        behind = [n for n, e in ranking[1:] if n not in tied and _kind(e) != "exact"]
+        blurred = [n for n, e in ranking if _blurred(e)]
+        behind = [n for n, e in ranking[1:]
+                  if n not in tied and _kind(e) != "exact" and n not in blurred]
         if behind and _kind(best) == "exact":
             s += (f" ({' and '.join(behind)}: lower bound{'s' if len(behind) > 1 else ''}, the "
                   "true value can be higher)")
+        if blurred:
+            one = len(blurred) == 1
+            s += (f" ({' and '.join(blurred)}: the AIS of {'its decoder' if one else 'their decoders'} "
+                  "with Gaussian noise added (Wu et al. 2017), a stochastic lower bound on the "
+                  f"density of {'that blurred decoder' if one else 'those blurred decoders'}, not "
+                  f"of the model{'' if one else 's'} themselves)".replace("model themselves",
+                                                                           "model itself"))
         sentences.append(s + ".")
     no_lik = [n for n in names if not model_likelihoods(models[n])]
     if no_lik:

@@ -297,6 +297,24 @@ def test_a_rows_own_likelihoods_entry_is_rendered_with_its_caveat():
             "dequantized 8-bit images than gan, but worse samples.") in text
 
 
+def test_a_decoders_ais_is_named_as_such_and_not_called_a_bound_on_the_model():
+    """The GAN's likelihood on dequantized images is the AIS of its decoder with Gaussian noise
+    added: its cell says "decoder AIS", and the verdict says that it bounds the density of the
+    blurred decoder, where a model's own bound is 'a lower bound, the true value can be higher'."""
+    res = image_results()
+    res["models"]["gan"]["likelihoods"] = {"dequantized-8bit": {
+        "metric": "decoder_ais", "value": -1500.0, "stderr": 5.0, "unit": "nats",
+        "bits_per_dim": 1500.0 / (D * math.log(2)), "bits_per_dim_stderr": 5.0 / (D * math.log(2)),
+        "estimator": "ais", "inner_estimator": "dequantization bound"}}
+    header, rows, _ = comparison_table(res, COLUMNS)
+    cell = {r[0]: r for r in rows}["gan"][header.index("log-lik dequantized-8bit (bits/dim)")]
+    assert "(-1500 nats; decoder AIS dequantization bound)" in cell
+    text = vd.verdict(res)
+    assert ("(gan: the AIS of its decoder with Gaussian noise added (Wu et al. 2017), a stochastic "
+            "lower bound on the density of that blurred decoder, not of the model itself)") in text
+    assert "gan: lower bound" not in text
+
+
 def test_a_blank_likelihood_cell_says_why():
     header, rows, notes = comparison_table(image_results(), COLUMNS)
     by = {r[0]: r for r in rows}
