@@ -13,7 +13,7 @@ and ``iwae_K``: the gaps are the bounds' true slack.
 from __future__ import annotations
 
 from probgen.checks import positive_float, positive_int
-from probgen.recipes import RecipeConfig, option
+from probgen.recipes import RecipeConfig, default_epochs_words, option
 
 HELP = "probabilistic PCA (exact likelihood; closed form or SVI)"
 TRAINS_BY = "epochs"  # with --fit svi; the closed form is one epoch
@@ -21,6 +21,7 @@ QUICK = True          # the closed form is one eigen-decomposition
 LIST_ORDER = 30
 SMOKE = {"data": "digits", "limit": 200, "latent_dim": 3, "fit": "svi", "batch_size": 50}
 DEFAULT_LATENT_DIM = 10
+DEFAULT_EPOCHS = 20  # of --fit svi, or as many as probgen.recipes.MIN_DEFAULT_STEPS take on less data
 
 
 class Config(RecipeConfig):
@@ -31,7 +32,8 @@ class Config(RecipeConfig):
                       choices=("closed-form", "svi"))
     guide: str = option("full", "covariance of q(z|x) (default full: can equal the posterior)",
                         choices=("full", "diagonal"))
-    epochs: int = option(20, "SVI passes over the data (default %(default)s)", type=positive_int)
+    epochs: int | None = option(None, "SVI " + default_epochs_words(DEFAULT_EPOCHS),
+                                type=positive_int)
     batch_size: int = option(100, "SVI examples per step (default %(default)s)", type=positive_int)
     lr: float = option(1e-2, "SVI Adam learning rate (default %(default)s)", type=positive_float)
 
@@ -86,6 +88,7 @@ def _mean_log_prob(model, data, split: str, batch_size: int = 2000) -> float | N
 
 
 def train(run, data, config, device):
+    import math
     import time
 
     import pyro
@@ -110,7 +113,12 @@ def train(run, data, config, device):
         return model
 
     n = int(data.train.shape[0])
-    from probgen.recipes import epoch_checkpoint, resume_epochs
+    from probgen.recipes import epoch_checkpoint, resolve_epochs, resume_epochs
+
+    c.epochs = resolve_epochs(run, c, n, DEFAULT_EPOCHS)
+    # on dequantized data the logged ELBO is, like the validation log p(x), a bound on log P of
+    # the discrete values (the training draws are densities of the values with their noise)
+    offset = 0.0 if data.bin_width is None else data.dim * math.log(data.bin_width)
 
     start_epoch, start_step, optim_state, resumed = resume_epochs(run, model, device)
     if not resumed:
@@ -124,9 +132,10 @@ def train(run, data, config, device):
 
         with torch.no_grad():
             val = _mean_log_prob(model, data, "val")
-        run.log(st.step, epoch=st.epoch, train_elbo=-st.epoch_loss / n, val_log_likelihood=val,
+        train_elbo = -st.epoch_loss / n + offset
+        run.log(st.step, epoch=st.epoch, train_elbo=train_elbo, val_log_likelihood=val,
                 seconds=time.perf_counter() - t0)
-        print(f"epoch {st.epoch:4d}  train ELBO {-st.epoch_loss / n:10.3f}  val log p(x) "
+        print(f"epoch {st.epoch:4d}  train ELBO {train_elbo:10.3f}  val log p(x) "
               f"{'--' if val is None else f'{val:.3f}'}", flush=True)
         return run.should_stop()
 
