@@ -422,6 +422,9 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
         results["models"][REFERENCE_ROW] = _reference(row["data"], spec)
         results["reference"] = {"representation_of": first, "data_options": row["data_options"],
                                 "n": sample_count(row["data"])}
+        few = row["data"].few_valued_note()
+        if few:  # said beside the likelihoods of continuous data (probgen.verdict)
+            results["data_caveats"] = {"continuous": few}
         timing["score_s"][REFERENCE_ROW] = time.perf_counter() - t0
     stages.update(1)
     stages.close()

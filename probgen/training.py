@@ -441,6 +441,9 @@ def train_with_options(name: str, data: str, out, common: dict, options: dict, *
                                  download=common["download"])
     pdist.share_outcome(run.check_data, data_obj, allow_changed=common["allow_changed_data"],
                         action="train")
+    few = data_obj.few_valued_note()
+    if few and run.writer and not quiet:
+        print(f"{name}: note: {few}.", flush=True)
 
     t0 = time.perf_counter()
     with StopControl(common["time_budget"]) as run.stop, deterministic_algorithms(common["deterministic"]):

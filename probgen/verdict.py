@@ -563,6 +563,9 @@ def _likelihood_sentences(results: dict) -> list[str]:
                   f"of the model{'' if one else 's'} themselves)".replace("model themselves",
                                                                            "model itself"))
         sentences.append(s + ".")
+        caveat = (results.get("data_caveats") or {}).get(rep)
+        if caveat:  # what the data themselves make of these likelihoods
+            sentences.append(f"Note: {caveat[:1].upper()}{caveat[1:]}.")
     no_lik = [n for n in names if not model_likelihoods(models[n])]
     if no_lik:
         sentences.append(f"{_names(no_lik, results)} {'has' if len(no_lik) == 1 else 'have'} no "

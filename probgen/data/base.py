@@ -120,6 +120,32 @@ class Dataset:
             n *= s
         return n
 
+    def few_valued_features(self, max_values: int = 10) -> list[tuple[int, int]]:
+        """``(feature, distinct values)`` of each feature of real-valued vectors that takes at
+        most ``max_values`` distinct values in the training split (of at least 5 x as many
+        examples): a coded category or a count, on which a density can pile up without bound,
+        so that a "continuous" log-likelihood overstates what a model of the values would
+        score. Empty for images, binarised or dequantized data and toy sets."""
+        x = self.train
+        if (self.kind != "vector" or self.representation != "continuous" or x.dim() != 2
+                or x.shape[0] < 5 * max_values):
+            return []
+        s = x.sort(0).values
+        distinct = (s[1:] != s[:-1]).sum(0) + 1  # (D,)
+        return [(j, int(k)) for j, k in enumerate(distinct.tolist()) if k <= max_values]
+
+    def few_valued_note(self) -> str | None:
+        """A sentence on :meth:`few_valued_features`, or None where there are none."""
+        few = self.few_valued_features()
+        if not few:
+            return None
+        shown = ", ".join(f"feature {j} takes {k} value{'s' if k != 1 else ''}" for j, k in few[:4])
+        more = f" (and {len(few) - 4} more features like them)" if len(few) > 4 else ""
+        return (f"in {self.name}, {shown}{more} in the training split: a density can grow "
+                "without bound on so few values, so log-likelihoods of these data can be large for "
+                "that reason alone; drop such features, or give their spacing (--bin-width) to "
+                "score log P of discrete values")
+
     @property
     def representation(self) -> str:
         """What a likelihood on these data is a likelihood of.
