@@ -55,8 +55,9 @@ from pathlib import Path
 from probgen.errors import ConfigError
 from probgen.report import REFERENCE_ROW_NAME, figure_sample_count, scoring_samples
 
+# and COLUMNS, read from the table of metrics when asked for
 __all__ = ["compare", "columns", "likelihoods", "likelihood_preference", "CompareSpec", "parse_models",
-           "parse_model_item", "training_order"]  # and COLUMNS, read from the table of metrics when asked for
+           "parse_model_item", "training_order"]
 
 
 def __getattr__(name: str):
@@ -447,8 +448,8 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
     timing["note"] = ("the budget bounds training and the choice of the number of mixture "
                       "components: each model trains for at most its share, the budget left "
                       "over divided among the models still to train and that choice (the quick "
-                      "ones first, those that train until their share is spent last); loading data, drawing each run's figures and scoring "
-                      "are not counted in it")
+                      "ones first, those that train until their share is spent last); loading "
+                      "data, drawing each run's figures and scoring are not counted in it")
     results["time"] = timing
     from probgen import report, verdict
 

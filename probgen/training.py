@@ -441,8 +441,8 @@ def train_with_options(name: str, data: str, out, common: dict, options: dict, *
                                  download=common["download"])
     pdist.share_outcome(run.check_data, data_obj, allow_changed=common["allow_changed_data"],
                         action="train")
-    few = data_obj.few_valued_note()
-    if few and run.writer and not quiet:
+    few = data_obj.few_valued_note() if run.writer and not quiet else None
+    if few:
         print(f"{name}: note: {few}.", flush=True)
 
     t0 = time.perf_counter()
