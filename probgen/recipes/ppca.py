@@ -88,11 +88,11 @@ def _mean_log_prob(model, data, split: str, batch_size: int = 2000) -> float | N
 
 
 def train(run, data, config, device):
-    import math
     import time
 
     import pyro
 
+    from probgen.data.dequantize import bound_offset
     from probgen.inference.svi import fit_svi
 
     c = Config.read(config)
@@ -118,7 +118,7 @@ def train(run, data, config, device):
     c.epochs = resolve_epochs(run, c, n, DEFAULT_EPOCHS)
     # on dequantized data the logged ELBO is, like the validation log p(x), a bound on log P of
     # the discrete values (the training draws are densities of the values with their noise)
-    offset = 0.0 if data.bin_width is None else data.dim * math.log(data.bin_width)
+    offset = 0.0 if data.bin_width is None else bound_offset(data.dim, data.bin_width)
 
     start_epoch, start_step, optim_state, resumed = resume_epochs(run, model, device)
     if not resumed:
