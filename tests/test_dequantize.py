@@ -136,6 +136,9 @@ def test_named_images_know_their_levels():
     assert load_dataset("ring8", dequantize="auto").bin_width is None     # a density already
     assert load_dataset("digits", binarize="fixed").representation == "binary"
     assert load_dataset("digits").representation == "raw-pixels"
+    # log P(bins) >= E log p(values in the bin) + D log w: 64 pixels of width 1/17
+    assert ds.bound_offset == pytest.approx(-64 * math.log(17))
+    assert load_dataset("digits").bound_offset == 0.0
     with pytest.raises(DataError, match="two representations"):
         load_dataset("digits", binarize="fixed", dequantize="on")
 

@@ -120,6 +120,14 @@ class Dataset:
             n *= s
         return n
 
+    @property
+    def bound_offset(self) -> float:
+        """``D log w`` on dequantized data (what turns the density of the dequantized values
+        into a lower bound on log P of the discrete ones), 0.0 on any other data."""
+        from probgen.data.dequantize import bound_offset
+
+        return 0.0 if self.bin_width is None else bound_offset(self.dim, self.bin_width)
+
     def few_valued_features(self, max_values: int = 10) -> list[tuple[int, int]]:
         """``(feature, distinct values)`` of each feature of real-valued vectors that takes at
         most ``max_values`` distinct values in the training split (of at least 5 x as many

@@ -31,7 +31,6 @@ every model (they depend on ``noise_seed`` only), so paired differences share th
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from probgen.errors import ConfigError
@@ -82,7 +81,7 @@ class _Dequantized:
 
             raise ConfigError(f"dequant_draws must be a positive number of noise draws; got {draws}.")
         self.data, self.x, self.draws, self.seed = data, x, int(draws), int(noise_seed)
-        self.offset = data.dim * math.log(data.bin_width)  # D log w = -D log 256 on 8-bit data
+        self.offset = data.bound_offset  # D log w = -D log 256 on 8-bit data
 
     def noisy(self):
         """The same ``draws`` noisy copies of ``x`` on every call."""

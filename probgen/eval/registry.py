@@ -564,7 +564,6 @@ def _decoder_requires(ctx) -> str | None:
 
 
 def _decoder_ais(ctx) -> dict:
-    import math
 
     import torch
 
@@ -586,7 +585,7 @@ def _decoder_ais(ctx) -> dict:
                            seed=ctx.noise_seed, per_example=ctx.store,
                            progress=ctx.progress)
     if view.bin_width is not None and m.value is not None:
-        offset = view.dim * math.log(view.bin_width)  # the dequantization bound on log P(k)
+        offset = view.bound_offset  # the dequantization bound on log P(k)
         m.value += offset
         ctx.store["decoder_ais"] = ctx.store["decoder_ais"] + offset
     return {"decoder_ais": ctx.label(m, "ais", data=view)}

@@ -184,14 +184,13 @@ def clipped_adam(params, *, lr: float, max_norm: float):
 def val_log_likelihood(model, data, batch_size: int = 1000) -> float | None:
     """Mean log-likelihood of the validation split (on dequantized data the bound, from one
     seeded noise draw)."""
-    import math
 
     import torch
 
     x = data.draw("val", torch.Generator(device=data.device).manual_seed(1))
     if x.shape[0] == 0:
         return None
-    offset = 0.0 if data.bin_width is None else data.dim * math.log(data.bin_width)
+    offset = data.bound_offset
     with torch.no_grad():
         total = sum(float(model.log_prob(x[i:i + batch_size]).double().sum())
                     for i in range(0, x.shape[0], batch_size))
@@ -226,7 +225,7 @@ def train(run, data, config, device):
     n = int(data.train.shape[0])
     bits = data.representation.startswith("dequantized")
     # on dequantized data the logged log-likelihoods are bounds on log P of the discrete values
-    offset = 0.0 if data.bin_width is None else data.dim * math.log(data.bin_width)
+    offset = data.bound_offset
     t0 = time.perf_counter()
 
     def set_lr(param_groups, epoch: int) -> None:

@@ -119,7 +119,7 @@ def train(run, data, config, device):
     config = resolve_config(config, data)
     return fit_mixture(run, data, config, device, build(config, device),
                        values=lambda split, seed: _values(data, split, seed),
-                       offset=_bound_offset(data))
+                       offset=data.bound_offset)
 
 
 def fit_mixture(run, data, config: dict, device, mixture, *, values, offset: float = 0.0):
@@ -183,13 +183,6 @@ def _values(data, split: str, seed: int):
     gen = torch.Generator(device=data.device).manual_seed(int(seed))
     x = data.draw(split, gen)
     return x.reshape(x.shape[0], -1)
-
-
-def _bound_offset(data) -> float:
-    """``D log(bin width)`` on dequantized data (log-likelihoods logged as the bound), else 0."""
-    import math
-
-    return 0.0 if data.bin_width is None else data.dim * math.log(data.bin_width)
 
 
 def load(run, data, device):

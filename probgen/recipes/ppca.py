@@ -74,14 +74,13 @@ def build(config: dict, data):
 def _mean_log_prob(model, data, split: str, batch_size: int = 2000) -> float | None:
     """Mean log-likelihood of ``split``; on dequantized data the dequantization bound from one
     seeded noise draw."""
-    import math
 
     import torch
 
     x = data.draw(split, torch.Generator(device=data.device).manual_seed(1))
     if x.shape[0] == 0:
         return None
-    offset = 0.0 if data.bin_width is None else data.dim * math.log(data.bin_width)
+    offset = data.bound_offset
     with torch.no_grad():
         return sum(float(model.log_prob(x[i:i + batch_size]).sum())
                    for i in range(0, x.shape[0], batch_size)) / x.shape[0] + offset
@@ -92,7 +91,6 @@ def train(run, data, config, device):
 
     import pyro
 
-    from probgen.data.dequantize import bound_offset
     from probgen.inference.svi import fit_svi
 
     c = Config.read(config)
@@ -118,7 +116,7 @@ def train(run, data, config, device):
     c.epochs = resolve_epochs(run, c, n, DEFAULT_EPOCHS)
     # on dequantized data the logged ELBO is, like the validation log p(x), a bound on log P of
     # the discrete values (the training draws are densities of the values with their noise)
-    offset = 0.0 if data.bin_width is None else bound_offset(data.dim, data.bin_width)
+    offset = data.bound_offset
 
     start_epoch, start_step, optim_state, resumed = resume_epochs(run, model, device)
     if not resumed:
