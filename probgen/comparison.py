@@ -221,8 +221,10 @@ def parse_models(models) -> list[ModelEntry]:
 
             model, opts = item, {}
             name = parse_program_spec(model_spec(item)[1]["program"]).name
+        # rows differing only in case ("vae" and a program class "VAE") get names apart as
+        # well: their run folders would be one folder on a case-insensitive file system
         base, i = name, 2
-        while any(e.name == name for e in entries):
+        while any(e.name.casefold() == name.casefold() for e in entries):
             name, i = f"{base}-{i}", i + 1
         entries.append(ModelEntry(name, model, opts))
     if not entries:

@@ -81,6 +81,9 @@ def test_model_options_in_parentheses_and_their_errors():
     rows = parse_models("vae(latent-dim=2),gan,vae(latent_dim=8)")
     assert [(r.name, r.model, r.options) for r in rows] == [
         ("vae", "vae", {"latent_dim": "2"}), ("gan", "gan", {}), ("vae-2", "vae", {"latent_dim": "8"})]
+    # a program class named like a built-in row gets its own run folder on any file system
+    rows = parse_models("vae,examples/pyro_vae.py:VAE")
+    assert [r.name for r in rows] == ["vae", "VAE-2"]
     with pytest.raises(ConfigError, match="unbalanced parentheses"):
         parse_models("vae(latent_dim=2,gan")
     with pytest.raises(ConfigError, match="NAME=VALUE"):
