@@ -219,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-changed-data", action="store_true",
                    help="score --runs even when their data differ from those they trained on "
                         "(default: refuse)")
+    p.add_argument("--dequantize", choices=["none", "auto", "on"], default=None,
+                   help="as for `probgen train`, for every row that models values (a row that "
+                        "binarises its pixels keeps them binary): none models the values as "
+                        "they are, on/auto score a bound on log P of the discrete values "
+                        "(default: each model's own, auto for continuous models)")
+    p.add_argument("--bin-width", type=positive_float, default=None, metavar="W",
+                   help="spacing of the data's values where they are discrete but not 8-bit "
+                        "(counts: 1), to score log P of those values by dequantization; as "
+                        "--dequantize, for every row that models values (default: none)")
     _add_estimator_args(p, "compare")
     _add_quiet(p)
     _add_common_data_args(p)
@@ -500,7 +509,7 @@ def _cmd_compare(args) -> int:
         data=args.data, models=args.models,
         out=Path(args.out), budget_minutes=args.budget, runs=runs, seed=args.seed,
         device=args.device, data_root=args.data_root, model_choice=args.model_choice,
-        limit=args.limit,
+        limit=args.limit, dequantize=args.dequantize, bin_width=args.bin_width,
         eval_limit=args.eval_limit, overwrite=args.overwrite, quiet=args.quiet,
         allow_changed_model=args.allow_changed_model, allow_changed_data=args.allow_changed_data,
         **options_from_args(args),

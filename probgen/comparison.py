@@ -52,7 +52,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from probgen.errors import ConfigError
+from probgen.errors import ConfigError, DataError
 from probgen.report import REFERENCE_ROW_NAME, figure_sample_count, scoring_samples
 
 # and COLUMNS, read from the table of metrics when asked for
@@ -101,6 +101,10 @@ class CompareSpec:
     data_root: str | None = None
     limit: int | None = None
     eval_limit: int | None = None
+    # the data's quantisation, for the rows that model values (not those that binarise them):
+    # as `probgen train --dequantize/--bin-width`
+    dequantize: str | None = None
+    bin_width: float | None = None
     model_options: dict[str, dict] = field(default_factory=dict)
     overwrite: bool = False
     allow_changed_model: bool = False
@@ -263,7 +267,49 @@ def _signature(e: ModelEntry, spec: CompareSpec) -> dict:
            "budget_minutes": spec.budget_minutes, "models": _model_items(spec.models)}
     if e.weight != 1.0:
         sig["weight"] = e.weight
+    if spec.dequantize is not None or spec.bin_width is not None:
+        sig["quantisation"] = {"dequantize": spec.dequantize, "bin_width": spec.bin_width}
     return sig
+
+
+def _check_quantisation(entries: list[ModelEntry], spec: CompareSpec) -> None:
+    """Load the data once with each quantisation the rows will train with, so that a bin width
+    the data refuse stops the comparison before any model trains."""
+    if spec.dequantize is None and spec.bin_width is None:
+        return
+    from probgen.data import load_dataset
+
+    for e in entries:
+        q = _quantisation(*_train_options(e), spec)
+        if q:
+            try:
+                load_dataset(spec.data, root=spec.data_root, seed=spec.seed, limit=spec.limit,
+                             dequantize=q["dequantize"] or "auto", bin_width=q["bin_width"])
+            except DataError as err:
+                raise ConfigError(f"--dequantize/--bin-width (for row {e.name} and every row "
+                                  f"that models values): {err}") from err
+            return  # every row that takes them takes the same
+
+
+def _quantisation(recipe_name: str, opts: dict, spec: CompareSpec) -> dict:
+    """The ``dequantize``/``bin_width`` options a row trains with: the comparison's, except for
+    a row that binarises its data (a probability of 0/1 pixels already, a representation of
+    its own in the results)."""
+    if spec.dequantize is None and spec.bin_width is None:
+        return {}
+    from probgen.recipes import get_recipe
+    from probgen.training import data_config, defaults_from_data, recipe_options
+
+    recipe = get_recipe(recipe_name)
+    full = recipe_options(recipe_name, opts)
+    # the defaults that follow the data (the VAE's likelihood: Bernoulli on images, Gaussian
+    # on vectors) decide whether the row binarises
+    defaults_from_data(recipe_name, recipe, full, spec.data, {"data_root": spec.data_root})
+    if hasattr(recipe, "prepare_config"):  # a program's options come from its file
+        full = recipe.prepare_config(full)
+    if data_config(full, recipe, data=spec.data)["binarize"] != "none":
+        return {}
+    return {"dequantize": spec.dequantize, "bin_width": spec.bin_width}
 
 
 def _model_items(models) -> list[str]:
@@ -351,6 +397,7 @@ def compare(spec: CompareSpec | str | None = None, models=None, out=None, *, bud
         recipe_name, opts = _train_options(e)
         defaults_from_data(recipe_name, get_recipe(recipe_name), recipe_options(recipe_name, opts),
                             spec.data, {"data_root": spec.data_root})
+    _check_quantisation(to_train, spec)
     for e in order:  # a program is checked before any model trains or --out is written
         if _recipe_of(e).name == "program":
             _check_program_entry(e, spec)
@@ -510,7 +557,9 @@ def _check_program_entry(e: ModelEntry, spec: CompareSpec) -> None:
     recipe = get_recipe(recipe_name)
     opts = recipe.prepare_config(recipe_options(recipe_name, opts))
     config = {"data": spec.data, "seed": spec.seed, "limit": spec.limit, "data_root": spec.data_root,
-              "data_options": data_config(opts, recipe, data=spec.data), **opts}
+              "data_options": data_config(opts, recipe, data=spec.data,
+                                          **_quantisation(recipe_name, _train_options(e)[1], spec)),
+              **opts}
     device = resolve_device(spec.device)
     recipe.check(config, load_run_data(config, device=device, data_root=spec.data_root), device)
 
@@ -555,7 +604,7 @@ def _train_entry(e: ModelEntry, spec: CompareSpec, run_dir: Path, share: float) 
     result = train(e.model if recipe == "program" else recipe, spec.data, run_dir, seed=spec.seed,
                    device=spec.device, overwrite=True, limit=spec.limit, time_budget=share,
                    data_root=spec.data_root, progress=not spec.quiet, compare_signature=signature,
-                   **{k: v for k, v in opts.items() if k != "program"})
+                   **_quantisation(recipe, opts, spec), **{k: v for k, v in opts.items() if k != "program"})
     if result.stopped_by:
         raise KeyboardInterrupt
     # the budget counts the training itself; loading the data and drawing the run's figures

@@ -353,3 +353,45 @@ def test_rows_that_train_until_their_share_is_spent_train_last():
         e.name = name
     assert [e.name for e in training_order(entries)] == [
         "gmm", "ppca", "gan", "vae_2", "flow", "vae", "ae"]
+
+
+def test_bin_width_scores_counts_as_discrete_values_and_leaves_binary_rows_alone(tmp_path, capsys):
+    """--bin-width 1 on integer counts: every row that models values trains and is scored on
+    the dequantized data (a lower bound on log P of the counts, comparable with the exact
+    Poisson log-probability); a row that binarises keeps its own representation; a bin width
+    the data refuse stops compare before anything is written."""
+    import numpy as np
+    from scipy.stats import poisson
+
+    import probgen
+    from probgen.comparison import CompareSpec, _quantisation
+    from probgen.data import load_dataset
+
+    rates = np.array([20.0, 6.0])
+    x = np.random.default_rng(0).poisson(rates, size=(1000, 2))
+    path = tmp_path / "counts.npy"
+    np.save(path, x)
+    res = probgen.compare(str(path), ["gmm", "ppca"], tmp_path / "cmp", budget=0.2,
+                          model_choice=False, bin_width=1.0)
+    test = load_dataset(str(path)).test.numpy()                       # the counts as scored
+    exact = poisson.logpmf(test, rates).sum(1).mean()
+    for row in ("gmm", "ppca"):
+        assert res["data_options"][row]["bin_width"] == 1.0
+        ll = res["models"][row]["metrics"]["log_likelihood"]
+        assert ll["representation"] == "dequantized" and ll["estimator"] == "dequantization bound"
+        # a bound on log P of the counts: near the truth for a good model, never far above it
+        assert ll["value"] < exact + 3 * ll["stderr"] + 0.05
+    assert res["models"]["gmm"]["metrics"]["log_likelihood"]["value"] > exact - 0.3
+
+    spec = CompareSpec(str(path), ["vae"], tmp_path / "x", bin_width=1.0)
+    assert _quantisation("vae", {}, spec) == {"dequantize": None, "bin_width": 1.0}  # Gaussian
+    spec = CompareSpec("digits", ["vae"], tmp_path / "x", dequantize="on")
+    assert _quantisation("vae", {}, spec) == {}                         # binarised pixels
+    assert _quantisation("vae", {"likelihood": "gaussian"}, spec) == {"dequantize": "on",
+                                                                      "bin_width": None}
+    out = tmp_path / "bad"
+    assert main(["compare", "--data", "digits", "--models", "vae,gmm", "--bin-width", "0.5",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--bin-width" in err and "1/17" in err
+    assert not out.exists()
