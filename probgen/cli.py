@@ -456,6 +456,9 @@ def _cmd_sample(args) -> int:
     seed_everything(args.seed)
     with torch.no_grad():
         x = model.sample(args.n).detach().cpu()
+    # a model of dequantized data samples values plus their noise: each sample is written as
+    # the discrete value of its bin, as the data hold them
+    x = data.as_values(x)
     import io
 
     import numpy as np
@@ -473,7 +476,9 @@ def _cmd_sample(args) -> int:
 
     # beside the samples, not over the figures training wrote (RUN_DIR/figures/samples.png)
     fig = plots.samples_figure(x, data, out.with_suffix(".png"))
-    print(f"wrote {args.n} samples to {out} and a figure to {fig}")
+    values = (f" (the {data.representation} data's own values: each sample at the lower edge of "
+              "its bin)") if data.bin_width is not None else ""
+    print(f"wrote {args.n} samples to {out}{values} and a figure to {fig}")
     return 0
 
 

@@ -525,7 +525,8 @@ def vector_sample_metrics(model, data, split: str = "test", *, n_samples: int | 
     if samples is None:
         with torch.no_grad():
             samples = model.sample(n)
-    fake = samples.detach().reshape(samples.shape[0], -1)
+    # on dequantized data, each sample as the discrete value of its bin, as the data hold it
+    fake = data.as_values(samples.detach()).reshape(samples.shape[0], -1)
     if not torch.isfinite(fake).all():
         raise DataError(
             f"{int((~torch.isfinite(fake).all(1)).sum())} of {fake.shape[0]} samples are not "
