@@ -411,6 +411,22 @@ def _load_run(args):
                     allow_changed_model=getattr(args, "allow_changed_model", False))
 
 
+def _what_it_is(m: dict) -> str:
+    """What a likelihood printed by ``probgen eval`` is: its estimator, the representation of
+    the data it is a likelihood of, and bits per dimension where those mean something
+    ("  [iwae-5000 on binary data; 0.1631 ± 0.00041 bits/dim]"); empty for other metrics."""
+    estimator, rep = m.get("estimator"), m.get("representation")
+    if not estimator or not rep:
+        return ""
+    if m.get("inner_estimator"):
+        estimator = f"{estimator} ({m['inner_estimator']} inside)"
+    bpd = m.get("bits_per_dim")
+    if bpd is not None:
+        se = m.get("bits_per_dim_stderr")
+        bpd = f"; {bpd:.4g}{f' ± {se:.2g}' if se is not None else ''} bits/dim"
+    return f"  [{estimator} on {rep} data{bpd or ''}]"
+
+
 def _cmd_eval(args) -> int:
     from probgen.runs import check_unlocked
 
@@ -436,7 +452,8 @@ def _cmd_eval(args) -> int:
             se = f" ± {se:.4g}" if se is not None else ""
             given = (m.get("extra") or {}).get("given")
             given = f"  (given {given})" if given else ""
-            print(f"  {name:24s} {m['value']:.6g}{se} {m.get('unit', '')}{given}".rstrip())
+            print(f"  {name:24s} {m['value']:.6g}{se} {m.get('unit', '')}{_what_it_is(m)}"
+                  f"{given}".rstrip())
     print(f"wrote {path}")
     return 0
 

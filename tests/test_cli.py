@@ -169,6 +169,16 @@ def test_eval_prints_a_header_and_refuses_to_overwrite(gmm_run, capsys):
     assert _eval(gmm_run) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == (f"evaluating gmm ({gmm_run}) on ring8, test split, n=300, seed 0")
+    from probgen.cli import _what_it_is
+
+    assert _what_it_is({"estimator": "dequantization bound", "inner_estimator": "iwae-50",
+                        "representation": "dequantized-8bit", "bits_per_dim": 1.2345,
+                        "bits_per_dim_stderr": 0.0123}) == (
+        "  [dequantization bound (iwae-50 inside) on dequantized-8bit data; 1.234 ± 0.012 bits/dim]")
+    assert _what_it_is({"value": 0.3, "unit": "fraction"}) == ""
+    # each likelihood says what it is and of which data
+    assert "  [exact on continuous data]" in next(ln for ln in out.splitlines()
+                                                  if ln.strip().startswith("log_likelihood"))
     first = (gmm_run / "eval.json").read_text()
     assert json.loads(first)["seed"] == 0
     assert _eval(gmm_run, "--seed", "1") == 2
