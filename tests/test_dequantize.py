@@ -230,7 +230,7 @@ def test_samples_of_dequantized_values_are_scored_as_the_values_of_their_bins(tm
     np.save(tmp_path / "counts.npy", g.poisson([4.0, 9.0], size=(3000, 2)))
     ds = load_dataset(str(tmp_path / "counts.npy"), bin_width=1.0)
     assert ds.representation == "dequantized"
-    x = torch.tensor([[3.999, -0.5], [7.2, 2.0]])
+    x = torch.tensor([[3.99, -0.5], [7.2, 2.0]])  # (within a thousandth of a bin: an edge)
     torch.testing.assert_close(ds.as_values(x), torch.tensor([[3.0, -1.0], [7.0, 2.0]]))
     assert ds.as_values(x) is not x and load_dataset(str(tmp_path / "counts.npy")).as_values(x) is x
 
@@ -247,6 +247,14 @@ def test_samples_of_dequantized_values_are_scored_as_the_values_of_their_bins(tm
     raw = vector_sample_metrics(None, load_dataset(str(tmp_path / "counts.npy")), samples=shifted,
                                 n_samples=400)
     assert raw["energy_distance"].extra["p_value"] < 0.05
+
+    # the data's own values stay where they are, also on a grid float32 cannot hold exactly
+    np.save(tmp_path / "tenths.npy", (g.integers(0, 50_000, size=(500, 3)) * 0.1).astype(np.float32))
+    tenths = load_dataset(str(tmp_path / "tenths.npy"), bin_width=0.1)
+    torch.testing.assert_close(tenths.as_values(tenths.train), tenths.train, rtol=0, atol=1e-3)
+    for name in ("digits", "mnist-5k"):
+        pixels = load_dataset(name, dequantize="auto")
+        assert torch.equal(pixels.as_values(pixels.train), pixels.train)
 
     # 8-bit pixels: k / 256 edges, clamped to the 256 levels
     eight = _dataset(np.array([[0, 255], [17, 128]]))

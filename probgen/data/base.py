@@ -140,10 +140,17 @@ class Dataset:
         if self.bin_width is None:
             return x
         w = float(self.bin_width)
+        origin = 0.0 if self.levels or not self.train.numel() else float(self.train.min())
+        # in float64, with the slack of x's own rounding (and a thousandth of a bin): a value
+        # stored on an edge (0.7 as 0.69999999 in float32, on a grid of 0.1) is that edge, not
+        # the one below
+        eps = torch.finfo(x.dtype).eps if x.is_floating_point() else 0.0
+        xd = x.double()
+        slack = (1e-3 + 2 * eps * (xd.abs() + abs(origin)) / w).clamp(max=0.1)
+        k = ((xd - origin) / w + slack).floor()
         if self.levels:
-            return (x / w).floor().clamp(0, self.levels - 1) * w
-        origin = float(self.train.min()) if self.train.numel() else 0.0
-        return ((x - origin) / w).floor() * w + origin
+            k = k.clamp(0, self.levels - 1)
+        return (k * w + origin).to(x.dtype)
 
     def few_valued_features(self, max_values: int = 10) -> list[tuple[int, int]]:
         """``(feature, distinct values)`` of each feature of real-valued vectors that takes at
