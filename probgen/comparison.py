@@ -273,41 +273,57 @@ def _signature(e: ModelEntry, spec: CompareSpec) -> dict:
 
 
 def _check_quantisation(entries: list[ModelEntry], spec: CompareSpec) -> None:
-    """Load the data once with each quantisation the rows will train with, so that a bin width
-    the data refuse stops the comparison before any model trains."""
-    if spec.dequantize is None and spec.bin_width is None:
-        return
-    from probgen.data import load_dataset
+    """Load the data with the data options of each row that takes the comparison's
+    ``dequantize``/``bin_width`` (once per distinct set), so that a bin width the data refuse
+    stops the comparison before any model trains."""
+    from probgen.training import load_run_data
 
+    seen = []
     for e in entries:
-        q = _quantisation(*_train_options(e), spec)
-        if q:
-            try:
-                load_dataset(spec.data, root=spec.data_root, seed=spec.seed, limit=spec.limit,
-                             dequantize=q["dequantize"] or "auto", bin_width=q["bin_width"])
-            except DataError as err:
-                raise ConfigError(f"--dequantize/--bin-width (for row {e.name} and every row "
-                                  f"that models values): {err}") from err
-            return  # every row that takes them takes the same
+        recipe_name, opts = _train_options(e)
+        q = _quantisation(recipe_name, opts, spec)
+        if not q:
+            continue
+        options = _data_options(recipe_name, opts, spec, **q)
+        if options in seen:
+            continue
+        seen.append(options)
+        config = {"data": spec.data, "seed": spec.seed, "limit": spec.limit, "data_options": options}
+        try:
+            load_run_data(config, data_root=spec.data_root)
+        except DataError as err:
+            raise ConfigError(f"--dequantize/--bin-width, for row {e.name}: {err}") from err
 
 
-def _quantisation(recipe_name: str, opts: dict, spec: CompareSpec) -> dict:
-    """The ``dequantize``/``bin_width`` options a row trains with: the comparison's, except for
-    a row that binarises its data (a probability of 0/1 pixels already, a representation of
-    its own in the results)."""
-    if spec.dequantize is None and spec.bin_width is None:
-        return {}
+def _data_options(recipe_name: str, opts: dict, spec: CompareSpec, **quantisation) -> dict:
+    """The data options row ``recipe_name``/``opts`` trains with: its model's defaults on this
+    data (the VAE's likelihood is Bernoulli on images, Gaussian on vectors), then
+    ``quantisation``."""
     from probgen.recipes import get_recipe
     from probgen.training import data_config, defaults_from_data, recipe_options
 
     recipe = get_recipe(recipe_name)
     full = recipe_options(recipe_name, opts)
-    # the defaults that follow the data (the VAE's likelihood: Bernoulli on images, Gaussian
-    # on vectors) decide whether the row binarises
     defaults_from_data(recipe_name, recipe, full, spec.data, {"data_root": spec.data_root})
     if hasattr(recipe, "prepare_config"):  # a program's options come from its file
         full = recipe.prepare_config(full)
-    if data_config(full, recipe, data=spec.data)["binarize"] != "none":
+    return data_config(full, recipe, data=spec.data, **quantisation)
+
+
+def _quantisation(recipe_name: str, opts: dict, spec: CompareSpec) -> dict:
+    """The ``dequantize``/``bin_width`` options a row trains with: the comparison's, for every
+    row that models the values as they are. A row that binarises its data (a probability of
+    0/1 pixels already) or rescales pixels to another range (the GAN's [-1, 1], whose
+    decoder's AIS scores the dequantized pixels on its own) keeps its representation."""
+    if spec.dequantize is None and spec.bin_width is None:
+        return {}
+    from probgen.training import describe_data
+
+    options = _data_options(recipe_name, opts, spec)
+    if options["binarize"] != "none":
+        return {}
+    kind, _ = describe_data(spec.data, data_root=spec.data_root)
+    if kind == "image" and options.get("value_range") not in (None, [0.0, 1.0]):
         return {}
     return {"dequantize": spec.dequantize, "bin_width": spec.bin_width}
 

@@ -387,6 +387,8 @@ def test_bin_width_scores_counts_as_discrete_values_and_leaves_binary_rows_alone
     assert _quantisation("vae", {}, spec) == {"dequantize": None, "bin_width": 1.0}  # Gaussian
     spec = CompareSpec("digits", ["vae"], tmp_path / "x", dequantize="on")
     assert _quantisation("vae", {}, spec) == {}                         # binarised pixels
+    assert _quantisation("gan", {}, spec) == {}             # pixels in [-1, 1]: its decoder AIS
+    assert _quantisation("gmm", {}, spec) == {"dequantize": "on", "bin_width": None}
     assert _quantisation("vae", {"likelihood": "gaussian"}, spec) == {"dequantize": "on",
                                                                       "bin_width": None}
     out = tmp_path / "bad"
