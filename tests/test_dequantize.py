@@ -260,3 +260,5 @@ def test_samples_of_dequantized_values_are_scored_as_the_values_of_their_bins(tm
     eight = _dataset(np.array([[0, 255], [17, 128]]))
     torch.testing.assert_close(eight.as_values(torch.tensor([[0.5 / 256, 1.2], [-0.1, 17.7 / 256]])),
                                torch.tensor([[0.0, 255 / 256], [0.0, 17 / 256]]))
+    out = eight.as_values(torch.tensor([float("inf"), float("nan"), 0.5]))
+    assert out[0] == float("inf") and out[1].isnan() and out[2] == 128 / 256  # divergence shows

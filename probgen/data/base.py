@@ -150,7 +150,8 @@ class Dataset:
         k = ((xd - origin) / w + slack).floor()
         if self.levels:
             k = k.clamp(0, self.levels - 1)
-        return (k * w + origin).to(x.dtype)
+        # a non-finite draw stays what it is, for the checks that say the model diverged
+        return torch.where(torch.isfinite(xd), k * w + origin, xd).to(x.dtype)
 
     def few_valued_features(self, max_values: int = 10) -> list[tuple[int, int]]:
         """``(feature, distinct values)`` of each feature of real-valued vectors that takes at
