@@ -323,7 +323,6 @@ def sample_figures(rows: dict, out: Path) -> list[tuple[str, Path]]:
         if x is None:
             with torch.no_grad():
                 x = r["model"].sample(figure_sample_count(r["data"])).detach().cpu()
-        x = r["data"].to("cpu").as_values(x)  # on dequantized data, the values of the bins
         p = plots.samples_figure(x, r["data"].to("cpu"), out / "figures" / f"samples_{name}.png",
                                  title=f"samples: {name}")
         figs.append((f"Samples: {name}", p))
