@@ -174,7 +174,8 @@ def _rep_glossary(rep: str) -> tuple[str, str]:
     if rep.startswith("dequantized"):  # "dequantized-L-level", or "dequantized" for a user's bin width
         levels = rep[len("dequantized-"):-len("-level")] if rep.endswith("-level") else None
         what = f"the image of {levels} levels per value" if levels else "the discrete values"
-        return ("bits/dim, nats per image beside", f"a lower bound on log P of {what}, E_u log "
+        per = "image" if levels else "example"  # a user's bin width: vectors as well as images
+        return (f"bits/dim, nats per {per} beside", f"a lower bound on log P of {what}, E_u log "
                 "p(x + u w) + D log w with w the width of a level (uniform dequantization), in "
                 "bits per dimension; lower is better")
     return ("nats", "the log-likelihood on this representation")

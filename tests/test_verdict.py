@@ -385,3 +385,6 @@ def test_a_dequantized_representation_of_other_levels_is_defined_in_bits_and_nam
         assert unit.startswith("bits/dim") and what in text and "lower bound" in text
     assert vd._rep_words("dequantized-17-level") == "dequantized 17-level data"
     assert _rep_glossary("continuous")[0] == "nats per example"
+    # a user's bin width may be on vectors (counts): their nats are per example, not per image
+    assert _rep_glossary("dequantized")[0] == "bits/dim, nats per example beside"
+    assert _rep_glossary("dequantized-17-level")[0] == "bits/dim, nats per image beside"
