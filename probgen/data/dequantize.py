@@ -28,16 +28,11 @@ import torch
 from probgen.data.base import DEQUANTIZE_MODES, Dataset
 from probgen.errors import DataError
 
-__all__ = ["dequantize", "bound_offset", "bits_per_dim", "DEQUANTIZE_MODES"]
+__all__ = ["dequantize", "bits_per_dim", "DEQUANTIZE_MODES"]
 
 _HOW = ("Give its bin width (the spacing of its values) with --bin-width W (load_dataset(..., "
         "bin_width=W)), save the images as uint8 0..255, or pass --dequantize none to model the raw "
         "values (a density, which is not a likelihood of discrete data).")
-
-
-def bound_offset(dim: int, bin_width: float) -> float:
-    """``D log w``: what is added to ``E_u log p(x)`` to bound ``log P`` of the bins."""
-    return dim * math.log(bin_width)
 
 
 def bits_per_dim(log_prob_nats: float, dim: int) -> float:
