@@ -380,8 +380,13 @@ def default_epochs(n_train: int, batch_size: int, epochs: int, *,
     so that a default run trains a model on a small data set about as long as on a large one."""
     import math
 
-    per_epoch = max(1, math.ceil(int(n_train) / int(batch_size)))
-    return max(int(epochs), math.ceil(min_steps / per_epoch))
+    return max(int(epochs), math.ceil(min_steps / _steps_per_epoch(n_train, batch_size)))
+
+
+def _steps_per_epoch(n_train: int, batch_size: int) -> int:
+    import math
+
+    return max(1, math.ceil(int(n_train) / int(batch_size)))
 
 
 def resolve_epochs(run, c, n_train: int, default: int) -> int:
@@ -389,12 +394,10 @@ def resolve_epochs(run, c, n_train: int, default: int) -> int:
     :func:`default_epochs` of ``n_train`` examples in batches of ``c.batch_size``, recorded
     in config.json (what ``progress.json`` and ``--resume`` read) with the reason under
     ``defaults_from_data``; a default raised above ``default`` is said in the run's log."""
-    import math
-
     if c.epochs is not None:
         return int(c.epochs)
     epochs = default_epochs(n_train, c.batch_size, default, min_steps=MIN_DEFAULT_STEPS)
-    per_epoch = max(1, math.ceil(int(n_train) / int(c.batch_size)))
+    per_epoch = _steps_per_epoch(n_train, c.batch_size)
     batch = min(int(c.batch_size), int(n_train))  # no batch holds more than the training set
     why = (f"{default} passes, or as many as {MIN_DEFAULT_STEPS:,} steps of {batch} take "
            f"on {int(n_train):,} training examples")
