@@ -176,8 +176,8 @@ class Dataset:
         more = f" (and {len(few) - 4} more features like them)" if len(few) > 4 else ""
         return (f"in {self.name}, {shown}{more} in the training split: a density can grow "
                 "without bound on so few values, so log-likelihoods of these data can be large for "
-                "that reason alone; drop such features, or give their spacing (--bin-width) to "
-                "score log P of discrete values")
+                "that reason alone; drop such features, or, where every feature takes values on "
+                "one grid (counts), give its spacing (--bin-width) to score log P of the values")
 
     @property
     def representation(self) -> str:
