@@ -940,7 +940,7 @@ def _lecture_table(rows: dict, spec: CompareSpec) -> dict:
             if s is None:
                 with torch.no_grad():
                     s = model.sample(64).detach()
-            s = data.as_values(s.reshape(-1, *data.shape).to(data.test.device))  # as the data are
+            s = data.as_values(s.reshape(-1, *data.shape))  # as the data hold their values
             entry["sharpness"] = _sharpness(s)
             entry["sharpness_of_data"] = _sharpness(data.test[:64].reshape(-1, *data.shape))
         table[name] = entry

@@ -142,9 +142,7 @@ def samples_figure(x: torch.Tensor, data, path, *, title: str = "samples") -> Pa
     """Samples drawn the way the data looks: an image grid or a 2-D scatter over the data,
     titled ``title`` (the report names the model: "samples: vae"). On dequantized data each
     draw is shown as the value of its bin, as the data are (``Dataset.as_values``)."""
-    as_values = getattr(data, "as_values", None)
-    if callable(as_values):
-        x = as_values(x.to(data.test.device)).cpu()
+    x = data.as_values(x)
     if data.kind == "image":
         return image_grid(x[:100], path, shape=data.shape, value_range=data.value_range, title=title)
     if x.dim() == 2 and x.shape[1] == 2:
