@@ -566,6 +566,12 @@ def _likelihood_sentences(results: dict) -> list[str]:
         caveat = (results.get("data_caveats") or {}).get(rep)
         if caveat:  # what the data themselves make of these likelihoods
             sentences.append(f"Note: {caveat[:1].upper()}{caveat[1:]}.")
+    reps = representations(results)
+    if "continuous" in reps and "dequantized" in reps:  # a user's bin width on some rows only
+        sentences.append("The continuous and the dequantized likelihoods of these data stand "
+                         "apart because the rows were trained on different representations (see "
+                         "the data options per run): train every row with the same --bin-width "
+                         "(or every row without one) to score them in one column.")
     no_lik = [n for n in names if not model_likelihoods(models[n])]
     if no_lik:
         sentences.append(f"{_names(no_lik, results)} {'has' if len(no_lik) == 1 else 'have'} no "

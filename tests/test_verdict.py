@@ -388,3 +388,17 @@ def test_a_dequantized_representation_of_other_levels_is_defined_in_bits_and_nam
     # a user's bin width may be on vectors (counts): their nats are per example, not per image
     assert _rep_glossary("dequantized")[0] == "bits/dim, nats per example beside"
     assert _rep_glossary("dequantized-17-level")[0] == "bits/dim, nats per image beside"
+
+
+def test_rows_on_continuous_and_dequantized_values_of_the_same_data_are_told_how_to_meet():
+    """A --runs row trained with --bin-width beside rows without it: the two likelihoods stand in
+    two columns, and the verdict says why and what puts them in one."""
+    res = {"models": {
+        "flow": {"metrics": {"log_likelihood": lik(-8.65, 0.07, "dequantized", "dequantization bound",
+                                                   inner="exact")}},
+        "gmm": {"metrics": {"log_likelihood": lik(-8.65, 0.08, "continuous", "exact")}}}}
+    text = vd.verdict(res)
+    assert "On the dequantized data, only flow has a likelihood" in text
+    assert "On the continuous data, only gmm has a likelihood" in text
+    assert "train every row with the same --bin-width (or every row without one)" in text
+    assert "--bin-width" not in vd.verdict(image_results())  # 8-bit images and binary ones: no advice
