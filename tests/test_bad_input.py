@@ -137,6 +137,7 @@ def test_0_255_values_meet_a_bernoulli_vae_only_as_0_1_pixels(capsys, tmp_path, 
     err = _refused(capsys, "train", "vae", "--data", arrays["float255_vectors"], "--out", tmp_path / "f", *TINY_VAE,
                    *BERNOULLI)
     assert "needs values in [0, 1]" in err and "[0, 255]" in err and "divide them by 255" in err
+    assert "--bin-width 1 to score log P of these integer values" in err  # or they are counts
     # ... and with --binarize none the Bernoulli likelihood refuses them (no training step ran)
     err = _refused(capsys, "train", "vae", "--data", arrays["float255_vectors"], "--binarize", "none",
                    "--out", tmp_path / "g", *TINY_VAE, *BERNOULLI)

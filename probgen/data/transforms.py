@@ -245,14 +245,16 @@ def make_dataset(
         hi = max(float(t.max()) for t in (train, val, test))
         if lo < 0.0 or hi > 1.0:
             whole = all(torch.equal(t, t.round()) for t in (train, val, test))
-            pixels_hint = (" They look like 0..255 pixels: divide them by 255 (or save them as uint8, "
+            pixels_hint = (" If they are 0..255 pixels, divide them by 255 (or save them as uint8, "
                            "which is read as pixels) and keep the binarisation."
                            if lo >= 0 and hi <= 255 and whole else "")
+            counts_hint = (", and --bin-width 1 to score log P of these integer values (counts)"
+                           if whole else "")
             raise DataError(
                 f"binarize={binarize!r} (--binarize) draws Bernoulli(value) and needs values in "
                 f"[0, 1], but {name!r} ({kind} data) holds values in [{lo:.4g}, {hi:.4g}].{pixels_hint} "
                 "Otherwise use binarize='none' (--binarize none) with a model for real values "
-                "(e.g. a Gaussian likelihood)."
+                f"(e.g. a Gaussian likelihood){counts_hint}."
             )
 
     if binarize == "fixed":
