@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["samples_figure", "image_grid", "scatter_2d", "learning_curve", "density_contours",
+__all__ = ["samples_figure", "histogram_bins", "image_grid", "scatter_2d", "learning_curve", "density_contours",
            "likelihood_vs_samples", "pyplot", "save_figure"]
 
 
@@ -138,6 +138,20 @@ def learning_curve(records: list[dict], keys: list[str], path, *, xkey: str = "s
     return save_figure(fig, path)
 
 
+def histogram_bins(real: torch.Tensor, drawn: torch.Tensor, bin_width: float | None = None):
+    """Bins of a histogram of 1-D data and samples: 80, or, for values on a grid of spacing
+    ``bin_width`` (dequantized data, whose samples are given as values), one bar per value
+    (edges at the values, which are the lower edges of their bins), so that no bar holds two
+    values and none falls between them; 80 again where that would be over 400 bars."""
+    if not bin_width or not (torch.isfinite(real).all() and torch.isfinite(drawn).all()):
+        return 80
+    w = float(bin_width)
+    lo, hi = float(min(real.min(), drawn.min())), float(max(real.max(), drawn.max()))
+    if (hi - lo) / w > 400:
+        return 80
+    return [lo + j * w for j in range(int(round((hi - lo) / w)) + 2)]
+
+
 def samples_figure(x: torch.Tensor, data, path, *, title: str = "samples") -> Path:
     """Samples drawn the way the data looks: an image grid or a 2-D scatter over the data,
     titled ``title`` (the report names the model: "samples: vae"). On dequantized data each
@@ -150,8 +164,10 @@ def samples_figure(x: torch.Tensor, data, path, *, title: str = "samples") -> Pa
     if x.dim() == 2 and x.shape[1] == 1:
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 3))
-        ax.hist(data.test[:, 0].cpu().numpy(), bins=80, density=True, alpha=0.5, label="data")
-        ax.hist(x[:, 0].cpu().numpy(), bins=80, density=True, alpha=0.5, label="samples")
+        real, drawn = data.test[:, 0].cpu(), x[:, 0].cpu()
+        bins = histogram_bins(real, drawn, getattr(data, "bin_width", None))
+        ax.hist(real.numpy(), bins=bins, density=True, alpha=0.5, label="data")
+        ax.hist(drawn.numpy(), bins=bins, density=True, alpha=0.5, label="samples")
         ax.legend()
         ax.set_title(title)
         return save_figure(fig, path)

@@ -42,3 +42,15 @@ def test_flow_draws_samples_on_vectors_that_are_not_points_in_the_plane(tmp_path
     result = probgen.train("flow", str(tmp_path / "x.npy"), tmp_path / "run", epochs=1,
                            device="cpu", progress=False)
     assert "samples.png" in {p.name for p in result.figures}
+
+
+def test_a_histogram_of_values_on_a_grid_has_one_bar_per_value():
+    """Counts (bin width 1): edges at the values, each bar one value; 80 bins otherwise."""
+    histogram_bins = plots.histogram_bins
+    real, drawn = torch.tensor([3.0, 5.0, 9.0]), torch.tensor([2.0, 5.0])
+    assert histogram_bins(real, drawn, 1.0) == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    assert histogram_bins(real * 0.1, drawn * 0.1, 0.1) == pytest.approx(
+        [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    assert histogram_bins(real, drawn, None) == 80
+    assert histogram_bins(real, drawn * 1000, 1.0) == 80                  # 5,000 bars: too many
+    assert histogram_bins(real, torch.tensor([float("nan")]), 1.0) == 80  # a diverged sampler
