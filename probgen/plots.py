@@ -165,7 +165,7 @@ def samples_figure(x: torch.Tensor, data, path, *, title: str = "samples") -> Pa
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 3))
         real, drawn = data.test[:, 0].cpu(), x[:, 0].cpu()
-        bins = histogram_bins(real, drawn, getattr(data, "bin_width", None))
+        bins = histogram_bins(real, drawn, data.bin_width)
         ax.hist(real.numpy(), bins=bins, density=True, alpha=0.5, label="data")
         ax.hist(drawn.numpy(), bins=bins, density=True, alpha=0.5, label="samples")
         ax.legend()
